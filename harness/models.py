@@ -1,0 +1,139 @@
+"""Model and tokenizer loading: hub ids, local directories, and builtin tiny configs built offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+
+from harness.errors import ModelError
+from harness.registry import Registry
+
+BUILTIN_PREFIX = "builtin:"
+
+#: Builtin tiny architectures: name -> function(vocab_size) -> config. Built from config, random init.
+BUILTIN_MODELS: Registry[Any] = Registry("builtin model")
+
+
+def _common(vocab_size: int) -> dict[str, Any]:
+    return {"vocab_size": vocab_size, "tie_word_embeddings": True}
+
+
+@BUILTIN_MODELS.register("tiny-llama")
+def _tiny_llama(vocab_size: int) -> PretrainedConfig:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=512, rms_norm_eps=1e-5,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, **_common(vocab_size),
+    )
+
+
+@BUILTIN_MODELS.register("tiny-gpt2")
+def _tiny_gpt2(vocab_size: int) -> PretrainedConfig:
+    from transformers import GPT2Config
+
+    return GPT2Config(n_embd=128, n_layer=4, n_head=4, n_positions=512, n_inner=512,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=0, **_common(vocab_size))
+
+
+@BUILTIN_MODELS.register("tiny-gpt-neox")
+def _tiny_neox(vocab_size: int) -> PretrainedConfig:
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                         max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                         **_common(vocab_size))
+
+
+@BUILTIN_MODELS.register("tiny-gpt-neo")
+def _tiny_neo(vocab_size: int) -> PretrainedConfig:
+    from transformers import GPTNeoConfig
+
+    return GPTNeoConfig(hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4,
+                        attention_types=[[["global", "local"], 2]], window_size=64,
+                        max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                        **_common(vocab_size))
+
+
+@BUILTIN_MODELS.register("tiny-phi")
+def _tiny_phi(vocab_size: int) -> PretrainedConfig:
+    from transformers import PhiConfig
+
+    return PhiConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                     max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                     **_common(vocab_size))
+
+
+@BUILTIN_MODELS.register("tiny-opt")
+def _tiny_opt(vocab_size: int) -> PretrainedConfig:
+    from transformers import OPTConfig
+
+    return OPTConfig(hidden_size=128, ffn_dim=512, num_hidden_layers=4, num_attention_heads=4,
+                     word_embed_proj_dim=128, max_position_embeddings=512,
+                     bos_token_id=1, eos_token_id=2, pad_token_id=0, **_common(vocab_size))
+
+
+def is_builtin(name: str) -> bool:
+    """True for `builtin:<name>` model names."""
+    return name.startswith(BUILTIN_PREFIX)
+
+
+def builtin_config(name: str, vocab_size: int) -> PretrainedConfig:
+    """Config of a builtin tiny model (`builtin:tiny-llama` or `tiny-llama`)."""
+    return BUILTIN_MODELS.get(name.removeprefix(BUILTIN_PREFIX))(vocab_size)
+
+
+def build_builtin(name: str, vocab_size: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A randomly initialised builtin tiny causal LM, reproducible from `seed`."""
+    config = builtin_config(name, vocab_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model
+
+
+def _resolve(name: str) -> str:
+    path = Path(name).expanduser()
+    return str(path) if path.exists() else name
+
+
+def load_pretrained(name: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+                    revision: str | None = None) -> tuple[torch.nn.Module, Any]:
+    """Load a causal LM and its tokenizer from a local directory or a hub id (cache only when offline)."""
+    source = _resolve(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision, use_safetensors=True
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load model {name!r}: {err}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def load_config(name: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """A model's config without its weights (local directory or hub cache)."""
+    try:
+        return AutoConfig.from_pretrained(_resolve(name), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot read the config of model {name!r}: {err}") from None
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """`float32` / `bfloat16` / `float16` as a torch dtype."""
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def save_model(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
+    """Save weights (safetensors) and tokenizer so `load_pretrained(out_dir)` reads them back."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

