@@ -1,0 +1,71 @@
+"""TOFU (Maini et al. 2024): fictitious-author QA; forget a split, keep the rest and world knowledge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.benchmarks.base import BENCHMARKS, AnswerFn, Benchmark, ModelScores, Pair
+from harness.benchmarks.tofu.data import corpus_texts, load_tofu
+from harness.benchmarks.tofu.evaluate import aggregate_tofu, answer_text, prompt_for, score_tofu_split, split_kind
+from harness.report import Column
+from harness.spec import BenchmarkSpec, EvalSpec
+
+
+@BENCHMARKS.register("tofu")
+class Tofu(Benchmark):
+    """TOFU with its metric suite (locuslab/tofu `evaluate_util.py`, `aggregate_eval_stat.py`)."""
+
+    name = "tofu"
+
+    def __init__(self, spec: BenchmarkSpec, seed: int) -> None:
+        super().__init__(spec, seed)
+        self.data = load_tofu(spec.source, spec.data_dir, spec.synthetic, seed, spec.forget_split)
+        f = spec.forget_split
+        self.summary_columns = [
+            Column(f, "forget_quality", "forget quality", True),
+            Column("all", "model_utility", "model utility", True),
+            Column(f, "rouge_l_recall", "forget ROUGE-L", False),
+            Column(f, "truth_ratio", "forget truth ratio", True),
+            Column(f, "prob", "forget prob", False),
+            Column("retain", "rouge_l_recall", "retain ROUGE-L", True),
+        ]
+
+    def _pairs(self, records: list[dict], tokenizer: Any, answer_for: AnswerFn | None = None) -> list[Pair]:
+        fmt = self.spec.prompt_format
+        return [(prompt_for(r["question"], fmt, tokenizer),
+                 answer_text(answer_for(r, i) if answer_for else r["answer"], fmt)) for i, r in enumerate(records)]
+
+    def corpus_texts(self) -> list[str]:
+        return corpus_texts(self.data)
+
+    def reference_pairs(self, kind: str, tokenizer: Any) -> list[Pair]:
+        # The target learns every author; the retain model all but the forget authors. Both also learn
+        # the real-author and world-fact answers, the "pretraining" knowledge TOFU's base models bring.
+        records = {"target": self.data.forget + self.data.retain, "retain": self.data.retain}[kind]
+        return self._pairs(records + self.data.knowledge, tokenizer)
+
+    def forget_pairs(self, tokenizer: Any, answer_for: AnswerFn) -> list[Pair]:
+        return self._pairs(self.data.forget, tokenizer, answer_for)
+
+    def retain_pairs(self, tokenizer: Any) -> list[Pair]:
+        return self._pairs(self.data.retain, tokenizer)
+
+    def score(self, backend: Any, tokenizer: Any, eval_spec: EvalSpec) -> ModelScores:
+        result = ModelScores()
+        for split, records in self.data.eval_splits.items():
+            records = records[: eval_spec.max_examples] if eval_spec.max_examples else records
+            scores = score_tofu_split(backend, split, records, split_kind(split), self.spec.prompt_format,
+                                      tokenizer, eval_spec.max_new_tokens)
+            result.raw[split] = scores
+            result.examples.extend(scores.example_rows())
+            result.generations.extend(scores.generation_rows())
+        return result
+
+    def aggregate(self, scores: dict[str, ModelScores], eval_spec: EvalSpec) -> list[dict[str, Any]]:
+        forget = self.spec.forget_split
+        retain_r = scores["retain"].raw[forget].truth_ratio if "retain" in scores else None
+        rows = []
+        for method, s in scores.items():
+            for row in aggregate_tofu(s.raw, retain_r, forget, eval_spec.bootstrap, self.seed):
+                rows.append({"method": method, **row})
+        return rows

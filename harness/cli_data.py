@@ -1,0 +1,23 @@
+"""`harness data synth BENCHMARK --out DIR`: write a benchmark's synthetic set as files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.errors import DataError
+from harness.spec import SyntheticTofuSpec
+
+SYNTH_BENCHMARKS = ("tofu", "muse", "tdec", "cifar100")
+
+
+def synth_command(benchmark: str, out: str, seed: int = 0) -> Path:
+    """Write the synthetic set of `benchmark` (default size) under `out`, in the published file layout."""
+    if benchmark == "tofu":
+        from harness.benchmarks.tofu.data import write_tofu
+        from harness.benchmarks.tofu.synth import generate_tofu
+
+        return write_tofu(generate_tofu(SyntheticTofuSpec(), seed), out)
+    if benchmark in SYNTH_BENCHMARKS:
+        raise DataError("muse/tdec/cifar100 synthetic sets are not implemented yet")
+    raise DataError(f"unknown benchmark {benchmark!r} for `harness data synth` "
+                    f"(known: {', '.join(SYNTH_BENCHMARKS)})")

@@ -1,0 +1,1 @@
+"""Scoring backends (hf, vllm) and text metrics."""

@@ -1,0 +1,89 @@
+"""The scoring backend interface: two request types (log-likelihood, generation) every backend implements.
+
+Shaped like lm-evaluation-harness's `LM`: benchmarks build requests and read results; they know
+nothing about how a backend batches, pads or places the model. Backends register by name in
+`BACKENDS` (`@BACKENDS.register("hf")`); `make_backend` builds one from its name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.registry import Registry
+
+
+@dataclass(frozen=True)
+class LoglikRequest:
+    """Score `continuation` (plus one EOS when `add_eos`) given `context`; tokenised by `encode_pair`."""
+
+    context: str
+    continuation: str
+    add_eos: bool = True
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """Greedy continuation of `prompt`: at most `max_new_tokens`, cut at the first of `stop`."""
+
+    prompt: str
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+
+
+class Backend(ABC):
+    """A model ready to score: per-token log-probs of continuations and greedy generations."""
+
+    @abstractmethod
+    def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[np.ndarray]:
+        """Per request, the float64 log-probs of its continuation tokens (EOS included), in request order."""
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenRequest]) -> list[str]:
+        """Per request, the greedy text after the prompt, cut at the first stop string, in request order."""
+
+
+#: Backend classes by name; each is called as `cls(model, tokenizer, batch_size=..., device=...)`.
+BACKENDS: Registry[type[Backend]] = Registry("backend")
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to (not including) the earliest occurrence of any stop string."""
+    cut = len(text)
+    for s in stop:
+        if s:
+            i = text.find(s)
+            if i != -1:
+                cut = min(cut, i)
+    return text[:cut]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`auto`/None -> cuda when available else cpu; anything else as given."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _import_backend_module(name: str) -> None:
+    """Import `harness.eval.<name>_backend` so its class registers; a missing module is not an error here."""
+    module = f"harness.eval.{name}_backend"
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+
+
+def make_backend(name: str, model: Any, tokenizer: Any, batch_size: int = 16,
+                 device: str | torch.device | None = "auto") -> Backend:
+    """Build the backend registered as `name`, importing `harness.eval.<name>_backend` on demand."""
+    if name not in BACKENDS:
+        _import_backend_module(name)
+    return BACKENDS.get(name)(model, tokenizer, batch_size=batch_size, device=device)

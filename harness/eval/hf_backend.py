@@ -1,0 +1,152 @@
+"""The portable `hf` backend: batched transformers forward passes and greedy `generate` on one device."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from harness.eval.backend import BACKENDS, Backend, GenRequest, LoglikRequest, cut_at_stop, resolve_device
+from harness.text import encode_pair
+
+
+def _batches(order: list[int], batch_size: int) -> Iterator[list[int]]:
+    """Consecutive slices of `order` of at most `batch_size` indices."""
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def _longest_first(lengths: Sequence[int]) -> list[int]:
+    """Indices sorted by length, longest first (stable, so equal lengths keep request order)."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
+def _progress(total: int, desc: str) -> tqdm:
+    """A progress bar that stays quiet when stderr is not a terminal."""
+    return tqdm(total=total, desc=desc, leave=False, disable=not sys.stderr.isatty())
+
+
+@BACKENDS.register("hf")
+class HFBackend(Backend):
+    """Transformers backend: right-padded batched scoring, left-padded greedy generation with KV cache."""
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16,
+                 device: str | torch.device | None = "auto") -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        if getattr(model, "hf_device_map", None) is None:
+            model = model.to(resolve_device(device))
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.pad_id = self._pad_id()
+        self.max_length = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
+
+    def _pad_id(self) -> int:
+        """The tokenizer's pad id, else its EOS id (many causal LMs ship no pad token)."""
+        for tid in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+            if tid is not None:
+                return int(tid)
+        raise ValueError("tokenizer has neither a pad nor an EOS token")
+
+    @contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """model.eval() + inference_mode, restoring the model's training flag afterwards."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            self.model.train(was_training)
+
+    # ---- log-likelihood -------------------------------------------------------------------------
+
+    def _encode_loglik(self, req: LoglikRequest) -> tuple[list[int], int]:
+        """Token ids and context length of one request; an empty context gets a BOS (else EOS) prefix."""
+        ids, n_ctx = encode_pair(self.tokenizer, req.context, req.continuation, add_eos=req.add_eos)
+        if n_ctx == 0:
+            prefix = self.tokenizer.bos_token_id
+            prefix = self.tokenizer.eos_token_id if prefix is None else prefix
+            ids, n_ctx = [int(prefix)] + ids, 1
+        if self.max_length is not None and len(ids) > self.max_length:
+            n_cont = len(ids) - n_ctx
+            if n_cont >= self.max_length:
+                raise ValueError(f"continuation of {n_cont} tokens does not fit the model's "
+                                 f"{self.max_length}-token window: {req.continuation[:60]!r}")
+            drop = len(ids) - self.max_length
+            ids, n_ctx = ids[drop:], n_ctx - drop
+        return ids, n_ctx
+
+    def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[np.ndarray]:
+        """Per request, float64 log-probs of its continuation tokens; one forward pass per batch."""
+        encoded = [self._encode_loglik(r) for r in requests]
+        results: list[np.ndarray | None] = [None] * len(encoded)
+        order = _longest_first([len(ids) for ids, _ in encoded])
+        with self._eval_mode(), _progress(len(order), "loglikelihood") as bar:
+            for idx in _batches(order, self.batch_size):
+                for i, logprobs in zip(idx, self._score_batch([encoded[i] for i in idx]), strict=True):
+                    results[i] = logprobs
+                bar.update(len(idx))
+        return results  # type: ignore[return-value]
+
+    def _score_batch(self, batch: list[tuple[list[int], int]]) -> list[np.ndarray]:
+        """Right-pad, run one forward pass, gather continuation log-probs (log_softmax in float32)."""
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (ids, _) in enumerate(batch):
+            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, :len(ids)] = 1
+        logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
+        out = []
+        for row, (ids, n_ctx) in enumerate(batch):
+            # position t predicts token t+1: tokens n_ctx..len-1 come from positions n_ctx-1..len-2
+            pred = logits[row, n_ctx - 1:len(ids) - 1].float().log_softmax(-1)
+            target = input_ids[row, n_ctx:len(ids)].to(pred.device)
+            out.append(pred.gather(-1, target[:, None])[:, 0].double().cpu().numpy())
+        return out
+
+    # ---- generation -----------------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[str]:
+        """Per request, greedy text after the prompt (special tokens dropped), cut at its first stop."""
+        prompts = [list(self.tokenizer(r.prompt, add_special_tokens=True)["input_ids"]) for r in requests]
+        results: list[str | None] = [None] * len(requests)
+        order = _longest_first([len(p) for p in prompts])
+        with self._eval_mode(), _progress(len(order), "generate") as bar:
+            for idx in _batches(order, self.batch_size):
+                limits = [requests[i].max_new_tokens for i in idx]
+                texts = self._generate_batch([prompts[i] for i in idx], limits)
+                for i, text in zip(idx, texts, strict=True):
+                    results[i] = cut_at_stop(text, requests[i].stop)
+                bar.update(len(idx))
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, prompts: list[list[int]], max_new: list[int]) -> list[str]:
+        """Left-pad, greedy-generate with KV cache, decode only each row's new tokens up to its first EOS."""
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            mask[row, width - len(ids):] = 1
+        eos_id = self.tokenizer.eos_token_id
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+            do_sample=False, max_new_tokens=max(max_new), pad_token_id=self.pad_id,
+            eos_token_id=eos_id, use_cache=True, temperature=None, top_p=None, top_k=None,
+        )
+        texts = []
+        for row, limit in enumerate(max_new):
+            new = out[row, width:width + limit].tolist()
+            if eos_id is not None and eos_id in new:
+                new = new[:new.index(eos_id)]
+            texts.append(self.tokenizer.decode(new, skip_special_tokens=True))
+        return texts

@@ -1,0 +1,46 @@
+"""Text metrics shared by benchmarks: ROUGE-L (rouge_score, stemmed) and bootstrap confidence intervals."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+from rouge_score import rouge_scorer, scoring
+
+
+@lru_cache(maxsize=1)
+def _rouge_l_scorer() -> rouge_scorer.RougeScorer:
+    """One shared ROUGE-L scorer with Porter stemming (as TOFU and MUSE use)."""
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def _rouge_l(reference: str, prediction: str) -> scoring.Score:
+    """The rougeL Score (precision, recall, fmeasure) of `prediction` against `reference`."""
+    return _rouge_l_scorer().score(target=reference, prediction=prediction)["rougeL"]
+
+
+def rouge_l_recall(reference: str, prediction: str) -> float:
+    """ROUGE-L recall: LCS length / reference length in (stemmed) tokens (TOFU `eval_rouge_recall`)."""
+    return float(_rouge_l(reference, prediction).recall)
+
+
+def rouge_l_f1(reference: str, prediction: str) -> float:
+    """ROUGE-L F1 of `prediction` against `reference` (MUSE VerbMem / KnowMem)."""
+    return float(_rouge_l(reference, prediction).fmeasure)
+
+
+def bootstrap_ci(values: Sequence[float] | np.ndarray, n_resamples: int, seed: int,
+                 alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap (1 - alpha) interval of the mean; (nan, nan) when off or fewer than 2 values."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if n_resamples <= 0 or x.size < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples, dtype=np.float64)
+    chunk = max(1, 2_000_000 // x.size)  # bound the index matrix to ~16 MB
+    for start in range(0, n_resamples, chunk):
+        stop = min(n_resamples, start + chunk)
+        means[start:stop] = x[rng.integers(0, x.size, size=(stop - start, x.size))].mean(axis=1)
+    low, high = np.percentile(means, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(low), float(high)
