@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from harness.adapters import attach, save_adapter
+from harness.adapters import adapter_norm_bound, attach, save_adapter
 from harness.benchmarks import Benchmark, ModelScores, load_benchmark
 from harness.eval.backend import make_backend
 from harness.objectives import make_objective
@@ -80,7 +80,7 @@ def _unlearn_method(method: MethodSpec, target: torch.nn.Module, tokenizer: Any,
 
 def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
     """Run a whole job and write the results contract (DESIGN.md section 4) under its out dir."""
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     out = spec.out_dir()
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(spec.resources.device)
@@ -114,6 +114,10 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
         model, result = _unlearn_method(method, refs.target, refs.tokenizer, bench, spec, device, out)
         train_rows.extend(result.log)
         diverged[method.name] = result.diverged
+        bound = adapter_norm_bound(model)
+        if bound < float("inf"):
+            notes.append(f"{method.name}: bound {method.adapter.bound} caps the adapter norm at {bound:.4g} "
+                         "by construction.")
         if result.diverged:
             notes.append(f"{method.name} diverged ({result.reason}); it is not scored.")
             log(f"method {method.name} diverged: {result.reason}")
@@ -145,7 +149,7 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
     plot_training(train_df, out / "plots" / "training.png")
     plot_metrics(table, bench.summary_columns, out / "plots" / "metrics.png")
 
-    finished = dt.datetime.now(dt.timezone.utc)
+    finished = dt.datetime.now(dt.UTC)
     env = environment(spec.seed, str(device), started, finished)
     env["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     atomic_write_json(out / "env.json", env)

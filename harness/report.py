@@ -10,10 +10,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from harness.results import atomic_write_bytes, atomic_write_text  # noqa: E402
+from harness.results import atomic_write_bytes, atomic_write_text
 
 
 @dataclass(frozen=True)

@@ -138,9 +138,9 @@ class MethodSpec(_Strict):
 class ReferenceTrainSpec(_Strict):
     """How the builtin reference models (target, retain) are fine-tuned from scratch."""
 
-    epochs: int = Field(30, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    batch_size: int = Field(16, ge=1)
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(5e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
 
 

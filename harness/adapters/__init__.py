@@ -2,8 +2,17 @@
 
 # Eager on purpose: `attach` is both a submodule and a function, and only an eager
 # `from .attach import attach` reliably leaves the function bound to `harness.adapters.attach`.
-from harness.adapters.attach import (adapted_layers, adapter_norms, adapter_parameters, adapters_disabled,
-                                     attach, attach_to, detach, merge)
+from harness.adapters.attach import (
+                                     adapted_layers,
+                                     adapter_norm_bound,
+                                     adapter_norms,
+                                     adapter_parameters,
+                                     adapters_disabled,
+                                     attach,
+                                     attach_to,
+                                     detach,
+                                     merge,
+)
 from harness.adapters.bounds import BOUNDS, Bound, make_bound
 from harness.adapters.checkpoint import load_adapter, load_as_peft_model, read_bound_config, save_adapter
 from harness.adapters.fused import BoundedLinearFn, bounded_linear, naive_bounded_linear
@@ -11,8 +20,26 @@ from harness.adapters.layer import BoundedLoRALinear
 from harness.adapters.targets import MLP_TARGETS, target_module_names
 
 __all__ = [
-    "BOUNDS", "Bound", "BoundedLinearFn", "BoundedLoRALinear", "MLP_TARGETS", "adapted_layers",
-    "adapter_norms", "adapter_parameters", "adapters_disabled", "attach", "attach_to", "bounded_linear",
-    "detach", "load_adapter", "load_as_peft_model", "make_bound", "merge", "naive_bounded_linear",
-    "read_bound_config", "save_adapter", "target_module_names",
+                                     "BOUNDS",
+                                     "MLP_TARGETS",
+                                     "Bound",
+                                     "BoundedLinearFn",
+                                     "BoundedLoRALinear",
+                                     "adapted_layers",
+                                     "adapter_norm_bound",
+                                     "adapter_norms",
+                                     "adapter_parameters",
+                                     "adapters_disabled",
+                                     "attach",
+                                     "attach_to",
+                                     "bounded_linear",
+                                     "detach",
+                                     "load_adapter",
+                                     "load_as_peft_model",
+                                     "make_bound",
+                                     "merge",
+                                     "naive_bounded_linear",
+                                     "read_bound_config",
+                                     "save_adapter",
+                                     "target_module_names",
 ]

@@ -82,6 +82,15 @@ def adapter_norms(model: nn.Module) -> dict[str, float]:
     return {"adapter_norm": math.sqrt(delta_sq), "adapter_param_norm": math.sqrt(param_sq)}
 
 
+def adapter_norm_bound(model: nn.Module) -> float:
+    """The largest `adapter_norm` the bounds allow: sqrt(sum over layers of max|delta W_ij|^2 * d_out * d_in)."""
+    total = 0.0
+    for layer in adapted_layers(model).values():
+        d_out, d_in = layer.delta_weight().shape
+        total += layer.bound.max_abs() ** 2 * d_out * d_in
+    return math.sqrt(total)
+
+
 def merge(model: nn.Module) -> list[str]:
     """Replace every adapted layer by a plain layer holding `W0 + delta W` (exact), in place."""
     layers = adapted_layers(model)

@@ -37,19 +37,19 @@ def finetune(
     model.to(device).train()
     losses: list[float] = []
     batches = iter(stream)
-    bar = tqdm(range(n_steps), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(n_steps), desc=desc, disable=None if progress else True, leave=False)
     for _ in bar:
         batch = next(batches).to(device)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         loss = mean_nll(logits, batch.labels)
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"{desc}: non-finite loss at step {len(losses)}; lower reference.train.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()
     return losses

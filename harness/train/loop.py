@@ -81,7 +81,7 @@ def unlearn(
     result = UnlearnResult()
     model.train()
     f_iter, r_iter = iter(forget), iter(retain)
-    bar = tqdm(range(n_steps), desc=f"unlearn {method.name}", disable=not progress, leave=False)
+    bar = tqdm(range(n_steps), desc=f"unlearn {method.name}", disable=None if progress else True, leave=False)
     for step in bar:
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -103,9 +103,9 @@ def unlearn(
                 loss = loss + w_r * loss_r
                 tokens += rb.n_tokens
             (loss / t.grad_accum).backward()
-            sums["loss"] += float(loss) / t.grad_accum
-            sums["loss_forget"] += float(loss_f) / t.grad_accum
-            sums["loss_retain"] += float(loss_r) / t.grad_accum
+            sums["loss"] += float(loss.detach()) / t.grad_accum
+            sums["loss_forget"] += float(loss_f.detach()) / t.grad_accum
+            sums["loss_retain"] += float(loss_r.detach()) / t.grad_accum
             sums["logit_norm"] += _logit_norm(logits_f, fb) / t.grad_accum
         grad_norm = _grad_norm(params)
         if not (math.isfinite(sums["loss"]) and math.isfinite(grad_norm)):

@@ -8,9 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from harness.adapters import (MLP_TARGETS, BoundedLoRALinear, adapted_layers, adapter_norms,
-                              adapter_parameters, adapters_disabled, attach, detach, merge,
-                              target_module_names)
+from harness.adapters import (
+    MLP_TARGETS,
+    BoundedLoRALinear,
+    adapted_layers,
+    adapter_norms,
+    adapter_parameters,
+    adapters_disabled,
+    attach,
+    detach,
+    merge,
+    target_module_names,
+)
 from harness.errors import SpecError
 from harness.models import BUILTIN_MODELS, build_builtin
 from harness.spec import AdapterSpec

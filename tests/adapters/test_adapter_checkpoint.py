@@ -8,8 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.adapters import (adapted_layers, attach, load_adapter, load_as_peft_model, read_bound_config,
-                              save_adapter)
+from harness.adapters import (
+    adapted_layers,
+    attach,
+    load_adapter,
+    load_as_peft_model,
+    read_bound_config,
+    save_adapter,
+)
 from harness.errors import DataError
 from harness.models import build_builtin
 from harness.spec import AdapterSpec

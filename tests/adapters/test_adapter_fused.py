@@ -6,8 +6,13 @@ import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from harness.adapters import (BoundedLinearFn, BoundedLoRALinear, bounded_linear, make_bound,
-                              naive_bounded_linear)
+from harness.adapters import (
+    BoundedLinearFn,
+    BoundedLoRALinear,
+    bounded_linear,
+    make_bound,
+    naive_bounded_linear,
+)
 
 BOUND_NAMES = ["sine", "tanh", "clip", "none"]
 

@@ -6,7 +6,13 @@ from typing import Any
 
 from harness.benchmarks.base import BENCHMARKS, AnswerFn, Benchmark, ModelScores, Pair
 from harness.benchmarks.tofu.data import corpus_texts, load_tofu
-from harness.benchmarks.tofu.evaluate import aggregate_tofu, answer_text, prompt_for, score_tofu_split, split_kind
+from harness.benchmarks.tofu.evaluate import (
+    aggregate_tofu,
+    answer_text,
+    prompt_for,
+    score_tofu_split,
+    split_kind,
+)
 from harness.report import Column
 from harness.spec import BenchmarkSpec, EvalSpec
 

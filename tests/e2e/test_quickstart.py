@@ -1,0 +1,59 @@
+"""The demo as a user runs it: `harness run jobs/quickstart.yaml`, twice (the second reuses the references)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("demo")
+    args = ["run", str(ROOT / "jobs/quickstart.yaml"), "--out", str(tmp / "run1"),
+            "--set", f"reference.cache_dir={tmp / 'cache'}", "--set", f"benchmark.data_dir={tmp / 'data'}"]
+    assert main(args) == 0
+    assert main([*args[:3], str(tmp / "run2"), *args[4:]]) == 0
+    return tmp
+
+
+def test_table_compares_both_methods_and_references(demo: Path) -> None:
+    summary = (demo / "run1" / "summary.md").read_text()
+    for needle in ("| target |", "| retain |", "| gd_lora |", "| gd_sine |", "forget quality", "model utility",
+                   "forget ROUGE-L", "forget truth ratio", "max grad norm", "diverged"):
+        assert needle in summary, needle
+
+
+def test_target_memorised_and_retain_model_did_not(demo: Path) -> None:
+    m = pd.read_parquet(demo / "run1" / "metrics.parquet").set_index(["method", "split", "metric"])["value"]
+    assert m[("target", "forget10", "rouge_l_recall")] > 0.9
+    assert m[("retain", "forget10", "prob")] < 0.2 < m[("target", "forget10", "prob")]
+    assert m[("target", "forget10", "forget_quality")] < 0.05  # the target is distinguishable from retain
+
+
+def test_sine_bound_holds_and_lora_grows_past_it(demo: Path) -> None:
+    log = pd.read_parquet(demo / "run1" / "train_log.parquet")
+    peak = log.groupby("method")["adapter_norm"].max()
+    # tiny-llama: 4 layers x (gate, up: 384x128; down: 128x384), alpha/r = 2, g = sqrt(d_in)
+    cap = math.sqrt(4 * (2 * (2 / math.sqrt(128)) ** 2 * 384 * 128 + (2 / math.sqrt(384)) ** 2 * 128 * 384))
+    assert peak["gd_sine"] <= cap + 1e-6
+    assert peak["gd_lora"] > cap
+
+
+def test_second_run_skips_reference_training_and_matches(demo: Path) -> None:
+    first = json.loads((demo / "run1" / "env.json").read_text())["timings_s"]["references_s"]
+    second = json.loads((demo / "run2" / "env.json").read_text())["timings_s"]["references_s"]
+    assert second < first / 5
+    a = pd.read_parquet(demo / "run1" / "metrics.parquet")
+    b = pd.read_parquet(demo / "run2" / "metrics.parquet")
+    pd.testing.assert_frame_equal(a[["method", "split", "metric"]], b[["method", "split", "metric"]])
+    ref = a["method"].isin(["target", "retain"])
+    assert (a[ref]["value"].to_numpy() == pytest.approx(b[ref]["value"].to_numpy(), rel=1e-6))

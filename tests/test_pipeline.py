@@ -1,0 +1,118 @@
+"""A whole job on a very small configuration: the results contract, divergence, and the reference cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from harness.pipeline import run_job
+from harness.results import EXAMPLE_COLUMNS, GENERATION_COLUMNS, METRIC_COLUMNS, TRAIN_LOG_COLUMNS
+from harness.spec import load_spec, validate_spec
+
+
+def small_spec(tmp: Path, **methods_lr: float) -> dict:
+    """A job that runs in seconds: 10 authors, short reference training, few steps, short generations."""
+    return {
+        "name": "small",
+        "out": str(tmp / "out"),
+        "benchmark": {"synthetic": {"n_authors": 10, "qa_per_author": 2, "n_real_authors": 4, "n_world_facts": 4},
+                      "data_dir": str(tmp / "data")},
+        "reference": {"cache_dir": str(tmp / "cache"), "train": {"epochs": 2, "batch_size": 16}},
+        "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3},
+        "eval": {"max_new_tokens": 8, "bootstrap": 50},
+        "methods": [{"name": name, "adapter": {"bound": bound}, "train": {"lr": lr}}
+                    for name, (bound, lr) in methods_lr.items()],
+    }
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    tmp = tmp_path_factory.mktemp("job")
+    spec = validate_spec(small_spec(tmp, gd_lora=("none", 1e-3), gd_sine=("sine", 1e-3), blowup=("none", 1e30)))
+    return tmp, run_job(spec, progress=False)
+
+
+def test_results_contract_files_and_columns(finished_run: tuple[Path, object]) -> None:
+    tmp, result = finished_run
+    out = result.out_dir
+    for name in ("spec.yaml", "env.json", "metrics.parquet", "train_log.parquet", "summary.md",
+                 "examples.parquet", "generations.parquet", "plots/training.png", "plots/metrics.png"):
+        assert (out / name).is_file(), name
+    assert not list(out.rglob("*.tmp")), "temporary files left behind"
+    for name, cols in (("metrics", METRIC_COLUMNS), ("train_log", TRAIN_LOG_COLUMNS),
+                       ("examples", EXAMPLE_COLUMNS), ("generations", GENERATION_COLUMNS)):
+        df = pd.read_parquet(out / f"{name}.parquet")
+        assert list(df.columns[: len(cols)]) == cols, name
+        assert len(df) > 0, name
+    for method in ("gd_lora", "gd_sine"):
+        ckpt = out / "checkpoints" / method
+        assert {"adapter_model.safetensors", "adapter_config.json", "bound_config.json"} <= {
+            p.name for p in ckpt.iterdir()}
+
+
+def test_every_model_gets_every_tofu_metric(finished_run: tuple[Path, object]) -> None:
+    _, result = finished_run
+    m = pd.read_parquet(result.out_dir / "metrics.parquet")
+    for method in ("target", "retain", "gd_lora", "gd_sine"):
+        got = set(m[m["method"] == method]["metric"])
+        assert {"prob", "rouge_l_recall", "truth_ratio", "forget_quality", "model_utility"} <= got, method
+    fq = m[(m["metric"] == "forget_quality") & (m["method"] == "retain")]["value"].item()
+    assert fq == pytest.approx(1.0)  # the retain model against itself
+    assert m[m["metric"] == "prob"][["ci_low", "ci_high"]].notna().all().all()
+
+
+def test_forget_quality_recomputes_from_examples(finished_run: tuple[Path, object]) -> None:
+    from scipy.stats import ks_2samp
+
+    _, result = finished_run
+    ex = pd.read_parquet(result.out_dir / "examples.parquet")
+    m = pd.read_parquet(result.out_dir / "metrics.parquet")
+    r = ex[(ex["split"] == "forget10") & (ex["metric"] == "truth_ratio")]
+    expected = ks_2samp(r[r["method"] == "gd_sine"]["value"], r[r["method"] == "retain"]["value"]).pvalue
+    got = m[(m["method"] == "gd_sine") & (m["metric"] == "forget_quality")]["value"].item()
+    assert got == pytest.approx(expected)
+
+
+def test_divergence_is_recorded_and_the_run_goes_on(finished_run: tuple[Path, object]) -> None:
+    _, result = finished_run
+    assert result.diverged == {"gd_lora": False, "gd_sine": False, "blowup": True}
+    m = pd.read_parquet(result.out_dir / "metrics.parquet")
+    div = m[m["metric"] == "diverged"].set_index("method")["value"]
+    assert div["blowup"] == 1.0 and div["gd_lora"] == 0.0
+    assert m[(m["method"] == "blowup") & (m["metric"] != "diverged")].empty
+    summary = (result.out_dir / "summary.md").read_text()
+    assert "| blowup |" in summary and "yes" in summary and "diverged" in summary
+
+
+def test_train_log_has_every_step_once(finished_run: tuple[Path, object]) -> None:
+    _, result = finished_run
+    log = pd.read_parquet(result.out_dir / "train_log.parquet")
+    for method, group in log.groupby("method"):
+        assert group["step"].tolist() == list(range(len(group))), method
+    ok = log[log["method"] != "blowup"]
+    assert (ok[["grad_norm", "adapter_norm", "logit_norm", "tokens_per_s"]] > 0).all().all()
+
+
+def test_spec_and_env_are_written_for_reproduction(finished_run: tuple[Path, object]) -> None:
+    _, result = finished_run
+    again = load_spec(result.out_dir / "spec.yaml")
+    assert [m.name for m in again.methods] == ["gd_lora", "gd_sine", "blowup"]
+    env = json.loads((result.out_dir / "env.json").read_text())
+    assert env["seed"] == 0 and "torch" in env["packages"] and env["finished"] and "timings_s" in env
+
+
+def test_second_run_reuses_cached_reference_models(finished_run: tuple[Path, object]) -> None:
+    tmp, _ = finished_run
+    data = small_spec(tmp, gd_sine=("sine", 1e-3))
+    data["out"] = str(tmp / "out2")
+    data["train"]["max_steps"] = 1
+    run_job(validate_spec(data), progress=False)
+    env = json.loads((tmp / "out2" / "env.json").read_text())
+    first = json.loads((tmp / "out" / "env.json").read_text())
+    assert env["timings_s"]["references_s"] < first["timings_s"]["references_s"]
+    assert len(list((tmp / "cache").glob("builtin-tiny-llama-*"))) == 2
+    assert yaml.safe_load((tmp / "out2" / "spec.yaml").read_text())["methods"][0]["name"] == "gd_sine"
