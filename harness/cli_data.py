@@ -17,7 +17,17 @@ def synth_command(benchmark: str, out: str, seed: int = 0) -> Path:
         from harness.benchmarks.tofu.synth import generate_tofu
 
         return write_tofu(generate_tofu(SyntheticTofuSpec(), seed), out)
+    if benchmark == "muse":
+        from harness.benchmarks.muse.data import write_muse
+        from harness.benchmarks.muse.synth import SyntheticMuseSpec, generate_muse
+
+        return write_muse(generate_muse(SyntheticMuseSpec(), seed), out)
+    if benchmark == "tdec":
+        from harness.benchmarks.tdec.data import write_tdec
+        from harness.benchmarks.tdec.synth import SyntheticTdecSpec, generate_tdec
+
+        return write_tdec(generate_tdec(SyntheticTdecSpec(), seed), out)
     if benchmark in SYNTH_BENCHMARKS:
-        raise DataError("muse/tdec/cifar100 synthetic sets are not implemented yet")
+        raise DataError(f"the {benchmark} synthetic set is not implemented yet")
     raise DataError(f"unknown benchmark {benchmark!r} for `harness data synth` "
                     f"(known: {', '.join(SYNTH_BENCHMARKS)})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -117,12 +118,49 @@ def load_pretrained(name: str, dtype: torch.dtype = torch.float32, trust_remote_
     return model, tokenizer
 
 
+#: Published config.json files of the models the shipped job specs name, for offline `--dry-run` plans.
+SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+
+
+def _shipped_path(name: str) -> Path:
+    return SHIPPED_CONFIG_DIR / (name.replace("/", "--") + ".json")
+
+
+def shipped_config_ids() -> list[str]:
+    """Hub ids whose architecture config ships with harness (usable offline without the hub cache)."""
+    return sorted(p.stem.replace("--", "/", 1) for p in SHIPPED_CONFIG_DIR.glob("*.json"))
+
+
+def shipped_config(name: str) -> PretrainedConfig | None:
+    """The shipped config of hub id `name` (architecture only, no weights), or None if none ships."""
+    path = _shipped_path(name)
+    if "/" not in name or not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    config = AutoConfig.for_model(data.pop("model_type"), **data)
+    config.name_or_path = name
+    return config
+
+
+def _from_cache(name: str, trust_remote_code: bool) -> PretrainedConfig | None:
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
 def load_config(name: str, trust_remote_code: bool = False) -> PretrainedConfig:
-    """A model's config without its weights (local directory or hub cache)."""
+    """A model's config without its weights: local directory, hub cache, shipped config, then the hub."""
+    local = Path(name).expanduser().exists()
+    if not local:
+        config = _from_cache(name, trust_remote_code) or shipped_config(name)
+        if config is not None:
+            return config
     try:
         return AutoConfig.from_pretrained(_resolve(name), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ModelError(f"cannot read the config of model {name!r}: {err}") from None
+        raise ModelError(f"cannot read the config of model {name!r}: {err} (configs shipped for offline use: "
+                         + ", ".join(shipped_config_ids()) + ")") from None
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -13,11 +13,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from harness.adapters import adapter_norm_bound, attach, save_adapter
+from harness.adapters import adapter_norm_bound, load_adapter
 from harness.benchmarks import Benchmark, ModelScores, load_benchmark
 from harness.eval.backend import make_backend
 from harness.objectives import make_objective
-from harness.reference import prepare_references
+from harness.reference import References, prepare_references
 from harness.report import plot_metrics, plot_training, summary_table, write_summary
 from harness.results import (
     EXAMPLE_COLUMNS,
@@ -31,7 +31,7 @@ from harness.results import (
     frame,
 )
 from harness.spec import JobSpec, MethodSpec, dump_spec
-from harness.train.loop import UnlearnResult, unlearn
+from harness.train.ray_run import TrainRun, run_unlearning
 
 REFERENCE_METHODS = ("target", "retain")
 
@@ -67,15 +67,15 @@ def _score(bench: Benchmark, model: torch.nn.Module, tokenizer: Any, spec: JobSp
     return bench.score(backend, tokenizer, spec.eval)
 
 
-def _unlearn_method(method: MethodSpec, target: torch.nn.Module, tokenizer: Any, bench: Benchmark,
-                    spec: JobSpec, device: torch.device, out: Path) -> tuple[torch.nn.Module, UnlearnResult]:
-    model = copy.deepcopy(target)
-    attach(model, method.adapter, seed=spec.seed)
+def _unlearn_method(method: MethodSpec, refs: References, bench: Benchmark, spec: JobSpec,
+                    out: Path) -> tuple[torch.nn.Module, TrainRun]:
+    """Train on Ray Train, then load the trained adapter onto a copy of the target for scoring."""
     objective = make_objective(method.objective)
-    result = unlearn(model, tokenizer, bench.forget_pairs(tokenizer, objective.forget_answer),
-                     bench.retain_pairs(tokenizer), method, seed=spec.seed, device=device)
-    save_adapter(model, out / "checkpoints" / method.name, method.adapter, spec.model.name)
-    return model, result
+    run = run_unlearning(method, spec, refs.target_source, bench.forget_pairs(refs.tokenizer, objective.forget_answer),
+                         bench.retain_pairs(refs.tokenizer), out)
+    model = copy.deepcopy(refs.target)
+    load_adapter(model, run.adapter_dir)
+    return model.eval(), run
 
 
 def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
@@ -111,7 +111,8 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
     for method in spec.methods:
         t0 = time.perf_counter()
         log(f"method {method.name}: objective {method.objective.name}, bound {method.adapter.bound}")
-        model, result = _unlearn_method(method, refs.target, refs.tokenizer, bench, spec, device, out)
+        model, result = _unlearn_method(method, refs, bench, spec, out)
+        model.to(device)
         train_rows.extend(result.log)
         diverged[method.name] = result.diverged
         bound = adapter_norm_bound(model)

@@ -103,18 +103,33 @@ class ObjectiveSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    """Optimisation settings for one unlearning run."""
+    """Optimisation settings for one unlearning run (run by Ray Train workers, each a DeepSpeed engine)."""
 
     epochs: float = Field(5.0, gt=0)
     max_steps: int | None = Field(None, ge=1)
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="global micro-batch (forget examples), split over the workers")
     grad_accum: int = Field(1, ge=1)
     max_grad_norm: float | None = Field(None, gt=0, description="clip gradients to this norm; null = off")
     scheduler: Literal["constant", "linear", "cosine"] = "linear"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     max_length: int = Field(128, ge=8)
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    gradient_checkpointing: bool = False
+    checkpoint_every: int | None = Field(None, ge=1, description="optimizer steps between checkpoints; null = end only")
+    report_every: int = Field(10, ge=1, description="optimizer steps between metric reports to Ray (and Tune)")
+
+    @model_validator(mode="after")
+    def _offload_needs_zero(self) -> TrainSpec:
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage 3")
+        return self
 
 
 class MethodSpec(_Strict):
@@ -173,12 +188,15 @@ class EvalSpec(_Strict):
 
 
 class ResourcesSpec(_Strict):
-    """Where the job runs."""
+    """Where the job runs: Ray Train workers (ScalingConfig) and the local scoring device."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch default")
+    cpus_per_worker: int = Field(1, ge=1)
+    address: str | None = Field(None, description="Ray cluster address; null = RAY_ADDRESS or a local instance")
+    max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads of the driver; null = torch default")
 
 
 class JobSpec(_Strict):
@@ -227,6 +245,15 @@ class JobSpec(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"method names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _batch_splits_over_workers(self) -> JobSpec:
+        workers = self.resources.num_workers
+        for i, m in enumerate(self.methods):
+            if m.train.batch_size % workers:
+                raise ValueError(f"methods.{i}.train.batch_size ({m.train.batch_size}) must be a multiple of "
+                                 f"resources.num_workers ({workers})")
         return self
 
     def out_dir(self) -> Path:

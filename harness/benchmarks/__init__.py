@@ -8,7 +8,8 @@ from harness.benchmarks.base import BENCHMARKS, Benchmark, ModelScores
 from harness.spec import BenchmarkSpec
 
 # Modules that register benchmarks; importing them fills BENCHMARKS.
-_MODULES = ("harness.benchmarks.tofu.benchmark",)
+_MODULES = ("harness.benchmarks.tofu.benchmark", "harness.benchmarks.muse.benchmark",
+            "harness.benchmarks.tdec.benchmark")
 
 
 def load_benchmark(spec: BenchmarkSpec, seed: int) -> Benchmark:

@@ -39,22 +39,36 @@ def collate(examples: Sequence[Encoded], pad_id: int) -> Batch:
 
 
 class BatchStream:
-    """Endless seeded stream of shuffled batches over a fixed list of encoded examples."""
+    """Endless seeded stream of full global batches; worker `rank` of `world_size` gets its slice of each.
 
-    def __init__(self, examples: Sequence[Encoded], batch_size: int, pad_id: int, seed: int) -> None:
+    Batches run on across epoch boundaries (each epoch a fresh permutation), so every global batch
+    is full and splits evenly: with the same seed, 1 worker and N workers see the same global batches.
+    """
+
+    def __init__(self, examples: Sequence[Encoded], batch_size: int, pad_id: int, seed: int,
+                 rank: int = 0, world_size: int = 1) -> None:
         if not examples:
             raise ValueError("cannot stream batches from an empty set of examples")
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} does not split over {world_size} workers")
         self.examples = list(examples)
         self.batch_size = batch_size
         self.pad_id = pad_id
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
 
     @property
     def batches_per_epoch(self) -> int:
         return math.ceil(len(self.examples) / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
+        generator = torch.Generator().manual_seed(self.seed)
+        per_worker = self.batch_size // self.world_size
+        order: list[int] = []
         while True:
-            order = torch.randperm(len(self.examples), generator=self.generator).tolist()
-            for i in range(0, len(order), self.batch_size):
-                yield collate([self.examples[j] for j in order[i : i + self.batch_size]], self.pad_id)
+            while len(order) < self.batch_size:
+                order += torch.randperm(len(self.examples), generator=generator).tolist()
+            batch, order = order[: self.batch_size], order[self.batch_size :]
+            mine = batch[self.rank * per_worker : (self.rank + 1) * per_worker]
+            yield collate([self.examples[j] for j in mine], self.pad_id)

@@ -206,4 +206,4 @@ def test_synth_command(tmp_path: Path, data: dict[str, list[dict]]) -> None:
     assert sorted(p.stem for p in out.glob("*.json")) == sorted(CONFIGS)
     assert read_config(out, "forget10_perturbed")[0] == data["forget10_perturbed"]
     with pytest.raises(DataError, match="not implemented yet"):
-        synth_command("muse", str(tmp_path / "muse"), 0)
+        synth_command("cifar100", str(tmp_path / "muse"), 0)

@@ -1,0 +1,219 @@
+"""TDEC benchmark: memorised sequences to forget, scored by MA and EL_n through greedy generation.
+
+Follows joeljang/knowledge-unlearning `models/Neo_Model.py`; the formulas live in
+`harness.benchmarks.tdec.metrics`.
+
+Metrics (long format, DESIGN.md section 4):
+- `forget/ma`, `forget/el_{n}`: mean MA and EL_n over the forget sequences (n = 10 by default).
+- `holdout/ma_threshold`, `holdout/el_threshold`: mean MA and EL_n of the same model on held-out
+  sequences, the paper's forgetting thresholds (reported when the data has a holdout set).
+- `forget/forgotten`: 1.0 when forget MA and EL_n are both at or below the *target* model's holdout
+  thresholds (the model's own when no target was scored), else 0.0. The reference's early stopping
+  tests `ma < ma_threshold and el < el_threshold`; `<=` here, because held-out EL is often exactly 0
+  on small sets, which a strict test could never meet.
+- rows of the utility tasks named by the spec (registry `UTILITY_TASKS`; none by default: the paper's
+  LM benchmarks such as LAMBADA or PIQA plug in there).
+Per-sequence `ma` and `el_{n}` go to `examples.parquet` (splits `forget`, `holdout`); one generation per
+sequence (the continuation of its first half) to `generations.parquet`.
+
+How MA and EL are computed through the text-only `Backend`: each sequence is tokenised with the job's
+tokenizer (no special tokens) and cut to T tokens (`sequence_length`; 200 in the paper, 64 for the
+synthetic default). Every prefix `x[:t]` is decoded to text and sent as a greedy generation request
+(the backend re-tokenises it, adding the BOS training also puts before the text):
+- MA: one new token per prefix t = 1..T-1; the decoded token is compared with the decoded true token.
+- EL_n: `T - i` new tokens per prefix i = 1..T-n (longer prefixes add nothing to EL). Both the output and
+  the true suffix `x[i:T]` are compared as `encode(text)` (the suffix as `encode(decode(x[i:T]))`, the
+  output cut to the suffix's length), so both sides pass through the same decode/encode round trip
+  and a verbatim continuation scores exactly 1.
+Cost per sequence: T - 1 one-token generations plus T - n generations of T - i tokens, about
+(T - n)(T + n) / 2 generated tokens (~2,000 for T = 64, n = 10; ~19,000 for T = 200). Keep T small on CPU.
+Caveat: a prefix that ends inside a word may re-tokenise differently from the original ids.
+
+Settings read from the benchmark spec when it has the field: `sequence_length` (default 64 for the
+synthetic set, else the paper's 200), `el_n` (10), `utility_tasks` (none). Training pairs are whole
+texts after an empty context (the reference trains on each CSV `text`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from harness.benchmarks.base import BENCHMARKS, AnswerFn, Benchmark, ModelScores, Pair
+from harness.benchmarks.tdec.data import corpus_texts, load_tdec
+from harness.benchmarks.tdec.metrics import (
+    DEFAULT_EL_N,
+    PAPER_SEQUENCE_LENGTH,
+    extraction_likelihood_from_pairs,
+    memorization_accuracy,
+)
+from harness.benchmarks.tdec.synth import SYNTH_SEQUENCE_LENGTH, SyntheticTdecSpec
+from harness.errors import DataError
+from harness.eval.backend import Backend, GenRequest
+from harness.eval.text_metrics import bootstrap_ci
+from harness.registry import Registry
+from harness.report import Column
+from harness.spec import BenchmarkSpec, EvalSpec
+
+#: A utility task scores one model: `task(backend, tokenizer, eval_spec)` -> rows `{split, metric, value}`.
+UtilityTask = Callable[[Backend, Any, EvalSpec], list[dict[str, Any]]]
+#: Utility tasks by name (`@UTILITY_TASKS.register("lambada")`); a job lists the ones to run.
+UTILITY_TASKS: Registry[UtilityTask] = Registry("TDEC utility task")
+EVAL_SPLITS = ("forget", "holdout")
+
+
+def spec_setting(spec: Any, name: str, default: Any) -> Any:
+    """`spec.<name>` when the spec has that field and it is set, else `default`."""
+    value = getattr(spec, name, None)
+    return default if value is None else value
+
+
+def synthetic_settings(spec: BenchmarkSpec) -> SyntheticTdecSpec:
+    """The synthetic TDEC sizes: `spec.synthetic` when it is one, else its fields TDEC knows, else defaults."""
+    syn = spec.synthetic
+    if isinstance(syn, SyntheticTdecSpec):
+        return syn
+    fields = syn.model_dump() if hasattr(syn, "model_dump") else dict(syn or {})
+    return SyntheticTdecSpec(**{k: v for k, v in fields.items() if k in SyntheticTdecSpec.model_fields})
+
+
+def score_sequences(backend: Backend, tokenizer: Any, texts: list[str], length: int,
+                    n: int) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str, str]]]:
+    """Per-sequence MA and EL_n of `texts` cut to `length` tokens, and one (prompt, reference, output) each."""
+    seqs = [list(tokenizer(t, add_special_tokens=False)["input_ids"][:length]) for t in texts]
+    for j, ids in enumerate(seqs):
+        if len(ids) <= n:
+            raise DataError(f"TDEC sequence {j} has {len(ids)} tokens; EL_{n} needs more than {n}")
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids)
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    ma_out = backend.generate([GenRequest(decode(ids[:t]), 1) for ids in seqs for t in range(1, len(ids))])
+    el_out = backend.generate([GenRequest(decode(ids[:i]), len(ids) - i)
+                               for ids in seqs for i in range(1, len(ids) - n + 1)])
+    ma, el, gens = [], [], []
+    a = b = 0
+    for ids in seqs:
+        L = len(ids)
+        preds = ma_out[a:a + L - 1]
+        a += L - 1
+        ma.append(memorization_accuracy(preds, [decode([x]) for x in ids]))
+        outputs = el_out[b:b + L - n]
+        b += L - n
+        labels = [encode(decode(ids[i:])) for i in range(1, L - n + 1)]
+        cont = [encode(o)[:len(lab)] for o, lab in zip(outputs, labels, strict=True)]
+        el.append(extraction_likelihood_from_pairs(cont, labels, n, L))
+        half = min(L // 2, L - n)
+        gens.append((decode(ids[:half]), decode(ids[half:]), outputs[half - 1]))
+    return np.asarray(ma, dtype=np.float64), np.asarray(el, dtype=np.float64), gens
+
+
+def _mean_row(split: str, metric: str, values: np.ndarray, n_resamples: int, seed: int) -> dict[str, Any]:
+    """A metric row with the mean of per-example values and, when asked, its bootstrap CI."""
+    row: dict[str, Any] = {"split": split, "metric": metric, "value": float(np.mean(values))}
+    if n_resamples > 0:
+        row["ci_low"], row["ci_high"] = bootstrap_ci(values, n_resamples, seed)
+    return row
+
+
+@BENCHMARKS.register("tdec")
+class Tdec(Benchmark):
+    """TDEC: unlearn memorised sequences; MA and EL_n on them and on held-out sequences (the thresholds)."""
+
+    name = "tdec"
+
+    def __init__(self, spec: BenchmarkSpec, seed: int) -> None:
+        super().__init__(spec, seed)
+        self.data = load_tdec(spec.source, spec.data_dir, synthetic_settings(spec), seed, spec.forget_split)
+        default_length = SYNTH_SEQUENCE_LENGTH if spec.source == "synthetic" else PAPER_SEQUENCE_LENGTH
+        self.sequence_length = int(spec_setting(spec, "sequence_length", default_length))
+        self.el_n = int(spec_setting(spec, "el_n", DEFAULT_EL_N))
+        if not 1 <= self.el_n < self.sequence_length:
+            raise DataError(f"TDEC needs 1 <= el_n < sequence_length, got el_n={self.el_n}, "
+                            f"sequence_length={self.sequence_length}")
+        self.utility_tasks: list[str] = list(spec_setting(spec, "utility_tasks", ()))
+        self.el_metric = f"el_{self.el_n}"
+        self.summary_columns = [
+            Column("forget", "ma", "forget MA", False),
+            Column("forget", self.el_metric, f"forget EL_{self.el_n}", False),
+            Column("holdout", "ma_threshold", "MA threshold", None),
+            Column("holdout", "el_threshold", f"EL_{self.el_n} threshold", None),
+        ]
+
+    # ---- training pairs -------------------------------------------------------------------------
+
+    def _retain_texts(self) -> list[str]:
+        if not self.data.retain:
+            raise DataError(f"TDEC data {self.data.source} has no retain set: add retain.csv (doc_id,corpus,text) "
+                            "for retain losses and the retain reference model")
+        return [r["text"] for r in self.data.retain]
+
+    def corpus_texts(self) -> list[str]:
+        return corpus_texts(self.data)
+
+    def reference_pairs(self, kind: str, tokenizer: Any) -> list[Pair]:
+        if kind == "target":
+            texts = [r["text"] for r in self.data.forget] + self._retain_texts()
+        elif kind == "retain":
+            texts = self._retain_texts()
+        else:
+            raise ValueError(f"unknown reference model kind {kind!r} (known: target, retain)")
+        return [("", t) for t in texts]
+
+    def forget_pairs(self, tokenizer: Any, answer_for: AnswerFn) -> list[Pair]:
+        return [("", answer_for({"question": "", "answer": r["text"]}, i)) for i, r in enumerate(self.data.forget)]
+
+    def retain_pairs(self, tokenizer: Any) -> list[Pair]:
+        return [("", t) for t in self._retain_texts()]
+
+    # ---- scoring --------------------------------------------------------------------------------
+
+    def score(self, backend: Any, tokenizer: Any, eval_spec: EvalSpec) -> ModelScores:
+        cap = eval_spec.max_examples
+        result = ModelScores(raw={"ma": {}, self.el_metric: {}, "utility": []})
+        for split in EVAL_SPLITS:
+            records = getattr(self.data, split)
+            records = records[:cap] if cap else records
+            if not records:
+                continue
+            ma, el, gens = score_sequences(backend, tokenizer, [r["text"] for r in records],
+                                           self.sequence_length, self.el_n)
+            for metric, values in (("ma", ma), (self.el_metric, el)):
+                result.raw[metric][split] = values
+                result.examples.extend({"split": split, "example_id": i, "metric": metric, "value": float(v)}
+                                       for i, v in enumerate(values.tolist()))
+            result.generations.extend({"split": split, "example_id": i, "prompt": p, "reference": r, "output": o}
+                                      for i, (p, r, o) in enumerate(gens))
+        for task in self.utility_tasks:
+            result.raw["utility"].extend(UTILITY_TASKS.get(task)(backend, tokenizer, eval_spec))
+        return result
+
+    def aggregate(self, scores: dict[str, ModelScores], eval_spec: EvalSpec) -> list[dict[str, Any]]:
+        el = self.el_metric
+
+        def thresholds(s: ModelScores) -> tuple[float, float] | None:
+            if "holdout" not in s.raw["ma"]:
+                return None
+            return float(np.mean(s.raw["ma"]["holdout"])), float(np.mean(s.raw[el]["holdout"]))
+
+        target_thr = thresholds(scores["target"]) if "target" in scores else None
+        rows: list[dict[str, Any]] = []
+        for method, s in scores.items():
+            own = [_mean_row("forget", "ma", s.raw["ma"]["forget"], eval_spec.bootstrap, self.seed),
+                   _mean_row("forget", el, s.raw[el]["forget"], eval_spec.bootstrap, self.seed)]
+            thr = thresholds(s)
+            if thr is not None:
+                own += [{"split": "holdout", "metric": "ma_threshold", "value": thr[0]},
+                        {"split": "holdout", "metric": "el_threshold", "value": thr[1]}]
+            ref = target_thr or thr
+            if ref is not None:
+                forgotten = own[0]["value"] <= ref[0] and own[1]["value"] <= ref[1]
+                own.append({"split": "forget", "metric": "forgotten", "value": float(forgotten)})
+            own += [dict(r) for r in s.raw["utility"]]
+            rows.extend({"method": method, **row} for row in own)
+        return rows

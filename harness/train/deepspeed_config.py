@@ -1,0 +1,57 @@
+"""The DeepSpeed config of a training run, built from the spec in one place and validated."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.errors import SpecError
+from harness.spec import TrainSpec
+
+
+def build_deepspeed_config(train: TrainSpec, world_size: int) -> dict[str, Any]:
+    """DeepSpeed config for `world_size` workers: batch sizes, ZeRO stage and offload, precision, clipping.
+
+    `train.batch_size` is the global micro-batch, so each worker takes `batch_size / world_size`
+    examples per micro-step and DeepSpeed's `train_batch_size` is `batch_size * grad_accum`.
+    The optimizer is built by DeepSpeed from the config (AdamW with `torch_adam`, so no op is
+    compiled); the learning-rate schedule is the harness's own (passed to `deepspeed.initialize`).
+    """
+    if train.batch_size % world_size:
+        raise SpecError(f"train.batch_size ({train.batch_size}) must be a multiple of the number of workers "
+                        f"({world_size})")
+    zero: dict[str, Any] = {"stage": train.zero_stage}
+    if train.zero_stage >= 1:
+        zero.update({"contiguous_gradients": True, "overlap_comm": False})
+    if train.zero_stage == 3:
+        zero.update({"stage3_gather_16bit_weights_on_model_save": False, "stage3_param_persistence_threshold": 0})
+    if train.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    if train.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    config: dict[str, Any] = {
+        "train_batch_size": train.batch_size * train.grad_accum,
+        "train_micro_batch_size_per_gpu": train.batch_size // world_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "gradient_clipping": train.max_grad_norm or 0.0,
+        "optimizer": {"type": "AdamW", "params": {"lr": train.lr, "weight_decay": train.weight_decay,
+                                                  "betas": [0.9, 0.999], "eps": 1e-8, "torch_adam": True}},
+        "zero_optimization": zero,
+        "bf16": {"enabled": train.precision == "bf16"},
+        "fp16": {"enabled": False},
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    validate_deepspeed_config(config, world_size)
+    return config
+
+
+def validate_deepspeed_config(config: dict[str, Any], world_size: int) -> None:
+    """Check the batch-size identity DeepSpeed enforces, with a message naming the spec fields."""
+    micro, accum = config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]
+    if micro < 1:
+        raise SpecError("train.batch_size must give each worker at least one example per micro-step")
+    if config["train_batch_size"] != micro * accum * world_size:
+        raise SpecError(f"train.batch_size x train.grad_accum ({config['train_batch_size']}) must equal "
+                        f"micro-batch ({micro}) x grad_accum ({accum}) x workers ({world_size})")
