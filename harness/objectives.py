@@ -58,6 +58,11 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     return picked.sum(-1), mask.sum(-1).clamp_min(1)
 
 
+def scored_tokens(batch: Batch) -> int:
+    """How many label tokens of the batch are scored."""
+    return int((batch.labels[:, 1:] != IGNORE).sum())
+
+
 def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """KL(reference || model) per scored token, averaged over the batch's scored tokens."""
     mask = (labels[:, 1:] != IGNORE).float()
@@ -74,6 +79,9 @@ class Objective:
     default_beta: ClassVar[float] = 0.0
     #: True when the forget term needs the frozen reference model's logits on the forget batch.
     needs_reference: ClassVar[bool] = False
+    #: True when the forget term averages over tokens (False: over sequences). Data-parallel workers
+    #: weight token averages by their share of the global tokens so N workers equal one.
+    forget_token_mean: ClassVar[bool] = True
 
     def __init__(self, spec: Any) -> None:
         self.spec = spec
@@ -123,6 +131,7 @@ class NPO(Objective):
 
     default_beta = 0.1
     needs_reference = True
+    forget_token_mean = False
 
     def forget_loss(self, logits: torch.Tensor, batch: Batch, ref_logits: torch.Tensor | None) -> torch.Tensor:
         assert ref_logits is not None
@@ -138,6 +147,7 @@ class SimNPO(Objective):
     """SimNPO (Fan et al. 2024): `-(2/beta) log sigmoid(beta (NLL/|y| - delta))`, reference-free."""
 
     default_beta = 4.5
+    forget_token_mean = False
 
     def forget_loss(self, logits: torch.Tensor, batch: Batch, ref_logits: torch.Tensor | None) -> torch.Tensor:
         beta, delta = self.spec.beta, self.spec.delta

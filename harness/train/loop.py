@@ -28,7 +28,7 @@ import torch.distributed as dist
 from harness.adapters import adapted_layers, adapter_norms, adapter_parameters, adapters_disabled, attach
 from harness.adapters.checkpoint import save_adapter
 from harness.models import load_pretrained
-from harness.objectives import Batch, make_objective
+from harness.objectives import Batch, make_objective, scored_tokens
 from harness.spec import MethodSpec
 from harness.train.data import BatchStream, encode_pairs
 from harness.train.schedule import make_scheduler
@@ -50,6 +50,16 @@ def _logit_norm(logits: torch.Tensor, batch: Batch) -> float:
     """Mean L2 norm of the logit vector over real (non-pad) tokens."""
     norms = logits.detach().float().norm(dim=-1)
     return float(norms[batch.attention_mask.bool()].mean())
+
+
+def _token_share(local: int, world: int, device: torch.device) -> float:
+    """`world * local / global` token counts: the weight that turns a worker's token mean into its
+    share of the global token mean (DeepSpeed averages gradients over workers). Collective."""
+    if world == 1:
+        return 1.0
+    total = torch.tensor([float(local)], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return world * local / max(float(total), 1.0)
 
 
 def _all_reduce_mean(values: Sequence[float], device: torch.device) -> list[float]:
@@ -84,12 +94,12 @@ def _gathered(params: Sequence[torch.nn.Parameter], zero_stage: int) -> Abstract
 def _register_zero3_external_params(model: torch.nn.Module) -> None:
     # The fused bounded layer reads its base layer's and its factors' weights inside one autograd
     # function, without calling those submodules: ZeRO-3 must gather them for the wrapper's forward.
-    from deepspeed.zero import register_external_parameter
+    import deepspeed
 
     for layer in adapted_layers(model).values():
         for p in (layer.base_layer.weight, layer.base_layer.bias, layer.lora_A.weight, layer.lora_B.weight):
             if p is not None:
-                register_external_parameter(layer, p)
+                deepspeed.zero.register_external_parameter(layer, p)
 
 
 def _reference_logits(engine: Any, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -201,6 +211,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             logits_f = engine(input_ids=fb.input_ids, attention_mask=fb.attention_mask).logits
             ref_f = _reference_logits(engine, model, fb) if objective.needs_reference else None
             loss_f = objective.forget_loss(logits_f, fb, ref_f)
+            if objective.forget_token_mean:
+                loss_f = loss_f * _token_share(scored_tokens(fb), world, device)
             loss = w_f * loss_f
             loss_r = torch.zeros((), device=device)
             tokens += fb.n_tokens
@@ -208,7 +220,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 rb = next(streams.retain).to(device)
                 logits_r = engine(input_ids=rb.input_ids, attention_mask=rb.attention_mask).logits
                 ref_r = _reference_logits(engine, model, rb) if need_ref_retain else None
-                loss_r = objective.retain_loss(logits_r, rb, ref_r)
+                loss_r = objective.retain_loss(logits_r, rb, ref_r) * _token_share(scored_tokens(rb), world, device)
                 loss = loss + w_r * loss_r
                 tokens += rb.n_tokens
             engine.backward(loss)
