@@ -71,8 +71,10 @@ def _unlearn_method(method: MethodSpec, refs: References, bench: Benchmark, spec
                     out: Path) -> tuple[torch.nn.Module, TrainRun]:
     """Train on Ray Train, then load the trained adapter onto a copy of the target for scoring."""
     objective = make_objective(method.objective)
+    uses_retain = method.objective.retain_loss != "none" and method.objective.w_retain > 0
+    retain = bench.retain_pairs(refs.tokenizer) if uses_retain else []
     run = run_unlearning(method, spec, refs.target_source, bench.forget_pairs(refs.tokenizer, objective.forget_answer),
-                         bench.retain_pairs(refs.tokenizer), out)
+                         retain, out)
     model = copy.deepcopy(refs.target)
     load_adapter(model, run.adapter_dir)
     return model.eval(), run

@@ -46,15 +46,51 @@ class SyntheticTofuSpec(_Strict):
     n_world_facts: int = Field(20, ge=1)
 
 
+def _synthetic_spec_class(benchmark: str) -> type[BaseModel]:
+    """The model of `benchmark.synthetic` for a benchmark name (sizes of its synthetic set)."""
+    if benchmark == "muse":
+        from harness.benchmarks.muse.synth import SyntheticMuseSpec
+
+        return SyntheticMuseSpec
+    if benchmark == "tdec":
+        from harness.benchmarks.tdec.synth import SyntheticTdecSpec
+
+        return SyntheticTdecSpec
+    return SyntheticTofuSpec
+
+
 class BenchmarkSpec(_Strict):
-    """Benchmark data: `source` is `synthetic`, a local directory of the published files, or a hub id."""
+    """Benchmark data: `source` is `synthetic`, a local directory of the published files, or a hub id.
+
+    `synthetic` holds the sizes of the benchmark's own synthetic set (TOFU, MUSE or TDEC fields).
+    The MUSE options (`verbmem_max_new_tokens`, `knowmem_max_new_tokens`, `mink_k`) and the TDEC
+    options (`sequence_length`, `el_n`, `utility_tasks`) are ignored by the other benchmarks.
+    """
 
     name: str = "tofu"
     source: str = "synthetic"
     forget_split: str = "forget10"
     prompt_format: Literal["plain", "chat_template"] = "plain"
-    synthetic: SyntheticTofuSpec = SyntheticTofuSpec()
+    synthetic: Any = Field(None, validate_default=True)
     data_dir: str = "~/.cache/harness/data"
+    verbmem_max_new_tokens: int = Field(128, ge=1)
+    knowmem_max_new_tokens: int = Field(32, ge=1)
+    mink_k: float = Field(0.4, gt=0, le=1)
+    sequence_length: int | None = Field(None, ge=16, description="TDEC tokens per sequence; null = 64 synthetic, 200 real")
+    el_n: int = Field(10, ge=1)
+    utility_tasks: list[str] = []
+
+    @field_validator("synthetic", mode="before")
+    @classmethod
+    def _synthetic_for_benchmark(cls, v: Any, info: Any) -> Any:
+        model = _synthetic_spec_class(info.data.get("name", "tofu"))
+        if isinstance(v, model):
+            return v
+        if v is None:
+            return model()
+        if isinstance(v, BaseModel):
+            v = v.model_dump()
+        return model.model_validate(v)
 
 
 class AdapterSpec(_Strict):

@@ -128,8 +128,9 @@ class _Streams:
         seed = config["seed"]
         self.forget: Iterator[Batch] = iter(BatchStream(
             encode_pairs(tokenizer, config["forget_pairs"], t.max_length), t.batch_size, pad, seed, rank, world))
+        retain = config["retain_pairs"]  # empty when the objective has no retain term
         self.retain: Iterator[Batch] = iter(BatchStream(
-            encode_pairs(tokenizer, config["retain_pairs"], t.max_length), t.batch_size, pad, seed + 1, rank, world))
+            encode_pairs(tokenizer, retain, t.max_length), t.batch_size, pad, seed + 1, rank, world)) if retain else iter(())
 
     def skip(self, n_micro: int, use_retain: bool) -> None:
         for _ in range(n_micro):
