@@ -76,7 +76,7 @@ class BenchmarkSpec(_Strict):
     verbmem_max_new_tokens: int = Field(128, ge=1)
     knowmem_max_new_tokens: int = Field(32, ge=1)
     mink_k: float = Field(0.4, gt=0, le=1)
-    sequence_length: int | None = Field(None, ge=16, description="TDEC tokens per sequence; null = 64 synthetic, 200 real")
+    sequence_length: int | None = Field(None, ge=16, description="TDEC tokens per sequence; null = 64 synth, 200 real")
     el_n: int = Field(10, ge=1)
     utility_tasks: list[str] = []
 

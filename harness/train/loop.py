@@ -129,8 +129,10 @@ class _Streams:
         self.forget: Iterator[Batch] = iter(BatchStream(
             encode_pairs(tokenizer, config["forget_pairs"], t.max_length), t.batch_size, pad, seed, rank, world))
         retain = config["retain_pairs"]  # empty when the objective has no retain term
-        self.retain: Iterator[Batch] = iter(BatchStream(
-            encode_pairs(tokenizer, retain, t.max_length), t.batch_size, pad, seed + 1, rank, world)) if retain else iter(())
+        self.retain: Iterator[Batch] = iter(())
+        if retain:
+            self.retain = iter(BatchStream(
+                encode_pairs(tokenizer, retain, t.max_length), t.batch_size, pad, seed + 1, rank, world))
 
     def skip(self, n_micro: int, use_retain: bool) -> None:
         for _ in range(n_micro):
