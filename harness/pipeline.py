@@ -62,7 +62,14 @@ class JobResult:
 
 
 def _score(bench: Benchmark, model: torch.nn.Module, tokenizer: Any, spec: JobSpec,
-           device: torch.device) -> ModelScores:
+           device: torch.device, source: tuple[str, Path | None] | None = None) -> ModelScores:
+    """Score one model: in process, or with `eval.workers` > 1 on Ray scoring workers that each load
+    `source` = (model dir, adapter dir or None) once (harness.eval.parallel)."""
+    if spec.eval.workers > 1 and source is not None:
+        from harness.eval.parallel import ScoringPool
+
+        with ScoringPool.from_spec(spec, device) as pool:
+            return bench.score(pool.backend(*source, tokenizer=tokenizer), tokenizer, spec.eval)
     backend = make_backend(spec.eval.backend, model, tokenizer, spec.eval.batch_size, device)
     return bench.score(backend, tokenizer, spec.eval)
 
@@ -102,9 +109,9 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
 
     scores: dict[str, ModelScores] = {}
     t0 = time.perf_counter()
-    scores["target"] = _score(bench, refs.target, refs.tokenizer, spec, device)
+    scores["target"] = _score(bench, refs.target, refs.tokenizer, spec, device, (refs.target_source, None))
     if refs.retain is not None:
-        scores["retain"] = _score(bench, refs.retain, refs.tokenizer, spec, device)
+        scores["retain"] = _score(bench, refs.retain, refs.tokenizer, spec, device, (refs.retain_source, None))
     timings["score_references_s"] = time.perf_counter() - t0
 
     train_rows: list[dict[str, Any]] = []
@@ -125,7 +132,8 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
             notes.append(f"{method.name} diverged ({result.reason}); it is not scored.")
             log(f"method {method.name} diverged: {result.reason}")
         else:
-            scores[method.name] = _score(bench, model, refs.tokenizer, spec, device)
+            scores[method.name] = _score(bench, model, refs.tokenizer, spec, device,
+                                         (refs.target_source, result.adapter_dir))
         timings[f"{method.name}_s"] = time.perf_counter() - t0
         del model
 

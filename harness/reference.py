@@ -23,6 +23,9 @@ from harness.spec import JobSpec
 from harness.tokenizer import get_or_train_tokenizer
 from harness.train.finetune import finetune
 
+#: Bumped when reference training changes in a way that changes the trained weights (invalidates caches).
+REFERENCE_VERSION = 2
+
 
 @dataclass
 class References:
@@ -58,7 +61,8 @@ def _trained_reference(kind: str, spec: JobSpec, bench: Benchmark, tokenizer: An
                        device: torch.device, progress: bool) -> tuple[torch.nn.Module, str]:
     pairs = bench.reference_pairs(kind, tokenizer)
     key = _fingerprint({
-        "kind": kind, "model": spec.model.model_dump(), "train": spec.reference.train.model_dump(),
+        "version": REFERENCE_VERSION, "kind": kind, "model": spec.model.model_dump(),
+        "train": spec.reference.train.model_dump(),
         "seed": spec.seed, "pairs": _fingerprint(pairs), "vocab": _fingerprint(sorted(tokenizer.get_vocab().items())),
         "max_length": spec.train.max_length,
     })

@@ -14,7 +14,7 @@ from rouge_score import rouge_scorer
 
 from harness.benchmarks import load_benchmark
 from harness.benchmarks.muse import metrics as M
-from harness.benchmarks.muse.benchmark import Muse, chunk_text, synthetic_settings
+from harness.benchmarks.muse.benchmark import Muse, chunk_text
 from harness.benchmarks.muse.data import SYNTH_FILES, corpus_texts, load_muse, read_muse_dir, write_muse
 from harness.benchmarks.muse.synth import SyntheticMuseSpec, generate_muse
 from harness.cli_data import synth_command
@@ -124,7 +124,7 @@ def test_synthetic_cache_and_cli(tmp_path: Path, files: dict[str, list]) -> None
     assert a.source == b.source and a.raw["forget"] == files["raw/forget"]
     out = synth_command("muse", str(tmp_path / "cli"), 0)
     assert all((out / f"{k}.json").is_file() for k in SYNTH_FILES)
-    assert synthetic_settings(BenchmarkSpec(name="muse")) == SyntheticMuseSpec()
+    assert BenchmarkSpec(name="muse").synthetic == SyntheticMuseSpec()
 
 
 # ---- metrics --------------------------------------------------------------------------------------

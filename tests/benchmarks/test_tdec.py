@@ -12,7 +12,7 @@ import pytest
 
 from harness.benchmarks import load_benchmark
 from harness.benchmarks.tdec import metrics as M
-from harness.benchmarks.tdec.benchmark import UTILITY_TASKS, Tdec, score_sequences, synthetic_settings
+from harness.benchmarks.tdec.benchmark import UTILITY_TASKS, Tdec, score_sequences
 from harness.benchmarks.tdec.data import load_tdec, read_csv, read_tdec_dir, write_csv, write_tdec
 from harness.benchmarks.tdec.synth import SPLITS, SyntheticTdecSpec, generate_tdec
 from harness.cli_data import synth_command
@@ -132,7 +132,7 @@ def test_synthetic_cache_and_cli(tmp_path: Path, splits: dict[str, list[dict]]) 
     assert [r["text"] for r in a.retain] == [r["text"] for r in splits["retain"]]
     out = synth_command("tdec", str(tmp_path / "cli"), 0)
     assert sorted(p.name for p in out.glob("*.csv")) == ["forget.csv", "holdout.csv", "retain.csv"]
-    assert synthetic_settings(BenchmarkSpec(name="tdec")) == SyntheticTdecSpec()
+    assert BenchmarkSpec(name="tdec").synthetic == SyntheticTdecSpec()
 
 
 # ---- metrics --------------------------------------------------------------------------------------

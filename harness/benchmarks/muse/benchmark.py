@@ -36,10 +36,7 @@ import numpy as np
 from harness.benchmarks.base import BENCHMARKS, AnswerFn, Benchmark, ModelScores, Pair
 from harness.benchmarks.muse.data import corpus_texts, load_muse
 from harness.benchmarks.muse.metrics import (
-    KNOWMEM_MAX_NEW_TOKENS,
     KNOWMEM_STOP,
-    MINK_K,
-    VERBMEM_MAX_NEW_TOKENS,
     cut_answer,
     knowmem_prompt,
     min_k_score,
@@ -48,7 +45,6 @@ from harness.benchmarks.muse.metrics import (
     rouge_l_f1,
     truncate_tokens,
 )
-from harness.benchmarks.muse.synth import SyntheticMuseSpec
 from harness.eval.backend import GenRequest, LoglikRequest
 from harness.eval.text_metrics import bootstrap_ci
 from harness.report import Column
@@ -58,21 +54,6 @@ from harness.spec import BenchmarkSpec, EvalSpec
 DEFAULT_CHUNK_TOKENS = 126
 KNOWMEM_SPLITS = ("forget", "retain")
 PRIVLEAK_SPLITS = ("forget", "holdout")
-
-
-def spec_setting(spec: Any, name: str, default: Any) -> Any:
-    """`spec.<name>` when the spec has that field and it is set, else `default`."""
-    value = getattr(spec, name, None)
-    return default if value is None else value
-
-
-def synthetic_settings(spec: BenchmarkSpec) -> SyntheticMuseSpec:
-    """The synthetic MUSE sizes: `spec.synthetic` when it is one, else its fields MUSE knows, else defaults."""
-    syn = spec.synthetic
-    if isinstance(syn, SyntheticMuseSpec):
-        return syn
-    fields = syn.model_dump() if hasattr(syn, "model_dump") else dict(syn or {})
-    return SyntheticMuseSpec(**{k: v for k, v in fields.items() if k in SyntheticMuseSpec.model_fields})
 
 
 def chunk_text(tokenizer: Any, text: str, max_tokens: int) -> list[str]:
@@ -107,13 +88,13 @@ class Muse(Benchmark):
 
     def __init__(self, spec: BenchmarkSpec, seed: int) -> None:
         super().__init__(spec, seed)
-        self.data = load_muse(spec.source, spec.data_dir, synthetic_settings(spec), seed)
-        self.verbmem_max_new_tokens = int(spec_setting(spec, "verbmem_max_new_tokens", VERBMEM_MAX_NEW_TOKENS))
-        self.knowmem_max_new_tokens = int(spec_setting(spec, "knowmem_max_new_tokens", KNOWMEM_MAX_NEW_TOKENS))
-        self.mink_k = float(spec_setting(spec, "mink_k", MINK_K))
-        self.chunk_tokens = int(spec_setting(spec, "chunk_tokens", DEFAULT_CHUNK_TOKENS))
-        auc_retrain = spec_setting(spec, "auc_retrain", None)
-        self.auc_retrain: float | None = None if auc_retrain is None else float(auc_retrain)
+        self.data = load_muse(spec.source, spec.data_dir, spec.synthetic, seed)
+        self.verbmem_max_new_tokens = spec.verbmem_max_new_tokens
+        self.knowmem_max_new_tokens = spec.knowmem_max_new_tokens
+        self.mink_k = spec.mink_k
+        self.chunk_tokens = DEFAULT_CHUNK_TOKENS
+        #: Published retrain AUC, for jobs without a retrain model (PrivLeak otherwise uses the job's).
+        self.auc_retrain: float | None = None
 
     # ---- training pairs -------------------------------------------------------------------------
 

@@ -17,17 +17,15 @@ JSON files may also be JSON lines. A hub id (e.g. `muse-bench/MUSE-News`) is rea
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.benchmarks.muse.synth import SYNTH_VERSION, SyntheticMuseSpec, generate_muse
+from harness.benchmarks.synthetic_cache import ensure_cached
+from harness.benchmarks.synthetic_cache import synth_dir as _synth_dir
 from harness.errors import DataError
 from harness.results import atomic_write_text
 
@@ -71,34 +69,13 @@ def write_muse(files: Mapping[str, list], out_dir: str | Path) -> Path:
 
 def synth_dir(data_dir: str | Path, synthetic: SyntheticMuseSpec, seed: int) -> Path:
     """Where the synthetic set of this spec and seed is cached: `{data_dir}/muse-synth-<hash>`."""
-    key = json.dumps({"spec": synthetic.model_dump(mode="json"), "seed": seed, "version": SYNTH_VERSION},
-                     sort_keys=True)
-    return Path(data_dir).expanduser() / f"muse-synth-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-
-
-def _complete(directory: Path) -> bool:
-    return all((directory / f"{key}.json").is_file() for key in SYNTH_FILES)
+    return _synth_dir(data_dir, "muse", synthetic, seed, SYNTH_VERSION)
 
 
 def ensure_synthetic(data_dir: str | Path, synthetic: SyntheticMuseSpec, seed: int) -> Path:
     """Generate and write the synthetic set unless a complete copy is cached; return its directory."""
-    target = synth_dir(data_dir, synthetic, seed)
-    if _complete(target):
-        return target
-    files = generate_muse(synthetic, seed)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    tmp.chmod(0o755)
-    try:
-        write_muse(files, tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first, or a partial copy is in the way
-            if not _complete(target):
-                write_muse(files, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return ensure_cached(synth_dir(data_dir, synthetic, seed), [f"{key}.json" for key in SYNTH_FILES],
+                         lambda: generate_muse(synthetic, seed), write_muse)
 
 
 # ---- reading -------------------------------------------------------------------------------------

@@ -44,12 +44,11 @@ import numpy as np
 from harness.benchmarks.base import BENCHMARKS, AnswerFn, Benchmark, ModelScores, Pair
 from harness.benchmarks.tdec.data import corpus_texts, load_tdec
 from harness.benchmarks.tdec.metrics import (
-    DEFAULT_EL_N,
     PAPER_SEQUENCE_LENGTH,
     extraction_likelihood_from_pairs,
     memorization_accuracy,
 )
-from harness.benchmarks.tdec.synth import SYNTH_SEQUENCE_LENGTH, SyntheticTdecSpec
+from harness.benchmarks.tdec.synth import SYNTH_SEQUENCE_LENGTH
 from harness.errors import DataError
 from harness.eval.backend import Backend, GenRequest
 from harness.eval.text_metrics import bootstrap_ci
@@ -62,21 +61,6 @@ UtilityTask = Callable[[Backend, Any, EvalSpec], list[dict[str, Any]]]
 #: Utility tasks by name (`@UTILITY_TASKS.register("lambada")`); a job lists the ones to run.
 UTILITY_TASKS: Registry[UtilityTask] = Registry("TDEC utility task")
 EVAL_SPLITS = ("forget", "holdout")
-
-
-def spec_setting(spec: Any, name: str, default: Any) -> Any:
-    """`spec.<name>` when the spec has that field and it is set, else `default`."""
-    value = getattr(spec, name, None)
-    return default if value is None else value
-
-
-def synthetic_settings(spec: BenchmarkSpec) -> SyntheticTdecSpec:
-    """The synthetic TDEC sizes: `spec.synthetic` when it is one, else its fields TDEC knows, else defaults."""
-    syn = spec.synthetic
-    if isinstance(syn, SyntheticTdecSpec):
-        return syn
-    fields = syn.model_dump() if hasattr(syn, "model_dump") else dict(syn or {})
-    return SyntheticTdecSpec(**{k: v for k, v in fields.items() if k in SyntheticTdecSpec.model_fields})
 
 
 def score_sequences(backend: Backend, tokenizer: Any, texts: list[str], length: int,
@@ -129,14 +113,14 @@ class Tdec(Benchmark):
 
     def __init__(self, spec: BenchmarkSpec, seed: int) -> None:
         super().__init__(spec, seed)
-        self.data = load_tdec(spec.source, spec.data_dir, synthetic_settings(spec), seed, spec.forget_split)
+        self.data = load_tdec(spec.source, spec.data_dir, spec.synthetic, seed, spec.forget_split)
         default_length = SYNTH_SEQUENCE_LENGTH if spec.source == "synthetic" else PAPER_SEQUENCE_LENGTH
-        self.sequence_length = int(spec_setting(spec, "sequence_length", default_length))
-        self.el_n = int(spec_setting(spec, "el_n", DEFAULT_EL_N))
+        self.sequence_length = spec.sequence_length or default_length
+        self.el_n = spec.el_n
         if not 1 <= self.el_n < self.sequence_length:
             raise DataError(f"TDEC needs 1 <= el_n < sequence_length, got el_n={self.el_n}, "
                             f"sequence_length={self.sequence_length}")
-        self.utility_tasks: list[str] = list(spec_setting(spec, "utility_tasks", ()))
+        self.utility_tasks: list[str] = list(spec.utility_tasks)
         self.el_metric = f"el_{self.el_n}"
         self.summary_columns = [
             Column("forget", "ma", "forget MA", False),

@@ -19,17 +19,14 @@ allowed. Rows whose text is empty are dropped, as the reference's `dataset.dropn
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.benchmarks.synthetic_cache import ensure_cached
+from harness.benchmarks.synthetic_cache import synth_dir as _synth_dir
 from harness.benchmarks.tdec.synth import SPLITS, SYNTH_VERSION, SyntheticTdecSpec, generate_tdec
 from harness.errors import DataError
 from harness.results import atomic_write_text
@@ -85,34 +82,13 @@ def read_csv(path: str | Path) -> list[dict]:
 
 def synth_dir(data_dir: str | Path, synthetic: SyntheticTdecSpec, seed: int) -> Path:
     """Where the synthetic set of this spec and seed is cached: `{data_dir}/tdec-synth-<hash>`."""
-    key = json.dumps({"spec": synthetic.model_dump(mode="json"), "seed": seed, "version": SYNTH_VERSION},
-                     sort_keys=True)
-    return Path(data_dir).expanduser() / f"tdec-synth-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-
-
-def _complete(directory: Path) -> bool:
-    return all((directory / f"{name}.csv").is_file() for name in SPLITS)
+    return _synth_dir(data_dir, "tdec", synthetic, seed, SYNTH_VERSION)
 
 
 def ensure_synthetic(data_dir: str | Path, synthetic: SyntheticTdecSpec, seed: int) -> Path:
     """Generate and write the synthetic set unless a complete copy is cached; return its directory."""
-    target = synth_dir(data_dir, synthetic, seed)
-    if _complete(target):
-        return target
-    splits = generate_tdec(synthetic, seed)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    tmp.chmod(0o755)
-    try:
-        write_tdec(splits, tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first, or a partial copy is in the way
-            if not _complete(target):
-                write_tdec(splits, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return ensure_cached(synth_dir(data_dir, synthetic, seed), [f"{name}.csv" for name in SPLITS],
+                         lambda: generate_tdec(synthetic, seed), write_tdec)
 
 
 def forget_file(directory: Path, forget_split: str) -> Path:

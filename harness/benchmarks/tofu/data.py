@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.benchmarks.synthetic_cache import ensure_cached
+from harness.benchmarks.synthetic_cache import synth_dir as _synth_dir
 from harness.benchmarks.tofu.synth import CONFIGS, SYNTH_VERSION, generate_tofu
 from harness.errors import DataError
 from harness.spec import SyntheticTofuSpec
@@ -141,34 +141,13 @@ def validate_records(config: str, records: list[dict], fields: Iterable[str]) ->
 
 def synth_dir(data_dir: str | Path, synthetic: SyntheticTofuSpec, seed: int) -> Path:
     """Where the synthetic set of this spec and seed is cached: `{data_dir}/tofu-synth-<hash>`."""
-    key = json.dumps({"spec": synthetic.model_dump(mode="json"), "seed": seed, "version": SYNTH_VERSION},
-                     sort_keys=True)
-    return Path(data_dir).expanduser() / f"tofu-synth-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-
-
-def _complete(directory: Path) -> bool:
-    return all((directory / f"{name}.json").is_file() for name in CONFIGS)
+    return _synth_dir(data_dir, "tofu", synthetic, seed, SYNTH_VERSION)
 
 
 def ensure_synthetic(data_dir: str | Path, synthetic: SyntheticTofuSpec, seed: int) -> Path:
-    """Generate and write the synthetic set unless a complete copy is already cached; return its dir."""
-    target = synth_dir(data_dir, synthetic, seed)
-    if _complete(target):
-        return target
-    configs = generate_tofu(synthetic, seed)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it owner-only
-    try:
-        write_tofu(configs, tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first (target now a non-empty dir) or a partial copy
-            if not _complete(target):
-                write_tofu(configs, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """Generate and write the synthetic set unless a complete copy is cached; return its directory."""
+    return ensure_cached(synth_dir(data_dir, synthetic, seed), [f"{name}.json" for name in CONFIGS],
+                         lambda: generate_tofu(synthetic, seed), write_tofu)
 
 
 def _read_hub(source: str, configs: Iterable[str]) -> dict[str, list[dict]]:
