@@ -31,11 +31,81 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.spec import load_spec
+    from harness.tune import load_space, run_tune
+
+    spec = load_spec(args.spec, args.set)
+    space = load_space(args.space)
+    out = Path(args.out or f"results/tune-{spec.name}")
+    result = run_tune(spec, space, out, trials=args.trials, resume=args.resume)
+    print((result / "pareto.md").read_text())
+    print(f"tune results: {result} (best job specs in {result / 'best'})")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from harness.compare import write_report
+
+    path = write_report(args.dirs, args.out)
+    print(f"report: {path} (and {path.with_suffix('.html')})")
+    return 0
+
+
+def _nightly(args: argparse.Namespace) -> int:
+    from harness.nightly import run_suite
+
+    result = run_suite(args.suite, history_path=args.history, baseline=args.baseline, overrides=args.set,
+                       out=args.out)
+    n = len(result.regressions)
+    print(f"nightly run {result.run_id}: {n} regression(s) against {result.baseline}")
+    print(f"report: {result.report}")
+    return 1 if result.regressed else 0
+
+
 def _data_synth(args: argparse.Namespace) -> int:
     from harness.cli_data import synth_command
 
     path = synth_command(args.benchmark, args.out, args.seed)
     print(f"wrote synthetic {args.benchmark} to {path}")
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from harness.submit import job_status, submit_job
+
+    job_id = submit_job(args.spec, args.address, args.set, wait=args.wait, out=args.out)
+    if not args.wait:
+        return 0
+    return 0 if job_status(args.address, job_id).status == "SUCCEEDED" else 1
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from harness.submit import job_logs, job_status, stop_job
+
+    if args.jobs_command == "status":
+        state = job_status(args.address, args.job_id)
+        print(f"{state.job_id}: {state.status}" + (f" ({state.message})" if state.message else ""))
+    elif args.jobs_command == "logs":
+        print(job_logs(args.address, args.job_id), end="")
+    else:
+        stopped = stop_job(args.address, args.job_id)
+        print(f"{args.job_id}: " + ("stop requested" if stopped else "already finished"))
+    return 0
+
+
+def _cluster_check(args: argparse.Namespace) -> int:
+    from harness.cluster import check_cluster
+
+    problems = check_cluster(args.config, args.jobs)
+    if problems:
+        print(f"{args.config}: {len(problems)} problem(s)")
+        for p in problems:
+            print(f"  - {p}")
+        return 2
+    print(f"OK: {args.config} passes Ray's cluster schema and fits every job spec in {args.jobs or 'jobs/'}")
     return 0
 
 
@@ -51,6 +121,55 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a spec field by its dotted path (repeatable)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan without loading weights")
     run.set_defaults(func=_run)
+
+    tune = sub.add_parser("tune", help="search a method's settings with Ray Tune (Optuna + ASHA)")
+    tune.add_argument("spec", help="job spec (YAML)")
+    tune.add_argument("--space", required=True, help="search space (YAML, see tune_spaces/)")
+    tune.add_argument("--trials", type=int, help="number of trials (overrides the space's num_samples)")
+    tune.add_argument("--out", help="output directory (default results/tune-<job name>)")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec field")
+    tune.add_argument("--resume", action="store_true", help="resume an interrupted search in --out")
+    tune.set_defaults(func=_tune)
+
+    report = sub.add_parser("report", help="compare finished runs side by side (report.md + report.html)")
+    report.add_argument("dirs", nargs="+", metavar="DIR", help="run directories (each with metrics.parquet)")
+    report.add_argument("--out", help="output directory (default: report/ under the runs' common parent)")
+    report.set_defaults(func=_report)
+
+    nightly = sub.add_parser("nightly", help="run a suite, compare with the baseline; exit 1 on a regression")
+    nightly.add_argument("suite", help="suite spec (YAML), e.g. jobs/nightly.yaml")
+    nightly.add_argument("--history", help="history parquet (overrides the suite's `history`)")
+    nightly.add_argument("--baseline", metavar="RUN_ID", help="pin the baseline to this run id ('latest': the last)")
+    nightly.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                         help="override a field of every job spec (repeatable)")
+    nightly.add_argument("--out", help="output directory (overrides the suite's `out`)")
+    nightly.set_defaults(func=_nightly)
+
+    submit = sub.add_parser("submit", help="run a job spec on a Ray cluster through the Ray Jobs API")
+    submit.add_argument("spec", help="job spec (YAML) inside the project directory, which is uploaded")
+    submit.add_argument("--address", help="Jobs API address, e.g. http://HEAD:8265 "
+                        "(default: RAY_API_SERVER_ADDRESS or RAY_ADDRESS)")
+    submit.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a spec field by its dotted path (repeatable)")
+    submit.add_argument("--out", help="results directory on the cluster (passed to `harness run --out`)")
+    submit.add_argument("--wait", action="store_true", help="follow the logs until the job ends; exit 1 unless it "
+                        "succeeded")
+    submit.set_defaults(func=_submit)
+
+    jobs = sub.add_parser("jobs", help="status, logs or stop of a submitted job")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    for name, text in (("status", "show a job's status"), ("logs", "print a job's logs"), ("stop", "stop a job")):
+        j = jobs_sub.add_parser(name, help=text)
+        j.add_argument("job_id", metavar="ID", help="job id printed by `harness submit`")
+        j.add_argument("--address", help="Jobs API address (default: RAY_API_SERVER_ADDRESS or RAY_ADDRESS)")
+        j.set_defaults(func=_jobs)
+
+    cluster = sub.add_parser("cluster", help="Ray cluster utilities")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    check = cluster_sub.add_parser("check", help="validate a cluster config (Ray's schema) and that the jobs fit")
+    check.add_argument("config", help="Ray cluster launcher config, e.g. cluster.yaml")
+    check.add_argument("--jobs", help="directory of job specs to check (default: jobs/ beside the config)")
+    check.set_defaults(func=_cluster_check)
 
     data = sub.add_parser("data", help="benchmark data utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)

@@ -61,7 +61,7 @@ class JobResult:
     diverged: dict[str, bool] = field(default_factory=dict)
 
 
-def _score(bench: Benchmark, model: torch.nn.Module, tokenizer: Any, spec: JobSpec,
+def score_model(bench: Benchmark, model: torch.nn.Module, tokenizer: Any, spec: JobSpec,
            device: torch.device, source: tuple[str, Path | None] | None = None) -> ModelScores:
     """Score one model: in process, or with `eval.workers` > 1 on Ray scoring workers that each load
     `source` = (model dir, adapter dir or None) once (harness.eval.parallel)."""
@@ -109,9 +109,9 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
 
     scores: dict[str, ModelScores] = {}
     t0 = time.perf_counter()
-    scores["target"] = _score(bench, refs.target, refs.tokenizer, spec, device, (refs.target_source, None))
+    scores["target"] = score_model(bench, refs.target, refs.tokenizer, spec, device, (refs.target_source, None))
     if refs.retain is not None:
-        scores["retain"] = _score(bench, refs.retain, refs.tokenizer, spec, device, (refs.retain_source, None))
+        scores["retain"] = score_model(bench, refs.retain, refs.tokenizer, spec, device, (refs.retain_source, None))
     timings["score_references_s"] = time.perf_counter() - t0
 
     train_rows: list[dict[str, Any]] = []
@@ -132,7 +132,7 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
             notes.append(f"{method.name} diverged ({result.reason}); it is not scored.")
             log(f"method {method.name} diverged: {result.reason}")
         else:
-            scores[method.name] = _score(bench, model, refs.tokenizer, spec, device,
+            scores[method.name] = score_model(bench, model, refs.tokenizer, spec, device,
                                          (refs.target_source, result.adapter_dir))
         timings[f"{method.name}_s"] = time.perf_counter() - t0
         del model

@@ -74,7 +74,7 @@ def write_summary(path: Path, title: str, table: pd.DataFrame, notes: Sequence[s
     return text
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def save_figure(fig: plt.Figure, path: Path) -> None:
     import io
 
     buf = io.BytesIO()
@@ -102,7 +102,7 @@ def plot_training(train_log: pd.DataFrame, path: Path) -> Path | None:
     axes.flat[0].legend()
     fig.suptitle("Training telemetry per method")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -121,5 +121,5 @@ def plot_metrics(table: pd.DataFrame, columns: Sequence[Column], path: Path) -> 
         ax.tick_params(axis="x", rotation=45, labelsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return path

@@ -51,11 +51,13 @@ def ensure_ray(address: str | None = None) -> None:
 
 
 def run_unlearning(method: MethodSpec, spec: JobSpec, target: str, forget_pairs: Sequence[Pair],
-                   retain_pairs: Sequence[Pair], out_dir: Path, fault: dict[str, Any] | None = None) -> TrainRun:
+                   retain_pairs: Sequence[Pair], out_dir: Path, fault: dict[str, Any] | None = None,
+                   callbacks: Sequence[Any] = ()) -> TrainRun:
     """Train one method on Ray Train (N workers, each a DeepSpeed engine) and collect its adapter and log.
 
     `target` is a directory (or hub id) every worker loads the target model and tokenizer from.
     `fault` is a test hook: `{"rank", "step", "marker"}` makes that worker SIGKILL itself once.
+    `callbacks` are Ray Train callbacks (Tune passes its `TuneReportCallback` to see each report).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -81,7 +83,7 @@ def run_unlearning(method: MethodSpec, spec: JobSpec, target: str, forget_pairs:
                                      resources_per_worker=worker_resources),
         run_config=RunConfig(name=method.name, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=res.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=list(callbacks)),
         torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
     )
     try:

@@ -1,0 +1,313 @@
+"""Side-by-side comparison of finished runs (`harness report DIR [DIR ...]`): one table, bar and curve plots."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import yaml
+
+from harness.errors import DataError
+from harness.report import Column, summary_table, to_markdown
+from harness.results import METRIC_COLUMNS, TRAIN_LOG_COLUMNS, atomic_write_bytes, atomic_write_text
+
+REFERENCE_METHODS = ("target", "retain")
+TELEMETRY = ("max grad norm", "max adapter norm", "max logit norm", "diverged")
+_CURVES = [("loss", "total loss", False), ("loss_forget", "forget loss", False), ("loss_retain", "retain loss", False),
+           ("grad_norm", "gradient norm", True), ("adapter_norm", "adapter norm ‖ΔW‖", True),
+           ("logit_norm", "logit norm", True)]
+_LINESTYLES = ["-", "--", ":", "-."]
+
+
+@dataclass
+class RunData:
+    """One finished run read back from its results directory (DESIGN.md section 4)."""
+
+    label: str
+    path: Path
+    metrics: pd.DataFrame
+    train_log: pd.DataFrame
+    spec: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> list[str]:
+        """Reference models first, then the unlearning methods in the order the run lists them."""
+        seen = list(dict.fromkeys(self.metrics["method"].tolist() + self.train_log["method"].tolist()))
+        spec_order = [m.get("name") for m in self.spec.get("methods", []) if isinstance(m, dict)]
+        rest = [m for m in spec_order if m in seen] + [m for m in seen if m not in spec_order]
+        return [m for m in REFERENCE_METHODS if m in seen] + [m for m in rest if m not in REFERENCE_METHODS]
+
+
+def load_run(path: str | Path, label: str | None = None) -> RunData:
+    """Read metrics.parquet (required), train_log.parquet, spec.yaml and env.json of a run directory."""
+    path = Path(path)
+    metrics_path = path / "metrics.parquet"
+    if not metrics_path.is_file():
+        raise DataError(f"{path} is not a finished run: {metrics_path.name} is missing")
+    metrics = pd.read_parquet(metrics_path)
+    missing = [c for c in ("method", "split", "metric", "value") if c not in metrics.columns]
+    if missing:
+        raise DataError(f"{metrics_path} lacks the columns {', '.join(missing)}")
+    for col in METRIC_COLUMNS:
+        if col not in metrics.columns:
+            metrics[col] = float("nan") if col in ("ci_low", "ci_high") else ""
+    log_path = path / "train_log.parquet"
+    train_log = pd.read_parquet(log_path) if log_path.is_file() else pd.DataFrame(columns=TRAIN_LOG_COLUMNS)
+    for col in TRAIN_LOG_COLUMNS:
+        if col not in train_log.columns:
+            train_log[col] = pd.Series(dtype="float64")
+    spec: dict[str, Any] = {}
+    if (path / "spec.yaml").is_file():
+        try:
+            spec = yaml.safe_load((path / "spec.yaml").read_text()) or {}
+        except yaml.YAMLError as err:
+            raise DataError(f"{path / 'spec.yaml'} is not valid YAML: {err}") from None
+    env: dict[str, Any] = {}
+    if (path / "env.json").is_file():
+        try:
+            env = json.loads((path / "env.json").read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path / 'env.json'} is not valid JSON: {err}") from None
+    return RunData(label or path.name, path, metrics, train_log, spec if isinstance(spec, dict) else {}, env)
+
+
+def summary_columns_for(spec: dict[str, Any], metrics: pd.DataFrame) -> list[Column]:
+    """The summary columns of a run's benchmark (as its summary.md shows them), from spec.yaml alone.
+
+    Mirrors each benchmark's `summary_columns` without loading its data; a benchmark it does not know
+    gets one column per (split, metric) in metrics.parquet.
+    """
+    bench = spec.get("benchmark") or {}
+    name = bench.get("name") or (metrics["benchmark"].dropna().iloc[0] if metrics["benchmark"].notna().any() else "")
+    if name == "tofu":
+        f = bench.get("forget_split") or "forget10"
+        return [Column(f, "forget_quality", "forget quality", True),
+                Column("all", "model_utility", "model utility", True),
+                Column(f, "rouge_l_recall", "forget ROUGE-L", False),
+                Column(f, "truth_ratio", "forget truth ratio", True), Column(f, "prob", "forget prob", False),
+                Column("retain", "rouge_l_recall", "retain ROUGE-L", True)]
+    if name == "muse":
+        return [Column("forget", "verbmem_rouge", "forget VerbMem", False),
+                Column("forget", "knowmem_rouge", "forget KnowMem", False),
+                Column("retain", "knowmem_rouge", "retain KnowMem", True),
+                Column("forget", "privleak", "PrivLeak", None)]
+    if name == "tdec":
+        n = bench.get("el_n") or 10
+        return [Column("forget", "ma", "forget MA", False), Column("forget", f"el_{n}", f"forget EL_{n}", False),
+                Column("holdout", "ma_threshold", "MA threshold", None),
+                Column("holdout", "el_threshold", f"EL_{n} threshold", None)]
+    pairs = metrics[metrics["metric"] != "diverged"][["split", "metric"]].drop_duplicates()
+    return [Column(s, m, f"{s} {m}") for s, m in pairs.itertuples(index=False)]
+
+
+def _unique_labels(paths: Sequence[Path]) -> list[str]:
+    """Directory names; `parent/name` where names repeat, then `#2`, `#3` for what still repeats."""
+    names = [p.name or str(p) for p in paths]
+    labels = [f"{p.parent.name}/{n}" if names.count(n) > 1 and p.parent.name else n
+              for p, n in zip(paths, names, strict=True)]
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if seen[lab] == 1 else f"{lab}#{seen[lab]}")
+    return out
+
+
+def comparison_table(runs: Sequence[RunData]) -> tuple[pd.DataFrame, list[Column]]:
+    """One row per (run, method): every run's summary metrics side by side, then training telemetry."""
+    columns: list[Column] = []
+    frames = []
+    for run in runs:
+        cols = summary_columns_for(run.spec, run.metrics)
+        for c in cols:
+            if c.label not in [k.label for k in columns]:
+                columns.append(c)
+        div = run.metrics[run.metrics["metric"] == "diverged"]
+        diverged = {m: bool(v) for m, v in zip(div["method"], div["value"], strict=True)}
+        table = summary_table(run.metrics, run.train_log, cols, run.methods, diverged)
+        table.insert(0, "run", run.label)
+        frames.append(table)
+    labels = [c.label for c in columns]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "method"])
+    for lab in labels:
+        if lab not in table.columns:
+            table[lab] = float("nan")
+    return table[["run", "method", *labels, *TELEMETRY]], columns
+
+
+def all_metrics_table(runs: Sequence[RunData]) -> pd.DataFrame:
+    """Every (benchmark, split, metric, method) as a row, one value column per run."""
+    long = pd.concat([r.metrics.assign(run=r.label) for r in runs], ignore_index=True)
+    long["benchmark"] = long["benchmark"].fillna("")
+    wide = long.pivot_table(index=["benchmark", "split", "metric", "method"], columns="run", values="value",
+                            aggfunc="first", sort=False)
+    return wide.reindex(columns=[r.label for r in runs]).reset_index()
+
+
+def plot_metric_bars(table: pd.DataFrame, columns: Sequence[Column]) -> plt.Figure | None:
+    """One panel per summary metric; methods on the x axis, one bar per run."""
+    if table.empty or not columns:
+        return None
+    runs = list(dict.fromkeys(table["run"]))
+    methods = list(dict.fromkeys(table["method"]))
+    n = len(columns)
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.6 * nrows), squeeze=False)
+    width = 0.8 / max(len(runs), 1)
+    for ax, col in zip(axes.flat, columns):
+        for i, run in enumerate(runs):
+            sub = table[table["run"] == run].set_index("method")[col.label].astype(float)
+            xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(methods))]
+            ax.bar(xs, [sub.get(m, float("nan")) for m in methods], width, label=run)
+        arrow = {True: " ↑", False: " ↓"}.get(col.higher_is_better, "")
+        ax.set_title(col.label + arrow, fontsize=10)
+        ax.set_xticks(range(len(methods)), methods, rotation=45, fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("Summary metrics per method, grouped by run")
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_overlay(runs: Sequence[RunData]) -> plt.Figure | None:
+    """Training curves of every (run, method) overlaid: colour per method, line style per run."""
+    logs = [r for r in runs if not r.train_log.empty]
+    if not logs:
+        return None
+    methods = list(dict.fromkeys(m for r in logs for m in r.train_log["method"]))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    for ax, (key, title, log_scale) in zip(axes.flat, _CURVES, strict=True):
+        positive = True
+        for i, run in enumerate(logs):
+            for method, group in run.train_log.groupby("method", sort=False):
+                y = group[key].astype(float)
+                positive &= bool((y.dropna() > 0).all())
+                ax.plot(group["step"], y, color=colors[methods.index(method) % len(colors)],
+                        linestyle=_LINESTYLES[i % len(_LINESTYLES)], linewidth=1.4, label=f"{run.label}: {method}")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if log_scale and positive:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Training curves (colour: method, line style: run)")
+    fig.tight_layout()
+    return fig
+
+
+def load_runs(dirs: Sequence[str | Path]) -> list[RunData]:
+    """Read several run directories, labelled by their (disambiguated) directory names."""
+    if not dirs:
+        raise DataError("no run directories given")
+    paths = [Path(d) for d in dirs]
+    return [load_run(p, lab) for p, lab in zip(paths, _unique_labels(paths), strict=True)]
+
+
+def _figures(runs: Sequence[RunData], table: pd.DataFrame, columns: Sequence[Column]) -> dict[str, plt.Figure]:
+    figs = (("metrics", plot_metric_bars(table, columns)), ("training", plot_training_overlay(runs)))
+    return {name: fig for name, fig in figs if fig is not None}
+
+
+def compare_runs(dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, dict[str, plt.Figure]]:
+    """The (run, method) comparison table of finished runs and its figures ({"metrics": ..., "training": ...})."""
+    runs = load_runs(dirs)
+    table, columns = comparison_table(runs)
+    return table, _figures(runs, table, columns)
+
+
+# ---- writing: markdown + self-contained HTML ------------------------------------------------------
+
+def figure_png(fig: plt.Figure) -> bytes:
+    """A figure as PNG bytes (the figure is closed)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def html_table(table: pd.DataFrame, row_class: Sequence[str] | None = None) -> str:
+    """A plain HTML table with the markdown tables' number formatting; `row_class` styles rows."""
+    from harness.report import _fmt
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    body = []
+    for i, (_, row) in enumerate(table.iterrows()):
+        cells = "".join(f"<td>{html.escape(_fmt(v) if isinstance(v, float) else str(v))}</td>" for v in row.tolist())
+        cls = f' class="{row_class[i]}"' if row_class and row_class[i] else ""
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def html_image(png: bytes, alt: str) -> str:
+    """An <img> with the PNG embedded as base64, so the page stands alone."""
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def html_page(title: str, body: str) -> str:
+    """A small self-contained HTML page."""
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0;"
+             "font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f2f2f2}"
+             "td:first-child,th:first-child{text-align:left}tr.regression{background:#fdd}"
+             "tr.improvement{background:#dfd}tr.missing{background:#fec}img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+
+
+def _runs_table(runs: Sequence[RunData]) -> pd.DataFrame:
+    rows = []
+    for r in runs:
+        bench = (r.spec.get("benchmark") or {}) if r.spec else {}
+        rows.append({"run": r.label, "path": str(r.path), "job": r.spec.get("name", "—"),
+                     "benchmark": f"{bench.get('name', '—')} {bench.get('forget_split', '')}".strip(),
+                     "git commit": str(r.env.get("git_commit") or "—")[:16], "seed": str(r.env.get("seed", "—")),
+                     "started": str(r.env.get("started") or "—"), "duration s": str(r.env.get("duration_s") or "—")})
+    return pd.DataFrame(rows)
+
+
+def default_report_dir(dirs: Sequence[str | Path]) -> Path:
+    """`report/` under the runs' common parent (under the run itself when there is one)."""
+    paths = [os.path.abspath(d) for d in dirs]
+    return Path(os.path.commonpath(paths)) / "report"
+
+
+def write_report(dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
+    """Compare runs and write report.md, report.html and plots/*.png under `out` (atomically); returns report.md."""
+    runs = load_runs(dirs)
+    out = Path(out) if out else default_report_dir(dirs)
+    table, columns = comparison_table(runs)
+    figures = _figures(runs, table, columns)
+    pngs = {name: figure_png(fig) for name, fig in figures.items()}
+    for name, png in pngs.items():
+        atomic_write_bytes(out / "plots" / f"compare_{name}.png", png)
+    runs_df = _runs_table(runs)
+    everything = all_metrics_table(runs)
+    title = "Run comparison: " + ", ".join(r.label for r in runs)
+    md = [f"# {title}", "", "## Runs", "", to_markdown(runs_df), "", "## Summary (one row per run and method)", "",
+          to_markdown(table), ""]
+    for name in pngs:
+        md += [f"![{name}](plots/compare_{name}.png)", ""]
+    md += ["## All metrics", "", to_markdown(everything), ""]
+    atomic_write_text(out / "report.md", "\n".join(md))
+    body = ["<h2>Runs</h2>", html_table(runs_df), "<h2>Summary (one row per run and method)</h2>", html_table(table)]
+    body += [html_image(png, name) for name, png in pngs.items()]
+    body += ["<h2>All metrics</h2>", html_table(everything)]
+    atomic_write_text(out / "report.html", html_page(title, "\n".join(body)))
+    return out / "report.md"

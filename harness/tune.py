@@ -1,0 +1,264 @@
+"""`harness tune`: Ray Tune over one method of a job: Optuna (multi-objective) + ASHA on a training proxy.
+
+Each trial is a Tune function trainable that launches the job's Ray Train trainer for the trial's
+settings (the Ray Train V2 pattern); the trainer's reports reach Tune through `TuneReportCallback`,
+so ASHA can stop a trial on its in-training proxy (e.g. the retain loss). A finished trial is
+scored with the benchmark's metric suite and reports its objectives (e.g. forget quality and
+model utility, both up). Results: every trial's config and metrics (`trials.parquet`), the Pareto
+front (`pareto.md`, `plots/pareto.png`), and the Pareto configurations as ready-to-run job specs
+(`best/*.yaml`). An interrupted search resumes with `--resume` (`Tuner.restore`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from harness.errors import SpecError
+from harness.results import atomic_write_parquet, atomic_write_text
+from harness.spec import JobSpec, apply_override, dump_spec, validate_spec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Objective(_Strict):
+    """A final metric the search optimises."""
+
+    metric: str
+    split: str
+    mode: Literal["max", "min"] = "max"
+
+
+class Proxy(_Strict):
+    """An in-training metric (from the trainer's reports) that ASHA stops trials on."""
+
+    metric: str = "loss_retain"
+    mode: Literal["max", "min"] = "min"
+
+
+class Asha(_Strict):
+    """ASHA settings, in units of trainer reports."""
+
+    grace_period: int = Field(2, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+    max_t: int = Field(100, ge=1)
+
+
+class TuneSpace(_Strict):
+    """A search space over the settings of one method of a job spec (dotted paths inside the method)."""
+
+    method: str | None = None
+    num_samples: int = Field(8, ge=1)
+    max_concurrent: int = Field(1, ge=1)
+    seed: int = 0
+    objectives: list[Objective] = Field(min_length=1)
+    proxy: Proxy = Proxy()
+    asha: Asha | None = Asha()
+    params: dict[str, dict[str, Any]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> TuneSpace:
+        names = [o.metric for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError("objectives must name different metrics")
+        for path, dist in self.params.items():
+            if len(dist) != 1 or next(iter(dist)) not in _DISTRIBUTIONS:
+                raise ValueError(f"params.{path}: give exactly one of {', '.join(_DISTRIBUTIONS)}")
+        return self
+
+
+_DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+
+
+def load_space(path: str | Path) -> TuneSpace:
+    """Read and validate a search-space YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"search space {path} does not exist")
+    try:
+        return TuneSpace.model_validate(yaml.safe_load(path.read_text()) or {})
+    except ValidationError as err:
+        lines = [f"invalid search space {path}:"]
+        lines += [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                  for e in err.errors()]
+        raise SpecError("\n".join(lines)) from None
+
+
+def _domain(dist: dict[str, Any]) -> Any:
+    from ray import tune
+
+    kind, args = next(iter(dist.items()))
+    if kind == "choice":
+        return tune.choice(list(args))
+    return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](*args)
+
+
+def apply_trial(base: JobSpec, method_name: str, config: dict[str, Any]) -> JobSpec:
+    """The job spec with one method whose settings are the base method's plus the trial's values."""
+    data = base.model_dump(mode="json")
+    method = next(m for m in data["methods"] if m["name"] == method_name)
+    data["methods"] = [method]
+    for path, value in config.items():
+        data = apply_override(data, f"methods.0.{path}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+    return validate_spec(data, f"(trial {config})")
+
+
+def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """One Tune trial: train on Ray Train (reports forwarded to Tune), then score and report objectives."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from harness.adapters import load_adapter
+    from harness.benchmarks import load_benchmark
+    from harness.models import load_pretrained
+    from harness.pipeline import score_model
+    from harness.train.ray_run import run_unlearning
+
+    spec = apply_trial(validate_spec(context["spec"]), context["method"], config)
+    method = spec.methods[0]
+    trial_dir = Path(ray.tune.get_context().get_trial_dir())
+    run = run_unlearning(method, spec, context["target"], context["forget_pairs"], context["retain_pairs"],
+                         trial_dir, callbacks=[TuneReportCallback()])
+    final: dict[str, Any] = {"diverged": float(run.diverged), "steps": run.steps}
+    if run.diverged:
+        final.update({o["metric"]: (0.0 if o["mode"] == "max" else float("inf")) for o in context["objectives"]})
+        ray.tune.report(final)
+        return
+    bench = load_benchmark(spec.benchmark, spec.seed)
+    model, tokenizer = load_pretrained(context["target"], torch.float32)
+    load_adapter(model, run.adapter_dir)
+    scores = score_model(bench, model.eval(), tokenizer, spec, torch.device("cpu"))
+    rows = bench.aggregate({"trial": scores, "retain": context["retain_scores"]}, spec.eval)
+    values = {(r["split"], r["metric"]): r["value"] for r in rows if r["method"] == "trial"}
+    for o in context["objectives"]:
+        final[o["metric"]] = float(values.get((o["split"], o["metric"]), float("nan")))
+    ray.tune.report(final)
+
+
+def pareto_front(frame: pd.DataFrame, objectives: list[Objective]) -> pd.DataFrame:
+    """Rows not dominated by any other (every objective at least as good, one strictly better)."""
+    cols = [o.metric for o in objectives]
+    done = frame.dropna(subset=cols)
+    if done.empty:
+        return done
+    signed = done[cols].to_numpy(dtype=float) * np.array([1.0 if o.mode == "max" else -1.0 for o in objectives])
+    keep = [not np.any(np.all(signed >= row, axis=1) & np.any(signed > row, axis=1)) for row in signed]
+    return done[np.array(keep)].sort_values(cols[0], ascending=objectives[0].mode == "min")
+
+
+def _plot_pareto(frame: pd.DataFrame, front: pd.DataFrame, objectives: list[Objective], path: Path) -> None:
+    from harness.report import plt, save_figure
+
+    x, y = objectives[0].metric, objectives[1].metric if len(objectives) > 1 else "diverged"
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter(frame[x], frame[y], color="0.6", label="trials")
+    ax.scatter(front[x], front[y], color="tab:red", label="Pareto front", zorder=3)
+    for _, row in front.iterrows():
+        ax.annotate(str(row.get("config/adapter.bound", "")), (row[x], row[y]), fontsize=8)
+    ax.set_xlabel(f"{x} ({objectives[0].mode})")
+    ax.set_ylabel(y)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = None, resume: bool = False) -> Path:
+    """Run the search (or resume it) and write trials, the Pareto front and the best job specs under `out`."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from harness.benchmarks import load_benchmark
+    from harness.objectives import make_objective
+    from harness.pipeline import log, resolve_device, score_model
+    from harness.reference import prepare_references
+    from harness.train.ray_run import ensure_ray
+
+    method_name = space.method or spec.methods[0].name
+    base = next((m for m in spec.methods if m.name == method_name), None)
+    if base is None:
+        raise SpecError(f"search space method {method_name!r} is not a method of job {spec.name!r}")
+    apply_trial(spec, method_name, {})  # the base method alone must validate
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(spec.resources.device)
+    bench = load_benchmark(spec.benchmark, spec.seed)
+    refs = prepare_references(spec, bench, device)
+    if refs.retain is None:
+        raise SpecError("tuning needs a retain reference model (reference.retain) to compute forget quality")
+    log("scoring the retain model once for all trials")
+    retain_scores = score_model(bench, refs.retain, refs.tokenizer, spec, device)
+    objective = make_objective(base.objective)
+    context = {
+        "spec": spec.model_dump(mode="json"), "method": method_name, "target": refs.target_source,
+        "forget_pairs": bench.forget_pairs(refs.tokenizer, objective.forget_answer),
+        "retain_pairs": bench.retain_pairs(refs.tokenizer), "retain_scores": retain_scores,
+        "objectives": [o.model_dump() for o in space.objectives],
+    }
+    # Intermediate reports come from the trainer (training proxy only); the objectives arrive with the
+    # trial's last report, so Tune must not demand them in every result.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    ensure_ray(spec.resources.address)
+    trainable = tune.with_resources(tune.with_parameters(_trial, context=context), {"CPU": 0.1})
+    storage = str(out.resolve())
+    if resume and tune.Tuner.can_restore(str(out.resolve() / "tune")):
+        log("resuming the search from its last state")
+        tuner = tune.Tuner.restore(str(out.resolve() / "tune"), trainable=trainable, resume_unfinished=True,
+                                   restart_errored=True)
+    else:
+        search = OptunaSearch(metric=[o.metric for o in space.objectives], mode=[o.mode for o in space.objectives],
+                              seed=space.seed)
+        scheduler = (ASHAScheduler(metric=space.proxy.metric, mode=space.proxy.mode, max_t=space.asha.max_t,
+                                   grace_period=space.asha.grace_period,
+                                   reduction_factor=space.asha.reduction_factor) if space.asha else None)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={path: _domain(dist) for path, dist in space.params.items()},
+            tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=trials or space.num_samples,
+                                        max_concurrent_trials=space.max_concurrent),
+            run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=1),
+        )
+    grid = tuner.fit()
+    frame = grid.get_dataframe()
+    return write_tune_results(frame, spec, method_name, space, out)
+
+
+def write_tune_results(frame: pd.DataFrame, spec: JobSpec, method_name: str, space: TuneSpace, out: Path) -> Path:
+    """trials.parquet, pareto.md, plots/pareto.png and best/*.yaml from Tune's results frame."""
+    from harness.report import to_markdown
+
+    keep = [c for c in frame.columns if c.startswith("config/") or c in
+            {"trial_id", "diverged", "steps", "training_iteration", space.proxy.metric,
+             *[o.metric for o in space.objectives]}]
+    frame = frame[keep].copy()
+    atomic_write_parquet(out / "trials.parquet", frame)
+    front = pareto_front(frame, space.objectives)
+    atomic_write_text(out / "pareto.md", f"# Pareto front: {spec.name} / {method_name}\n\n"
+                      f"{len(front)} of {len(frame)} trials are not dominated "
+                      f"({', '.join(f'{o.metric} {o.mode}' for o in space.objectives)}).\n\n"
+                      f"{to_markdown(front.reset_index(drop=True))}\n")
+    if len(space.objectives) and not front.empty:
+        _plot_pareto(frame, front, space.objectives, out / "plots" / "pareto.png")
+    for rank, (_, row) in enumerate(front.iterrows()):
+        config = {c.removeprefix("config/"): _plain(row[c]) for c in frame.columns if c.startswith("config/")}
+        best = apply_trial(spec, method_name, config)
+        data = best.model_dump(mode="json")
+        data["name"] = f"{spec.name}_tuned_{rank}"
+        data["methods"][0]["name"] = f"{method_name}_tuned_{rank}"
+        atomic_write_text(out / "best" / f"{data['name']}.yaml",
+                          f"# Pareto-optimal configuration {rank} from `harness tune` (trial {row.get('trial_id')}).\n"
+                          + dump_spec(validate_spec(copy.deepcopy(data))))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value

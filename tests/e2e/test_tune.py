@@ -1,0 +1,67 @@
+"""`harness tune` end to end on a tiny job: trials through Ray Train, Pareto outputs, and a resumed search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from harness.cli import main
+from harness.spec import load_spec
+
+pytestmark = pytest.mark.e2e
+
+SPACE = {
+    "method": "gd_sine", "num_samples": 2,
+    "objectives": [{"metric": "forget_quality", "split": "forget10", "mode": "max"},
+                   {"metric": "model_utility", "split": "all", "mode": "max"}],
+    "proxy": {"metric": "loss_retain", "mode": "min"},
+    "asha": {"grace_period": 1, "reduction_factor": 2, "max_t": 10},
+    "params": {"adapter.bound": {"choice": ["sine", "tanh"]}, "train.lr": {"loguniform": [0.001, 0.01]}},
+}
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("tune")
+    job = {
+        "name": "tiny", "out": str(tmp / "job"),
+        "benchmark": {"synthetic": {"n_authors": 10, "qa_per_author": 2, "n_real_authors": 4, "n_world_facts": 4},
+                      "data_dir": str(tmp / "data")},
+        "reference": {"cache_dir": str(tmp / "cache"), "train": {"epochs": 2, "batch_size": 16}},
+        "train": {"epochs": 3, "batch_size": 4, "lr": 1e-3, "report_every": 1},
+        "eval": {"max_new_tokens": 8, "bootstrap": 0},
+        "methods": [{"name": "gd_sine", "adapter": {"bound": "sine"}}],
+    }
+    (tmp / "job.yaml").write_text(yaml.safe_dump(job))
+    (tmp / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    args = ["tune", str(tmp / "job.yaml"), "--space", str(tmp / "space.yaml"), "--out", str(tmp / "res")]
+    assert main(args) == 0
+    (tmp / "first.parquet").write_bytes((tmp / "res" / "trials.parquet").read_bytes())
+    assert main([*args, "--resume"]) == 0
+    return tmp
+
+
+def test_every_trial_is_recorded_with_its_config_and_objectives(tuned: Path) -> None:
+    trials = pd.read_parquet(tuned / "res" / "trials.parquet")
+    assert len(trials) == 2
+    assert {"config/adapter.bound", "config/train.lr", "forget_quality", "model_utility"} <= set(trials.columns)
+    assert trials[["forget_quality", "model_utility"]].notna().all().all()
+
+
+def test_pareto_table_plot_and_runnable_best_specs(tuned: Path) -> None:
+    assert "Pareto front" in (tuned / "res" / "pareto.md").read_text()
+    assert (tuned / "res" / "plots" / "pareto.png").is_file()
+    best = sorted((tuned / "res" / "best").glob("*.yaml"))
+    assert best
+    spec = load_spec(best[0])
+    assert spec.methods[0].adapter.bound in {"sine", "tanh"}
+
+
+def test_resumed_search_restores_the_finished_trials(tuned: Path) -> None:
+    first = pd.read_parquet(tuned / "first.parquet").sort_values("trial_id").reset_index(drop=True)
+    again = pd.read_parquet(tuned / "res" / "trials.parquet").sort_values("trial_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(first[["trial_id", "forget_quality", "model_utility"]],
+                                  again[["trial_id", "forget_quality", "model_utility"]])
