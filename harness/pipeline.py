@@ -62,29 +62,50 @@ class JobResult:
 
 
 def score_model(bench: Benchmark, model: torch.nn.Module, tokenizer: Any, spec: JobSpec,
-           device: torch.device, source: tuple[str, Path | None] | None = None) -> ModelScores:
-    """Score one model: in process, or with `eval.workers` > 1 on Ray scoring workers that each load
-    `source` = (model dir, adapter dir or None) once (harness.eval.parallel)."""
-    if spec.eval.workers > 1 and source is not None:
-        from harness.eval.parallel import ScoringPool
-
-        with ScoringPool.from_spec(spec, device) as pool:
-            return bench.score(pool.backend(*source, tokenizer=tokenizer), tokenizer, spec.eval)
+                device: torch.device) -> ModelScores:
+    """Score one in-memory model in this process with the spec's backend."""
     backend = make_backend(spec.eval.backend, model, tokenizer, spec.eval.batch_size, device)
     return bench.score(backend, tokenizer, spec.eval)
 
 
-def _unlearn_method(method: MethodSpec, refs: References, bench: Benchmark, spec: JobSpec,
-                    out: Path) -> tuple[torch.nn.Module, TrainRun]:
-    """Train on Ray Train, then load the trained adapter onto a copy of the target for scoring."""
+def _model_for(name: str, refs: References, adapter_dir: Path | None) -> torch.nn.Module:
+    if name == "target":
+        return refs.target
+    if name == "retain":
+        assert refs.retain is not None
+        return refs.retain
+    model = copy.deepcopy(refs.target)
+    load_adapter(model, adapter_dir)
+    return model.eval()
+
+
+def score_all(bench: Benchmark, refs: References, sources: dict[str, tuple[str, Path | None]], spec: JobSpec,
+              device: torch.device) -> dict[str, ModelScores]:
+    """Score every model (name -> (model dir, adapter dir or None)).
+
+    With `eval.workers` > 1 the models are scored together on Ray: each gets a group of long-lived
+    scoring workers that load it once (harness.eval.parallel); otherwise one after another here.
+    """
+    if spec.eval.workers > 1:
+        from harness.eval.parallel import ScoringPool
+
+        with ScoringPool.from_spec(spec, device) as pool:
+            return pool.score_models(sources, lambda backend: bench.score(backend, refs.tokenizer, spec.eval))
+    scores = {}
+    for name, (_, adapter_dir) in sources.items():
+        log(f"scoring {name}")
+        model = _model_for(name, refs, adapter_dir).to(device)
+        scores[name] = score_model(bench, model, refs.tokenizer, spec, device)
+    return scores
+
+
+def _unlearn_method(method: MethodSpec, refs: References, bench: Benchmark, spec: JobSpec, out: Path) -> TrainRun:
+    """Train one method on Ray Train; its adapter lands in `out/checkpoints/<method>`."""
     objective = make_objective(method.objective)
     uses_retain = method.objective.retain_loss != "none" and method.objective.w_retain > 0
     retain = bench.retain_pairs(refs.tokenizer) if uses_retain else []
-    run = run_unlearning(method, spec, refs.target_source, bench.forget_pairs(refs.tokenizer, objective.forget_answer),
-                         retain, out)
-    model = copy.deepcopy(refs.target)
-    load_adapter(model, run.adapter_dir)
-    return model.eval(), run
+    return run_unlearning(method, spec, refs.target_source,
+                          bench.forget_pairs(refs.tokenizer, objective.forget_answer), retain, out)
 
 
 def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
@@ -107,35 +128,34 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
     timings["references_s"] = time.perf_counter() - t0
     log(f"reference models ready in {timings['references_s']:.1f}s (target: {refs.target_source})")
 
-    scores: dict[str, ModelScores] = {}
-    t0 = time.perf_counter()
-    scores["target"] = score_model(bench, refs.target, refs.tokenizer, spec, device, (refs.target_source, None))
-    if refs.retain is not None:
-        scores["retain"] = score_model(bench, refs.retain, refs.tokenizer, spec, device, (refs.retain_source, None))
-    timings["score_references_s"] = time.perf_counter() - t0
-
     train_rows: list[dict[str, Any]] = []
     diverged: dict[str, bool] = {}
     notes: list[str] = []
+    sources: dict[str, tuple[str, Path | None]] = {"target": (refs.target_source, None)}
+    if refs.retain is not None and refs.retain_source is not None:
+        sources["retain"] = (refs.retain_source, None)
     for method in spec.methods:
         t0 = time.perf_counter()
         log(f"method {method.name}: objective {method.objective.name}, bound {method.adapter.bound}")
-        model, result = _unlearn_method(method, refs, bench, spec, out)
-        model.to(device)
+        result = _unlearn_method(method, refs, bench, spec, out)
         train_rows.extend(result.log)
         diverged[method.name] = result.diverged
-        bound = adapter_norm_bound(model)
-        if bound < float("inf"):
-            notes.append(f"{method.name}: bound {method.adapter.bound} caps the adapter norm at {bound:.4g} "
-                         "by construction.")
+        timings[f"train_{method.name}_s"] = time.perf_counter() - t0
         if result.diverged:
             notes.append(f"{method.name} diverged ({result.reason}); it is not scored.")
             log(f"method {method.name} diverged: {result.reason}")
         else:
-            scores[method.name] = score_model(bench, model, refs.tokenizer, spec, device,
-                                         (refs.target_source, result.adapter_dir))
-        timings[f"{method.name}_s"] = time.perf_counter() - t0
-        del model
+            sources[method.name] = (refs.target_source, result.adapter_dir)
+
+    t0 = time.perf_counter()
+    scores = score_all(bench, refs, sources, spec, device)
+    timings["score_s"] = time.perf_counter() - t0
+    for method in spec.methods:
+        if method.name in scores:
+            bound = adapter_norm_bound(refs.target, method.adapter)
+            if bound < float("inf"):
+                notes.append(f"{method.name}: bound {method.adapter.bound} caps the adapter norm at {bound:.4g} "
+                             "by construction.")
 
     metric_rows = bench.aggregate(scores, spec.eval)
     for name, flag in diverged.items():

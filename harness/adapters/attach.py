@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from harness.adapters.layer import BoundedLoRALinear
+from harness.adapters.bounds import make_bound
+from harness.adapters.layer import BoundedLoRALinear, layer_shape
 from harness.adapters.targets import target_module_names
 from harness.spec import AdapterSpec
 
@@ -82,12 +83,15 @@ def adapter_norms(model: nn.Module) -> dict[str, float]:
     return {"adapter_norm": math.sqrt(delta_sq), "adapter_param_norm": math.sqrt(param_sq)}
 
 
-def adapter_norm_bound(model: nn.Module) -> float:
-    """The largest `adapter_norm` the bounds allow: sqrt(sum over layers of max|delta W_ij|^2 * d_out * d_in)."""
+def adapter_norm_bound(model: nn.Module, spec: AdapterSpec) -> float:
+    """The largest `adapter_norm` the spec's bound allows on this (unadapted) model:
+    sqrt(sum over target layers of max|delta W_ij|^2 * d_out * d_in); inf for plain LoRA."""
+    modules = dict(model.named_modules())
     total = 0.0
-    for layer in adapted_layers(model).values():
-        d_out, d_in = layer.delta_weight().shape
-        total += layer.bound.max_abs() ** 2 * d_out * d_in
+    for name in target_module_names(model, spec.targets):
+        d_in, d_out = layer_shape(modules[name])
+        bound = make_bound(spec.bound, spec.alpha, spec.rank, d_in, spec.omega, spec.clip_value)
+        total += bound.max_abs() ** 2 * d_out * d_in
     return math.sqrt(total)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from harness.registry import Registry
+from harness.text import encode_pair
 
 
 @dataclass(frozen=True)
@@ -87,3 +88,25 @@ def make_backend(name: str, model: Any, tokenizer: Any, batch_size: int = 16,
     if name not in BACKENDS:
         _import_backend_module(name)
     return BACKENDS.get(name)(model, tokenizer, batch_size=batch_size, device=device)
+
+
+def encode_loglik_request(tokenizer: Any, req: LoglikRequest, max_length: int | None) -> tuple[list[int], int]:
+    """Token ids and context length of a log-likelihood request, the same for every backend.
+
+    Context and continuation are tokenised as in training (`encode_pair`); an empty context gets a
+    BOS (else EOS) to condition on; a request longer than the model's window loses context from the
+    left, and a continuation that alone does not fit is an error.
+    """
+    ids, n_ctx = encode_pair(tokenizer, req.context, req.continuation, add_eos=req.add_eos)
+    if n_ctx == 0:
+        prefix = tokenizer.bos_token_id
+        prefix = tokenizer.eos_token_id if prefix is None else prefix
+        ids, n_ctx = [int(prefix)] + ids, 1
+    if max_length is not None and len(ids) > max_length:
+        n_cont = len(ids) - n_ctx
+        if n_cont >= max_length:
+            raise ValueError(f"continuation of {n_cont} tokens does not fit the model's "
+                             f"{max_length}-token window: {req.continuation[:60]!r}")
+        drop = len(ids) - max_length
+        ids, n_ctx = ids[drop:], n_ctx - drop
+    return ids, n_ctx

@@ -11,8 +11,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness.eval.backend import BACKENDS, Backend, GenRequest, LoglikRequest, cut_at_stop, resolve_device
-from harness.text import encode_pair
+from harness.eval.backend import (
+    BACKENDS,
+    Backend,
+    GenRequest,
+    LoglikRequest,
+    cut_at_stop,
+    encode_loglik_request,
+    resolve_device,
+)
 
 
 def _batches(order: list[int], batch_size: int) -> Iterator[list[int]]:
@@ -69,20 +76,7 @@ class HFBackend(Backend):
     # ---- log-likelihood -------------------------------------------------------------------------
 
     def _encode_loglik(self, req: LoglikRequest) -> tuple[list[int], int]:
-        """Token ids and context length of one request; an empty context gets a BOS (else EOS) prefix."""
-        ids, n_ctx = encode_pair(self.tokenizer, req.context, req.continuation, add_eos=req.add_eos)
-        if n_ctx == 0:
-            prefix = self.tokenizer.bos_token_id
-            prefix = self.tokenizer.eos_token_id if prefix is None else prefix
-            ids, n_ctx = [int(prefix)] + ids, 1
-        if self.max_length is not None and len(ids) > self.max_length:
-            n_cont = len(ids) - n_ctx
-            if n_cont >= self.max_length:
-                raise ValueError(f"continuation of {n_cont} tokens does not fit the model's "
-                                 f"{self.max_length}-token window: {req.continuation[:60]!r}")
-            drop = len(ids) - self.max_length
-            ids, n_ctx = ids[drop:], n_ctx - drop
-        return ids, n_ctx
+        return encode_loglik_request(self.tokenizer, req, self.max_length)
 
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[np.ndarray]:
         """Per request, float64 log-probs of its continuation tokens; one forward pass per batch."""

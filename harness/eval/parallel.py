@@ -94,6 +94,12 @@ class ScoringWorker:
         """The backend's generations of one shard."""
         return self.backend.generate(requests)
 
+    def close(self) -> None:
+        """Release what the backend holds outside this process (a vLLM engine's processes and export dir)."""
+        close = getattr(self.backend, "close", None)
+        if callable(close):
+            close()
+
 
 # ---- sharding ---------------------------------------------------------------------------------------
 
@@ -317,9 +323,15 @@ class ScoringPool:
 
     @staticmethod
     def _stop_group(group: _Group) -> None:
+        """Let each worker close its backend (bounded wait), then kill the actors and free their resources."""
         import ray
         from ray.util.placement_group import remove_placement_group
 
+        closing = [actor.close.remote() for actor in group.actors]
+        try:
+            ray.wait(closing, num_returns=len(closing), timeout=60)
+        except Exception:  # noqa: BLE001 - a dead worker has nothing left to close
+            pass
         for actor in group.actors:
             ray.kill(actor, no_restart=True)
         remove_placement_group(group.placement_group)
