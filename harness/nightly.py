@@ -509,11 +509,13 @@ def trend_figures(history: pd.DataFrame, comparison: pd.DataFrame, run_id: str) 
         nrows = math.ceil(len(panels) / ncols)
         fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.7 * nrows), squeeze=False)
         job_runs = [r for r in order if r in set(hist["run_id"])]
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        color = {m: colors[i % len(colors)] for i, m in enumerate(dict.fromkeys(hist["method"]))}
         for ax, (split, metric) in zip(axes.flat, panels):
             sub = hist[(hist["split"] == split) & (hist["metric"] == metric)]
             for method, g in sub.groupby("method", sort=False):
                 g = g.assign(x=g["run_id"].map(pos)).sort_values("x")
-                ax.plot(g["x"], g["value"], marker="o", markersize=3, linewidth=1.2, label=method)
+                ax.plot(g["x"], g["value"], marker="o", markersize=3, linewidth=1.2, label=method, color=color[method])
             bad = flagged[(flagged["job"] == job) & (flagged["split"] == split) & (flagged["metric"] == metric)]
             bad = bad[bad["new"].notna()]
             if len(bad) and run_id in pos:
@@ -527,7 +529,8 @@ def trend_figures(history: pd.DataFrame, comparison: pd.DataFrame, run_id: str) 
             ax.set_xticks(ticks[::step], [f"{r[4:8]} {r[9:13]}" for r in job_runs][::step], rotation=30, fontsize=6)
         for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
-        axes.flat[0].legend(fontsize=6)
+        handles = [plt.Line2D([], [], color=c, marker="o", markersize=3, label=m) for m, c in color.items()]
+        fig.legend(handles=handles, loc="upper right", fontsize=7, ncol=min(len(handles), 6))
         fig.suptitle(f"{job}: metric trends over nightly runs (red rings: flagged in {run_id})", fontsize=10)
         fig.tight_layout()
         figures[str(job)] = fig
