@@ -7,6 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
+
+from harness.eval.text_metrics import bootstrap_ci
 from harness.registry import Registry
 from harness.report import Column
 from harness.spec import BenchmarkSpec, EvalSpec
@@ -15,6 +18,14 @@ BENCHMARKS: Registry[type[Benchmark]] = Registry("benchmark")
 
 Pair = tuple[str, str]
 AnswerFn = Callable[[dict[str, Any], int], str]
+
+
+def mean_metric_row(split: str, metric: str, values: np.ndarray, n_resamples: int, seed: int) -> dict[str, Any]:
+    """A metric row with the mean of per-example values and, when `n_resamples` > 0, its bootstrap CI."""
+    row: dict[str, Any] = {"split": split, "metric": metric, "value": float(np.mean(values))}
+    if n_resamples > 0:
+        row["ci_low"], row["ci_high"] = bootstrap_ci(values, n_resamples, seed)
+    return row
 
 
 @dataclass

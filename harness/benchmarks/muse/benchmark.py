@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.benchmarks.base import BENCHMARKS, AnswerFn, Benchmark, ModelScores, Pair
+from harness.benchmarks.base import BENCHMARKS, AnswerFn, Benchmark, ModelScores, Pair, mean_metric_row
 from harness.benchmarks.muse.data import corpus_texts, load_muse
 from harness.benchmarks.muse.metrics import (
     KNOWMEM_STOP,
@@ -46,7 +46,6 @@ from harness.benchmarks.muse.metrics import (
     truncate_tokens,
 )
 from harness.eval.backend import GenRequest, LoglikRequest
-from harness.eval.text_metrics import bootstrap_ci
 from harness.report import Column
 from harness.spec import BenchmarkSpec, EvalSpec
 
@@ -64,14 +63,6 @@ def chunk_text(tokenizer: Any, text: str, max_tokens: int) -> list[str]:
     if len(ids) <= max_tokens:
         return [text] if text else []
     return [tokenizer.decode(ids[i:i + max_tokens]) for i in range(0, len(ids), max_tokens)]
-
-
-def _mean_row(split: str, metric: str, values: np.ndarray, n_resamples: int, seed: int) -> dict[str, Any]:
-    """A metric row with the mean of per-example values and, when asked, its bootstrap CI."""
-    row: dict[str, Any] = {"split": split, "metric": metric, "value": float(np.mean(values))}
-    if n_resamples > 0:
-        row["ci_low"], row["ci_high"] = bootstrap_ci(values, n_resamples, seed)
-    return row
 
 
 @BENCHMARKS.register("muse")
@@ -180,8 +171,8 @@ class Muse(Benchmark):
         rows: list[dict[str, Any]] = []
         for method, s in scores.items():
             n_boot = eval_spec.bootstrap
-            own = [_mean_row("forget", "verbmem_rouge", s.raw["verbmem_rouge"]["forget"], n_boot, self.seed)]
-            own += [_mean_row(split, "knowmem_rouge", s.raw["knowmem_rouge"][split], n_boot, self.seed)
+            own = [mean_metric_row("forget", "verbmem_rouge", s.raw["verbmem_rouge"]["forget"], n_boot, self.seed)]
+            own += [mean_metric_row(split, "knowmem_rouge", s.raw["knowmem_rouge"][split], n_boot, self.seed)
                     for split in KNOWMEM_SPLITS]
             own.append({"split": "forget", "metric": "mink_auc", "value": aucs[method]})
             if auc_retrain is not None:

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.benchmarks.base import BENCHMARKS, AnswerFn, Benchmark, ModelScores, Pair
+from harness.benchmarks.base import BENCHMARKS, AnswerFn, Benchmark, ModelScores, Pair, mean_metric_row
 from harness.benchmarks.tdec.data import corpus_texts, load_tdec
 from harness.benchmarks.tdec.metrics import (
     PAPER_SEQUENCE_LENGTH,
@@ -51,7 +51,6 @@ from harness.benchmarks.tdec.metrics import (
 from harness.benchmarks.tdec.synth import SYNTH_SEQUENCE_LENGTH
 from harness.errors import DataError
 from harness.eval.backend import Backend, GenRequest
-from harness.eval.text_metrics import bootstrap_ci
 from harness.registry import Registry
 from harness.report import Column
 from harness.spec import BenchmarkSpec, EvalSpec
@@ -95,14 +94,6 @@ def score_sequences(backend: Backend, tokenizer: Any, texts: list[str], length: 
         half = min(L // 2, L - n)
         gens.append((decode(ids[:half]), decode(ids[half:]), outputs[half - 1]))
     return np.asarray(ma, dtype=np.float64), np.asarray(el, dtype=np.float64), gens
-
-
-def _mean_row(split: str, metric: str, values: np.ndarray, n_resamples: int, seed: int) -> dict[str, Any]:
-    """A metric row with the mean of per-example values and, when asked, its bootstrap CI."""
-    row: dict[str, Any] = {"split": split, "metric": metric, "value": float(np.mean(values))}
-    if n_resamples > 0:
-        row["ci_low"], row["ci_high"] = bootstrap_ci(values, n_resamples, seed)
-    return row
 
 
 @BENCHMARKS.register("tdec")
@@ -188,8 +179,8 @@ class Tdec(Benchmark):
         target_thr = thresholds(scores["target"]) if "target" in scores else None
         rows: list[dict[str, Any]] = []
         for method, s in scores.items():
-            own = [_mean_row("forget", "ma", s.raw["ma"]["forget"], eval_spec.bootstrap, self.seed),
-                   _mean_row("forget", el, s.raw[el]["forget"], eval_spec.bootstrap, self.seed)]
+            own = [mean_metric_row("forget", "ma", s.raw["ma"]["forget"], eval_spec.bootstrap, self.seed),
+                   mean_metric_row("forget", el, s.raw[el]["forget"], eval_spec.bootstrap, self.seed)]
             thr = thresholds(s)
             if thr is not None:
                 own += [{"split": "holdout", "metric": "ma_threshold", "value": thr[0]},
