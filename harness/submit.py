@@ -105,8 +105,8 @@ def find_token() -> tuple[str | None, str]:
     try:
         token = default.read_text().strip()
     except OSError:
-        return None, "no token"
-    return (token, str(default)) if token else (None, "no token")
+        return None, NO_TOKEN
+    return (token, str(default)) if token else (None, NO_TOKEN)
 
 
 @contextlib.contextmanager
@@ -119,6 +119,9 @@ def _explicit_address() -> Iterator[None]:
         os.environ.update(saved)
 
 
+NO_TOKEN = "no token"
+
+
 def _translate(err: BaseException, address: str, token_source: str, job_id: str | None = None) -> HarnessError:
     """Turn a Ray Jobs client error into a HarnessError that names the cluster and the cause."""
     import requests
@@ -126,7 +129,8 @@ def _translate(err: BaseException, address: str, token_source: str, job_id: str 
 
     text = str(err)
     if isinstance(err, AuthenticationError) or "Authentication required" in text or "Authentication failed" in text:
-        if "Authentication failed" in text or " 403" in text:
+        # Without a token any refusal means the cluster wants one; with one, a 403 means it is wrong.
+        if token_source != NO_TOKEN and ("Authentication failed" in text or " 403" in text):
             return SubmitError(f"the Ray cluster at {address} rejected the token from {token_source}: "
                                f"it is not this cluster's token; {TOKEN_HELP}")
         return SubmitError(f"the Ray cluster at {address} requires a token: {TOKEN_HELP}")

@@ -245,7 +245,8 @@ def test_throughput_script_quick_prints_json_last() -> None:
 @pytest.mark.e2e
 def test_pipeline_score_with_two_workers_equals_in_process(saved: dict[str, Path], ray_local: None) -> None:
     from harness.benchmarks import load_benchmark
-    from harness.pipeline import score_model
+    from harness.pipeline import score_all
+    from harness.reference import References
     from harness.spec import JobSpec
 
     spec = JobSpec.model_validate({
@@ -254,9 +255,10 @@ def test_pipeline_score_with_two_workers_equals_in_process(saved: dict[str, Path
         "eval": {"batch_size": BATCH, "max_new_tokens": 6, "max_examples": 3, "bootstrap": 0, "workers": 2},
     })
     bench = load_benchmark(spec.benchmark, spec.seed)
-    want_backend = reference(saved, adapter=True)
-    source = (str(saved["model"]), saved["adapter"])
-    one = score_model(bench, want_backend.model, want_backend.tokenizer, spec.model_copy(
-        update={"eval": spec.eval.model_copy(update={"workers": 1})}), torch.device("cpu"), source)
-    two = score_model(bench, want_backend.model, want_backend.tokenizer, spec, torch.device("cpu"), source)
+    base = reference(saved, adapter=False)
+    refs = References(base.tokenizer, base.model, None, str(saved["model"]), None)
+    sources = {"unlearned": (str(saved["model"]), saved["adapter"])}
+    in_process = spec.model_copy(update={"eval": spec.eval.model_copy(update={"workers": 1})})
+    one = score_all(bench, refs, sources, in_process, torch.device("cpu"))["unlearned"]
+    two = score_all(bench, refs, sources, spec, torch.device("cpu"))["unlearned"]
     assert two.examples == one.examples and two.generations == one.generations
