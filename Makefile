@@ -27,7 +27,7 @@ demo: $(STAMP)
 
 # The whole suite, end-to-end runs included (what CI runs); `test-fast` is pytest's default selection.
 test: $(VLLM_STAMP)
-	$(BIN)/python -m pytest -q -m "e2e or not e2e"
+	$(BIN)/python -m pytest -q -m "e2e or not e2e" --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e"

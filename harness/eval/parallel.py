@@ -42,6 +42,8 @@ from harness.eval.backend import Backend, GenRequest, LoglikRequest
 from harness.text import encode_pair
 
 T = TypeVar("T")
+# How long scoring workers may wait for CPUs/GPUs before the run fails instead of hanging.
+PLACEMENT_TIMEOUT_S = float(os.environ.get("HARNESS_PLACEMENT_TIMEOUT_S", 600))
 ModelSource = tuple[str, str | None]
 
 
@@ -291,7 +293,14 @@ class ScoringPool:
         if self.num_gpus > 0:
             bundle["GPU"] = self.num_gpus
         pg = placement_group([dict(bundle) for _ in range(self.workers)], strategy="PACK")
-        ray.get(pg.ready())
+        try:
+            ray.get(pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError as err:
+            remove_placement_group(pg)
+            raise ScoringError(
+                f"{self.workers} scoring workers ({bundle} each) were not placed within {PLACEMENT_TIMEOUT_S:g} s; "
+                f"free Ray resources: {ray.available_resources()}. Other actors hold the cluster: stop them, "
+                "or lower eval.workers / resources.cpus_per_worker") from err
         remote = ray.remote(ScoringWorker)
         kwargs = {"backend": self.backend_name, "batch_size": self.batch_size,
                   "device": "cuda" if self.num_gpus > 0 else "cpu", "dtype": self.dtype,
