@@ -130,6 +130,9 @@ def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     run = run_unlearning(method, spec, context["target"], context["forget_pairs"], context["retain_pairs"],
                          trial_dir, callbacks=[TuneReportCallback()])
     final: dict[str, Any] = {"diverged": float(run.diverged), "steps": run.steps}
+    proxy = context.get("proxy", "loss_retain")
+    if run.log and proxy in run.log[-1]:  # the proxy's last value stays in the trial's final row
+        final[proxy] = float(run.log[-1][proxy])
     if run.diverged:
         final.update({o["metric"]: (0.0 if o["mode"] == "max" else float("inf")) for o in context["objectives"]})
         ray.tune.report(final)
@@ -143,6 +146,52 @@ def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     for o in context["objectives"]:
         final[o["metric"]] = float(values.get((o["split"], o["metric"]), float("nan")))
     ray.tune.report(final)
+
+
+def _release_placement_group(pg_hex: str) -> bool:
+    """Remove a placement group by id unless it is gone already; True if it was removed here."""
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util import placement_group_table
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    group = PlacementGroup(PlacementGroupID(bytes.fromhex(pg_hex)))
+    if placement_group_table(group).get("state", "REMOVED") == "REMOVED":
+        return False
+    try:
+        remove_placement_group(group)
+    except ray.exceptions.RaySystemError:  # removed meanwhile
+        return False
+    return True
+
+
+def _release_callback() -> Any:
+    """A Tune callback that frees the trainer workers of a trial Tune stopped (ASHA) or lost.
+
+    Stopping a trial kills its actor and, with it, the Ray Train controller it owns, but not always the
+    workers' placement group (Ray Train's own cleaner can miss it), whose CPUs the next trial then
+    waits for forever. Each trainer report names that group; a trial that ends on a trainer report
+    (not on its final scored report) gets it removed here.
+    """
+    from ray import tune
+
+    from harness.train.loop import PLACEMENT_GROUP_KEY
+
+    class ReleaseTrainerWorkers(tune.Callback):
+        def _release(self, trial: Any) -> None:
+            pg_hex = (trial.last_result or {}).get(PLACEMENT_GROUP_KEY)
+            if pg_hex and _release_placement_group(pg_hex):
+                from harness.pipeline import log
+
+                log(f"trial {trial.trial_id}: freed the workers of its stopped trainer")
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._release(trial)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._release(trial)
+
+    return ReleaseTrainerWorkers()
 
 
 def pareto_front(frame: pd.DataFrame, objectives: list[Objective]) -> pd.DataFrame:
@@ -202,7 +251,7 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
         "spec": spec.model_dump(mode="json"), "method": method_name, "target": refs.target_source,
         "forget_pairs": bench.forget_pairs(refs.tokenizer, objective.forget_answer),
         "retain_pairs": bench.retain_pairs(refs.tokenizer), "retain_scores": retain_scores,
-        "objectives": [o.model_dump() for o in space.objectives],
+        "objectives": [o.model_dump() for o in space.objectives], "proxy": space.proxy.metric,
     }
     # Intermediate reports come from the trainer (training proxy only); the objectives arrive with the
     # trial's last report, so Tune must not demand them in every result.
@@ -225,7 +274,7 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
             param_space={path: _domain(dist) for path, dist in space.params.items()},
             tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=trials or space.num_samples,
                                         max_concurrent_trials=space.max_concurrent),
-            run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=1),
+            run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=1, callbacks=[_release_callback()]),
         )
     grid = tuner.fit()
     frame = grid.get_dataframe()
@@ -236,10 +285,11 @@ def write_tune_results(frame: pd.DataFrame, spec: JobSpec, method_name: str, spa
     """trials.parquet, pareto.md, plots/pareto.png and best/*.yaml from Tune's results frame."""
     from harness.report import to_markdown
 
-    keep = [c for c in frame.columns if c.startswith("config/") or c in
-            {"trial_id", "diverged", "steps", "training_iteration", space.proxy.metric,
-             *[o.metric for o in space.objectives]}]
-    frame = frame[keep].copy()
+    # Trial, objectives, settings, then how the trial went.
+    order = ["trial_id", *[o.metric for o in space.objectives],
+             *(c for c in frame.columns if c.startswith("config/")),
+             space.proxy.metric, "diverged", "steps", "training_iteration"]
+    frame = frame[[c for c in dict.fromkeys(order) if c in frame.columns]].copy()
     atomic_write_parquet(out / "trials.parquet", frame)
     front = pareto_front(frame, space.objectives)
     atomic_write_text(out / "pareto.md", f"# Pareto front: {spec.name} / {method_name}\n\n"

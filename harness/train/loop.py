@@ -36,6 +36,8 @@ from harness.train.schedule import make_scheduler
 STATE_FILE = "state.json"
 ADAPTER_DIR = "adapter"
 ENGINE_TAG = "engine"
+# Each report names the workers' placement group, so a Tune driver can free it when it stops the trial.
+PLACEMENT_GROUP_KEY = "placement_group"
 
 
 def total_steps(n_forget: int, method: MethodSpec) -> int:
@@ -106,6 +108,13 @@ def _reference_logits(engine: Any, model: torch.nn.Module, batch: Batch) -> torc
     """Logits of the frozen model (adapters switched off), without building a graph."""
     with torch.no_grad(), adapters_disabled(model):
         return engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+
+
+def _placement_group_id() -> str | None:
+    from ray.util import get_current_placement_group
+
+    pg = get_current_placement_group()
+    return pg.id.hex() if pg is not None else None
 
 
 def _maybe_kill(fault: dict[str, Any] | None, rank: int, step: int) -> None:
@@ -184,10 +193,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         start, log = state["step"], state["log"]
         streams.skip(start * t.grad_accum, use_retain)
 
+    placement_group = _placement_group_id()
+
     def save_and_report(row: dict[str, Any], status: dict[str, Any] | None) -> None:
         """Checkpoint (status given) or plain metrics report; collective on every rank."""
+        metrics = {**row, PLACEMENT_GROUP_KEY: placement_group}
         if status is None:
-            ray.train.report(row)
+            ray.train.report(metrics)
             return
         tmp = Path(tempfile.mkdtemp(prefix="harness-ckpt-"))
         engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, exclude_frozen_parameters=True)
@@ -196,7 +208,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 save_adapter(model, tmp / ADAPTER_DIR, method.adapter, config["base_model"])
         if rank == 0:
             (tmp / STATE_FILE).write_text(json.dumps({"log": log, **status}))
-        ray.train.report(row, checkpoint=Checkpoint.from_directory(str(tmp)))
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(tmp)))
         shutil.rmtree(tmp, ignore_errors=True)
 
     status: dict[str, Any] = {"diverged": False, "reason": None}

@@ -47,7 +47,10 @@ def ensure_ray(address: str | None = None) -> None:
         ray.init(address=address, log_to_driver=False)
     else:
         # Worker logs stay in Ray's session logs; failures come back with their traceback in the result.
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # The dashboard serves the State API, which Ray Train's PlacementGroupCleaner polls: without it, a
+        # trainer whose controller is killed (a Tune trial stopped by ASHA) leaks its workers' placement
+        # group and the next trainer waits for those CPUs forever.
+        ray.init(include_dashboard=True, log_to_driver=False, configure_logging=False)
 
 
 def run_unlearning(method: MethodSpec, spec: JobSpec, target: str, forget_pairs: Sequence[Pair],
