@@ -215,7 +215,7 @@ def _plot_pareto(frame: pd.DataFrame, front: pd.DataFrame, objectives: list[Obje
     for _, row in front.iterrows():
         ax.annotate(str(row.get("config/adapter.bound", "")), (row[x], row[y]), fontsize=8)
     ax.set_xlabel(f"{x} ({objectives[0].mode})")
-    ax.set_ylabel(y)
+    ax.set_ylabel(f"{y} ({objectives[1].mode})" if len(objectives) > 1 else y)
     ax.grid(alpha=0.3)
     ax.legend()
     save_figure(fig, path)
