@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from harness.benchmarks.tofu import metrics as M
@@ -26,6 +25,7 @@ from harness.eval.hf_backend import HFBackend
 from harness.eval.text_metrics import bootstrap_ci, rouge_l_f1, rouge_l_recall
 from harness.models import build_builtin
 from harness.text import encode_pair
+from harness.tokenizer import train_bpe_tokenizer
 
 # ---- metric formulas ------------------------------------------------------------------------------
 
@@ -130,16 +130,8 @@ CORPUS = [
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
-    """A tiny byte-level BPE tokenizer: <pad>=0, <bos>=1, <eos>=2, <unk>=3, BOS prepended."""
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<bos>", "<eos>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>")
+    """The harness's byte-level BPE on the tiny corpus: <pad>=0, <bos>=1, <eos>=2, <unk>=3, BOS prepended."""
+    return train_bpe_tokenizer(CORPUS, 300)
 
 
 RECORDS = [

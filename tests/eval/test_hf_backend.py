@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from harness.eval.backend import BACKENDS, GenRequest, LoglikRequest, cut_at_stop, make_backend
 from harness.eval.hf_backend import HFBackend
-from harness.models import build_builtin
 from harness.text import encode_pair
+from harness.tokenizer import train_bpe_tokenizer
 
 CORPUS = [
     "Question: Who wrote the book?\nAnswer: The author wrote it in Paris.",
@@ -21,35 +20,15 @@ CORPUS = [
 ]
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    """A tiny byte-level BPE tokenizer: <pad>=0, <bos>=1, <eos>=2, <unk>=3, BOS prepended."""
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<bos>", "<eos>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>")
-
-
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
-    return make_tokenizer()
+    return train_bpe_tokenizer(CORPUS, 320)
 
 
 @pytest.fixture(scope="module")
-def model(tokenizer: PreTrainedTokenizerFast) -> torch.nn.Module:
-    """Tiny Llama with matrices re-drawn at std 0.1: peaked, context-dependent greedy outputs
-    (at the default std 0.02 greedy decoding mostly repeats one token, a weak test of padding)."""
-    model = build_builtin("tiny-llama", len(tokenizer), seed=0).eval()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model
+def model(tokenizer: PreTrainedTokenizerFast, peaked_llama) -> torch.nn.Module:
+    """Tiny Llama with matrices re-drawn at std 0.1: peaked, context-dependent greedy outputs."""
+    return peaked_llama(len(tokenizer))
 
 
 def direct_logprobs(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast,
@@ -140,7 +119,7 @@ def test_cut_at_stop_takes_earliest() -> None:
 
 
 def test_pad_falls_back_to_eos_and_padding_side_kept(model, tokenizer) -> None:
-    tok = make_tokenizer()
+    tok = train_bpe_tokenizer(CORPUS, 320)
     tok.pad_token = None
     tok.padding_side = "right"
     backend = make_backend("hf", model, tok, batch_size=4, device="cpu")

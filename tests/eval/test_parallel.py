@@ -28,9 +28,11 @@ from harness.eval.parallel import (
     prompt_length,
     shard_requests,
 )
-from harness.models import build_builtin, load_pretrained, save_model
+from harness.models import load_pretrained, save_model
 from harness.spec import AdapterSpec
 from harness.tokenizer import train_bpe_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCH = 3
@@ -63,28 +65,14 @@ GEN_REQUESTS = [GenRequest(p, n, stop=("\n\n",) if i % 2 else ()) for i, (p, n) 
                 enumerate(zip(PROMPTS, [6, 9, 4, 7, 8, 3, 5], strict=True))]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def saved(tmp_path_factory: pytest.TempPathFactory, peaked_llama) -> dict[str, Path]:
     """A tiny Llama (matrices at std 0.1: context-dependent greedy output) saved with its tokenizer, and
     a saved sine-bounded adapter for it with non-zero weights."""
     root = tmp_path_factory.mktemp("parallel")
     tokenizer = train_bpe_tokenizer(CORPUS, 300)
-    model = build_builtin("tiny-llama", len(tokenizer), seed=0).eval()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    model = peaked_llama(len(tokenizer))
+    gen = torch.Generator().manual_seed(1)
     save_model(model, tokenizer, root / "model")
     spec = AdapterSpec(bound="sine", rank=4, omega=5.0)
     attach(model, spec, seed=1)

@@ -64,15 +64,9 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def model(tokenizer) -> torch.nn.Module:
+def model(tokenizer, peaked_llama) -> torch.nn.Module:
     """Tiny Llama with matrices re-drawn at std 0.1, so greedy outputs depend on the context."""
-    model = build_builtin("tiny-llama", len(tokenizer), seed=0).eval()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model
+    return peaked_llama(len(tokenizer))
 
 
 @pytest.fixture(scope="module")
