@@ -62,6 +62,9 @@ class JobState:
 # ---- address and token ------------------------------------------------------------------------------
 
 
+# The token source reported when no token was found anywhere.
+NO_TOKEN = "no token"
+
 def default_address() -> str | None:
     """The Jobs API address from the environment: RAY_API_SERVER_ADDRESS, else RAY_ADDRESS (as Ray's CLI)."""
     return os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or None
@@ -117,9 +120,6 @@ def _explicit_address() -> Iterator[None]:
         yield
     finally:
         os.environ.update(saved)
-
-
-NO_TOKEN = "no token"
 
 
 def _translate(err: BaseException, address: str, token_source: str, job_id: str | None = None) -> HarnessError:

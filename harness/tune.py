@@ -11,7 +11,6 @@ front (`pareto.md`, `plots/pareto.png`), and the Pareto configurations as ready-
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -306,7 +305,7 @@ def write_tune_results(frame: pd.DataFrame, spec: JobSpec, method_name: str, spa
         data["methods"][0]["name"] = f"{method_name}_tuned_{rank}"
         atomic_write_text(out / "best" / f"{data['name']}.yaml",
                           f"# Pareto-optimal configuration {rank} from `harness tune` (trial {row.get('trial_id')}).\n"
-                          + dump_spec(validate_spec(copy.deepcopy(data))))
+                          + dump_spec(validate_spec(data)))
     return out
 
 
