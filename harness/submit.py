@@ -65,6 +65,7 @@ class JobState:
 # The token source reported when no token was found anywhere.
 NO_TOKEN = "no token"
 
+
 def default_address() -> str | None:
     """The Jobs API address from the environment: RAY_API_SERVER_ADDRESS, else RAY_ADDRESS (as Ray's CLI)."""
     return os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or None

@@ -129,7 +129,7 @@ def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     run = run_unlearning(method, spec, context["target"], context["forget_pairs"], context["retain_pairs"],
                          trial_dir, callbacks=[TuneReportCallback()])
     final: dict[str, Any] = {"diverged": float(run.diverged), "steps": run.steps}
-    proxy = context.get("proxy", "loss_retain")
+    proxy = context["proxy"]
     if run.log and proxy in run.log[-1]:  # the proxy's last value stays in the trial's final row
         final[proxy] = float(run.log[-1][proxy])
     if run.diverged:
@@ -174,14 +174,13 @@ def _release_callback() -> Any:
     """
     from ray import tune
 
+    from harness.pipeline import log
     from harness.train.loop import PLACEMENT_GROUP_KEY
 
     class ReleaseTrainerWorkers(tune.Callback):
         def _release(self, trial: Any) -> None:
             pg_hex = (trial.last_result or {}).get(PLACEMENT_GROUP_KEY)
             if pg_hex and _release_placement_group(pg_hex):
-                from harness.pipeline import log
-
                 log(f"trial {trial.trial_id}: freed the workers of its stopped trainer")
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -156,16 +155,11 @@ def test_scoring_worker_in_process_matches_hf_backend(saved: dict[str, Path]) ->
 
 
 @pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    import ray
-
-    started = not ray.is_initialized()
+def ray_local() -> None:
+    """A local Ray instance for this module (conftest shuts it down after the module)."""
     from harness.train.ray_run import ensure_ray
 
     ensure_ray()
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.mark.e2e

@@ -27,11 +27,6 @@ ZERO_ATOL = 1e-4
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    import ray
-
-    # A fresh local Ray instance: earlier tests' actors and placement groups must not hold the CPUs
-    # these 2-worker groups need (on a 2-core machine a leftover actor makes worker start-up time out).
-    ray.shutdown()
     tmp = tmp_path_factory.mktemp("dist")
     data = {
         "name": "dist", "out": str(tmp / "out"),
