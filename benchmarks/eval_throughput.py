@@ -40,11 +40,10 @@ import numpy as np
 import torch
 
 from harness.benchmarks.tofu.evaluate import answer_text, prompt_for, stop_strings
-from harness.benchmarks.tofu.synth import generate_tofu
+from harness.benchmarks.tofu.synth import SyntheticTofuSpec, generate_tofu
 from harness.eval.backend import Backend, GenRequest, LoglikRequest, make_backend
 from harness.eval.hf_backend import HFBackend
 from harness.models import build_builtin, save_model
-from harness.spec import SyntheticTofuSpec
 from harness.text import encode_pair
 from harness.tokenizer import train_bpe_tokenizer
 

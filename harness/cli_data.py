@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.benchmarks.tofu.synth import SyntheticTofuSpec
 from harness.errors import DataError
-from harness.spec import SyntheticTofuSpec
 
 SYNTH_BENCHMARKS = ("tofu", "muse", "tdec", "cifar100")
 

@@ -21,11 +21,10 @@ import pandas as pd
 import yaml
 
 from harness.errors import DataError
-from harness.report import Column, summary_table, to_markdown
+from harness.report import TELEMETRY, Column, summary_stats, summary_table, to_markdown
 from harness.results import METRIC_COLUMNS, TRAIN_LOG_COLUMNS, atomic_write_bytes, atomic_write_text
 
 REFERENCE_METHODS = ("target", "retain")
-TELEMETRY = ("max grad norm", "max adapter norm", "max logit norm", "diverged")
 _CURVES = [("loss", "total loss", False), ("loss_forget", "forget loss", False), ("loss_retain", "retain loss", False),
            ("grad_norm", "gradient norm", True), ("adapter_norm", "adapter norm ‖ΔW‖", True),
            ("logit_norm", "logit norm", True)]
@@ -88,30 +87,22 @@ def load_run(path: str | Path, label: str | None = None) -> RunData:
 def summary_columns_for(spec: dict[str, Any], metrics: pd.DataFrame) -> list[Column]:
     """The summary columns of a run's benchmark (as its summary.md shows them), from spec.yaml alone.
 
-    Mirrors each benchmark's `summary_columns` without loading its data; a benchmark it does not know
-    gets one column per (split, metric) in metrics.parquet.
+    A known benchmark gives its own columns (`Benchmark.summary_columns_for` its options, no data loaded);
+    an unknown one, or a spec that no longer validates, one column per (split, metric) in metrics.parquet.
     """
+    from pydantic import ValidationError
+
+    from harness.benchmarks import load_benchmark_class
+    from harness.errors import HarnessError
+    from harness.spec import benchmark_spec
+
     bench = spec.get("benchmark") or {}
-    name = bench.get("name") or (metrics["benchmark"].dropna().iloc[0] if metrics["benchmark"].notna().any() else "")
-    if name == "tofu":
-        f = bench.get("forget_split") or "forget10"
-        return [Column(f, "forget_quality", "forget quality", True),
-                Column("all", "model_utility", "model utility", True),
-                Column(f, "rouge_l_recall", "forget ROUGE-L", False),
-                Column(f, "truth_ratio", "forget truth ratio", True), Column(f, "prob", "forget prob", False),
-                Column("retain", "rouge_l_recall", "retain ROUGE-L", True)]
-    if name == "muse":
-        return [Column("forget", "verbmem_rouge", "forget VerbMem", False),
-                Column("forget", "knowmem_rouge", "forget KnowMem", False),
-                Column("retain", "knowmem_rouge", "retain KnowMem", True),
-                Column("forget", "privleak", "PrivLeak", None)]
-    if name == "tdec":
-        n = bench.get("el_n") or 10
-        return [Column("forget", "ma", "forget MA", False), Column("forget", f"el_{n}", f"forget EL_{n}", False),
-                Column("holdout", "ma_threshold", "MA threshold", None),
-                Column("holdout", "el_threshold", f"EL_{n} threshold", None)]
-    pairs = metrics[metrics["metric"] != "diverged"][["split", "metric"]].drop_duplicates()
-    return [Column(s, m, f"{s} {m}") for s, m in pairs.itertuples(index=False)]
+    try:
+        options = benchmark_spec(**bench)
+        return load_benchmark_class(options.name).summary_columns_for(options)
+    except (ValidationError, HarnessError, TypeError):
+        pairs = metrics[metrics["metric"] != "diverged"][["split", "metric"]].drop_duplicates()
+        return [Column(s, m, f"{s} {m}") for s, m in pairs.itertuples(index=False)]
 
 
 def _unique_labels(paths: Sequence[Path]) -> list[str]:
@@ -127,26 +118,66 @@ def _unique_labels(paths: Sequence[Path]) -> list[str]:
     return out
 
 
-def comparison_table(runs: Sequence[RunData]) -> tuple[pd.DataFrame, list[Column]]:
-    """One row per (run, method): every run's summary metrics side by side, then training telemetry."""
+def _diverged_counts(metrics: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    div = metrics[metrics["metric"] == "diverged"]
+    return {m: (int(g["value"].sum()), len(g)) for m, g in div.groupby("method", sort=False)}
+
+
+def _with_seed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Runs written before seeds existed count as seed 0."""
+    if "seed" not in frame.columns:
+        return frame.assign(seed=0)
+    return frame.assign(seed=frame["seed"].fillna(0))
+
+
+def comparison_stats(runs: Sequence[RunData]) -> tuple[pd.DataFrame, list[Column], dict[str, pd.DataFrame]]:
+    """Across-seed statistics (harness.report.summary_stats) of every run's summary columns and telemetry,
+    with a `run` column; the union of the columns; and each run's formatted summary table."""
     columns: list[Column] = []
-    frames = []
+    frames, tables = [], {}
     for run in runs:
         cols = summary_columns_for(run.spec, run.metrics)
         for c in cols:
             if c.label not in [k.label for k in columns]:
                 columns.append(c)
-        div = run.metrics[run.metrics["metric"] == "diverged"]
-        diverged = {m: bool(v) for m, v in zip(div["method"], div["value"], strict=True)}
-        table = summary_table(run.metrics, run.train_log, cols, run.methods, diverged)
-        table.insert(0, "run", run.label)
-        frames.append(table)
+        stats = summary_stats(_with_seed(run.metrics), _with_seed(run.train_log), cols, run.methods)
+        tables[run.label] = summary_table(stats, run.methods, _diverged_counts(run.metrics))
+        frames.append(stats.assign(run=run.label))
+    stats = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return stats, columns, tables
+
+
+def comparison_table(runs: Sequence[RunData]) -> tuple[pd.DataFrame, list[Column]]:
+    """One row per (run, method): the across-seed mean of every summary metric and telemetry maximum, the
+    number of seeds, and how many seeds diverged (`k/n`)."""
+    stats, columns, tables = comparison_stats(runs)
     labels = [c.label for c in columns]
+    rows = []
+    for run in runs:
+        sub = stats[stats["run"] == run.label]
+        diverged = tables[run.label].set_index("method")["diverged"]
+        for method in run.methods:
+            m = sub[sub["method"] == method].set_index("column")
+            row: dict[str, Any] = {"run": run.label, "method": method,
+                                   "seeds": int(m["n"].max()) if len(m) else 0}
+            for label in [*labels, *(t for t, _ in TELEMETRY)]:
+                row[label] = float(m.loc[label, "mean"]) if label in m.index else float("nan")
+            row["diverged"] = diverged.get(method, "—")
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["run", "method", "seeds", *labels, *(t for t, _ in TELEMETRY), "diverged"]), \
+        columns
+
+
+def formatted_comparison(runs: Sequence[RunData]) -> pd.DataFrame:
+    """The comparison as people read it: `mean [95% interval over seeds]` cells, one row per (run, method)."""
+    _, columns, tables = comparison_stats(runs)
+    frames = [t.assign(run=label) for label, t in tables.items()]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "method"])
-    for lab in labels:
-        if lab not in table.columns:
-            table[lab] = float("nan")
-    return table[["run", "method", *labels, *TELEMETRY]], columns
+    order = ["run", "method", "seeds", *[c.label for c in columns], *(t for t, _ in TELEMETRY), "diverged"]
+    for col in order:
+        if col not in table.columns:
+            table[col] = "—"
+    return table[order].fillna("—")
 
 
 def all_metrics_table(runs: Sequence[RunData]) -> pd.DataFrame:
@@ -277,7 +308,8 @@ def _runs_table(runs: Sequence[RunData]) -> pd.DataFrame:
         bench = (r.spec.get("benchmark") or {}) if r.spec else {}
         rows.append({"run": r.label, "path": str(r.path), "job": r.spec.get("name", "—"),
                      "benchmark": f"{bench.get('name', '—')} {bench.get('forget_split', '')}".strip(),
-                     "git commit": str(r.env.get("git_commit") or "—")[:16], "seed": str(r.env.get("seed", "—")),
+                     "git commit": str(r.env.get("git_commit") or "—")[:16],
+                     "seeds": str(r.env.get("seeds", r.env.get("seed", "—"))),
                      "started": str(r.env.get("started") or "—"), "duration s": str(r.env.get("duration_s") or "—")})
     return pd.DataFrame(rows)
 
@@ -300,13 +332,15 @@ def write_report(dirs: Sequence[str | Path], out: str | Path | None = None) -> P
     runs_df = _runs_table(runs)
     everything = all_metrics_table(runs)
     title = "Run comparison: " + ", ".join(r.label for r in runs)
-    md = [f"# {title}", "", "## Runs", "", to_markdown(runs_df), "", "## Summary (one row per run and method)", "",
-          to_markdown(table), ""]
+    readable = formatted_comparison(runs)
+    md = [f"# {title}", "", "## Runs", "", to_markdown(runs_df), "",
+          "## Summary (one row per run and method; mean [95% interval] over seeds)", "", to_markdown(readable), ""]
     for name in pngs:
         md += [f"![{name}](plots/compare_{name}.png)", ""]
     md += ["## All metrics", "", to_markdown(everything), ""]
     atomic_write_text(out / "report.md", "\n".join(md))
-    body = ["<h2>Runs</h2>", html_table(runs_df), "<h2>Summary (one row per run and method)</h2>", html_table(table)]
+    body = ["<h2>Runs</h2>", html_table(runs_df),
+            "<h2>Summary (one row per run and method; mean [95% interval] over seeds)</h2>", html_table(readable)]
     body += [html_image(png, name) for name, png in pngs.items()]
     body += ["<h2>All metrics</h2>", html_table(everything)]
     atomic_write_text(out / "report.html", html_page(title, "\n".join(body)))

@@ -153,7 +153,10 @@ def _adapter_terms(n: int, train: TrainSpec, world_size: int) -> tuple[float, fl
     bf16 = train.precision == "bf16"
     params = n * (2 if bf16 else 4) / (world_size if stage >= 3 else 1)
     grads = n * (2 if bf16 else 4) / (world_size if stage >= 2 else 1)
-    optim = 0.0 if train.offload_optimizer else n * (12 if bf16 else 8) / (world_size if stage >= 1 else 1)
+    # AdamW keeps two fp32 moments (+ an fp32 master copy in bf16); SGD a momentum buffer if it has momentum.
+    states = 2 if train.optimizer == "adamw" else int(train.momentum > 0)
+    per_param = 4 * states + (4 if bf16 else 0)
+    optim = 0.0 if train.offload_optimizer else n * per_param / (world_size if stage >= 1 else 1)
     if train.offload_params and stage == 3:
         params = 0.0
     return params, grads, optim

@@ -33,7 +33,8 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from harness.errors import HarnessError, SpecError
-from harness.spec import JobSpec, _Strict, load_spec
+from harness.spec import JobSpec, load_spec
+from harness.specbase import StrictModel
 
 Glob = str | list[str]
 Direction = Literal["higher_is_better", "lower_is_better", "both"]
@@ -47,7 +48,7 @@ JOB_METHOD = "(job)"  # the method column of the per-job `job_failed` row
 
 # ---- the suite spec -------------------------------------------------------------------------------
 
-class Rule(_Strict):
+class Rule(StrictModel):
     """How one family of metrics is judged: which rows it matches (globs) and what counts as a move."""
 
     metric: Glob = "*"
@@ -116,7 +117,7 @@ def default_rules() -> list[Rule]:
     return rules
 
 
-class SuiteJob(_Strict):
+class SuiteJob(StrictModel):
     """One job of the suite: a job spec (relative paths: to the suite file) and `--set` overrides."""
 
     spec: str
@@ -124,7 +125,7 @@ class SuiteJob(_Strict):
     name: str | None = Field(None, description="job name in the history; null = the spec's name")
 
 
-class BaselineSpec(_Strict):
+class BaselineSpec(StrictModel):
     """What a run is compared with: a pinned run id (null = the first run in the history), or the rolling
     median of the last `window` runs of the same job/method/split/metric."""
 
@@ -133,7 +134,7 @@ class BaselineSpec(_Strict):
     window: int = Field(5, ge=1)
 
 
-class SuiteSpec(_Strict):
+class SuiteSpec(StrictModel):
     """A nightly suite: jobs, where the history lives, the baseline, and the regression rules."""
 
     name: str = "nightly"
@@ -256,7 +257,7 @@ def append_history(path: str | Path, rows: pd.DataFrame) -> pd.DataFrame:
         if col not in rows.columns:
             rows[col] = float("nan") if col in ("ci_low", "ci_high", "value") else None
     rows["timestamp"] = pd.to_datetime(rows["timestamp"], utc=True)
-    parts = [df for df in (hist, rows[hist.columns.union(rows.columns, sort=False)]) if len(df)]
+    parts = [df for df in (hist, rows.reindex(columns=hist.columns.union(rows.columns, sort=False))) if len(df)]
     combined = pd.concat(parts, ignore_index=True) if parts else hist
     atomic_write_parquet(path, combined)
     return combined
@@ -416,10 +417,18 @@ def new_run_id(now: dt.datetime) -> str:
 
 
 def job_rows(job: str, out_dir: Path) -> tuple[pd.DataFrame, str | None]:
-    """The metric rows of a finished job directory and its git commit (from env.json)."""
+    """The metric rows of a finished job directory, reduced over its seeds, and its git commit (env.json).
+
+    A multi-seed job is compared on its across-seed statistics (harness.seeds): `value` is the mean over
+    seeds and `ci_low`/`ci_high` the across-seed 95% interval; a one-seed job keeps its bootstrap interval.
+    """
     import json
 
+    from harness.seeds import metrics_across_seeds
+
     metrics = pd.read_parquet(out_dir / "metrics.parquet")
+    if "seed" in metrics.columns:
+        metrics = metrics_across_seeds(metrics)
     env_path = out_dir / "env.json"
     commit = json.loads(env_path.read_text()).get("git_commit") if env_path.is_file() else None
     metrics = metrics.assign(job=job)

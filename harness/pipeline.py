@@ -1,4 +1,4 @@
-"""One job read top to bottom: load data and models, unlearn with each method, score, write results."""
+"""One job read top to bottom: load data and models, unlearn with every method and seed, score, write results."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ import pandas as pd
 import torch
 
 from harness.adapters import adapter_norm_bound, load_adapter
-from harness.benchmarks import Benchmark, ModelScores, load_benchmark
+from harness.benchmarks import load_benchmark
+from harness.benchmarks.base import Benchmark, ModelScores
 from harness.eval.backend import make_backend
 from harness.objectives import make_objective
-from harness.reference import References, prepare_references
-from harness.report import plot_metrics, plot_training, summary_table, write_summary
+from harness.reference import References, prepare_references, reference_seed_for, reference_seeds
+from harness.report import plot_metrics, plot_training, summary_stats, summary_table, write_summary
 from harness.results import (
     EXAMPLE_COLUMNS,
     GENERATION_COLUMNS,
@@ -30,10 +31,13 @@ from harness.results import (
     environment,
     frame,
 )
-from harness.spec import JobSpec, MethodSpec, dump_spec
-from harness.train.ray_run import TrainRun, run_unlearning
+from harness.spec import JobSpec, dump_spec
+from harness.train.ray_run import TrainRequest, TrainRun, run_key, run_unlearning_many
 
 REFERENCE_METHODS = ("target", "retain")
+
+#: A model to score: (method name, seed) -> (model directory, adapter directory or None).
+ModelKey = tuple[str, int]
 
 
 def log(message: str) -> None:
@@ -68,7 +72,7 @@ def score_model(bench: Benchmark, model: torch.nn.Module, tokenizer: Any, spec: 
     return bench.score(backend, tokenizer, spec.eval)
 
 
-def _model_for(name: str, refs: References, adapter_dir: Path | None) -> torch.nn.Module:
+def _in_memory_model(name: str, refs: References, adapter_dir: Path | None) -> torch.nn.Module:
     if name == "target":
         return refs.target
     if name == "retain":
@@ -79,33 +83,69 @@ def _model_for(name: str, refs: References, adapter_dir: Path | None) -> torch.n
     return model.eval()
 
 
-def score_all(bench: Benchmark, refs: References, sources: dict[str, tuple[str, Path | None]], spec: JobSpec,
-              device: torch.device) -> dict[str, ModelScores]:
-    """Score every model (name -> (model dir, adapter dir or None)).
+def score_all(bench: Benchmark, refs: dict[int, References], sources: dict[ModelKey, tuple[str, Path | None]],
+              spec: JobSpec, device: torch.device) -> dict[ModelKey, ModelScores]:
+    """Score every model ((name, seed) -> (model dir, adapter dir or None)).
 
     With `eval.workers` > 1 the models are scored together on Ray: each gets a group of long-lived
     scoring workers that load it once (harness.eval.parallel); otherwise one after another here.
     """
+    tokenizer = next(iter(refs.values())).tokenizer
     if spec.eval.workers > 1:
         from harness.eval.parallel import ScoringPool
 
+        named = {run_key(*key): src for key, src in sources.items()}
         with ScoringPool.from_spec(spec, device) as pool:
-            return pool.score_models(sources, lambda backend: bench.score(backend, refs.tokenizer, spec.eval))
+            scored = pool.score_models(named, lambda backend: bench.score(backend, tokenizer, spec.eval))
+        return {key: scored[run_key(*key)] for key in sources}
     scores = {}
-    for name, (_, adapter_dir) in sources.items():
-        log(f"scoring {name}")
-        model = _model_for(name, refs, adapter_dir).to(device)
-        scores[name] = score_model(bench, model, refs.tokenizer, spec, device)
+    for (name, seed), (_, adapter_dir) in sources.items():
+        log(f"scoring {run_key(name, seed)}")
+        ref = refs[reference_seed_for(spec, seed)] if name not in REFERENCE_METHODS else refs[seed]
+        model = _in_memory_model(name, ref, adapter_dir).to(device)
+        scores[(name, seed)] = score_model(bench, model, tokenizer, spec, device)
     return scores
 
 
-def _unlearn_method(method: MethodSpec, refs: References, bench: Benchmark, spec: JobSpec, out: Path) -> TrainRun:
-    """Train one method on Ray Train; its adapter lands in `out/checkpoints/<method>`."""
-    objective = make_objective(method.objective)
-    uses_retain = method.objective.retain_loss != "none" and method.objective.w_retain > 0
-    retain = bench.retain_pairs(refs.tokenizer) if uses_retain else []
-    return run_unlearning(method, spec, refs.target_source,
-                          bench.forget_pairs(refs.tokenizer, objective.forget_answer), retain, out)
+def train_requests(spec: JobSpec, bench: Benchmark, refs: dict[int, References]) -> list[TrainRequest]:
+    """Every (method, seed) run of the job, seed-major, each on the targets of its reference seed."""
+    requests = []
+    for seed in spec.seeds:
+        ref = refs[reference_seed_for(spec, seed)]
+        for method in spec.methods:
+            objective = make_objective(method.objective)
+            retain = bench.retain_examples(ref.tokenizer) if method.objective.uses_retain else []
+            requests.append(TrainRequest(method, seed, bench.forget_examples(ref.tokenizer, objective), retain,
+                                         target=ref.target_source))
+    return requests
+
+
+def aggregate_all(bench: Benchmark, scores: dict[ModelKey, ModelScores], spec: JobSpec,
+                  ref_seeds: list[int]) -> list[dict[str, Any]]:
+    """Metric rows with their seed: the references once per reference seed, then each method per job seed,
+    each compared with the references of its own reference seed."""
+    rows: list[dict[str, Any]] = []
+
+    def refs_of(seed: int) -> dict[str, ModelScores]:
+        return {name: scores[(name, seed)] for name in REFERENCE_METHODS if (name, seed) in scores}
+
+    for seed in ref_seeds:
+        rows += [{**r, "seed": seed} for r in bench.aggregate(refs_of(seed), spec.eval)]
+    for seed in spec.seeds:
+        group = {**refs_of(reference_seed_for(spec, seed)),
+                 **{m.name: scores[(m.name, seed)] for m in spec.methods if (m.name, seed) in scores}}
+        rows += [{**r, "seed": seed} for r in bench.aggregate(group, spec.eval) if r["method"] not in REFERENCE_METHODS]
+    return rows
+
+
+def _bound_notes(spec: JobSpec, target: torch.nn.Module) -> list[str]:
+    notes = []
+    for method in spec.methods:
+        bound = adapter_norm_bound(target, method.adapter)
+        if bound < float("inf"):
+            notes.append(f"{method.name}: bound {method.adapter.bound} caps the adapter norm at {bound:.4g} "
+                         "by construction.")
+    return notes
 
 
 def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
@@ -116,54 +156,54 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
     device = resolve_device(spec.resources.device)
     if spec.resources.threads:
         torch.set_num_threads(spec.resources.threads)
-    torch.manual_seed(spec.seed)
     atomic_write_text(out / "spec.yaml", dump_spec(spec))
-    atomic_write_json(out / "env.json", environment(spec.seed, str(device), started))
+    atomic_write_json(out / "env.json", environment(spec.seeds, str(device), started))
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
     log(f"job {spec.name}: loading benchmark {spec.benchmark.name} ({spec.benchmark.source})")
-    bench = load_benchmark(spec.benchmark, spec.seed)
-    refs = prepare_references(spec, bench, device, progress)
+    bench = load_benchmark(spec.benchmark)
+    ref_seeds = reference_seeds(spec)
+    refs = {seed: prepare_references(spec, bench, device, progress, seed) for seed in ref_seeds}
     timings["references_s"] = time.perf_counter() - t0
-    log(f"reference models ready in {timings['references_s']:.1f}s (target: {refs.target_source})")
+    log(f"reference models ready in {timings['references_s']:.1f}s (seeds {ref_seeds})")
 
-    train_rows: list[dict[str, Any]] = []
-    diverged: dict[str, bool] = {}
+    t0 = time.perf_counter()
+    requests = train_requests(spec, bench, refs)
+    log(f"training {len(requests)} run(s) ({len(spec.methods)} method(s) x {len(spec.seeds)} seed(s)) "
+        f"on {spec.resources.num_workers} worker(s)")
+    runs: dict[str, TrainRun] = run_unlearning_many(requests, spec, out, modality=bench.modality, progress=progress)
+    timings["train_s"] = time.perf_counter() - t0
+
     notes: list[str] = []
-    sources: dict[str, tuple[str, Path | None]] = {"target": (refs.target_source, None)}
-    if refs.retain is not None and refs.retain_source is not None:
-        sources["retain"] = (refs.retain_source, None)
-    for method in spec.methods:
-        t0 = time.perf_counter()
-        log(f"method {method.name}: objective {method.objective.name}, bound {method.adapter.bound}")
-        result = _unlearn_method(method, refs, bench, spec, out)
-        train_rows.extend(result.log)
-        diverged[method.name] = result.diverged
-        timings[f"train_{method.name}_s"] = time.perf_counter() - t0
-        if result.diverged:
-            notes.append(f"{method.name} diverged ({result.reason}); it is not scored.")
-            log(f"method {method.name} diverged: {result.reason}")
+    sources: dict[ModelKey, tuple[str, Path | None]] = {}
+    for seed in ref_seeds:
+        sources[("target", seed)] = (refs[seed].target_source, None)
+        if refs[seed].retain is not None and refs[seed].retain_source is not None:
+            sources[("retain", seed)] = (refs[seed].retain_source, None)
+    for req in requests:
+        run = runs[req.key]
+        if run.diverged:
+            notes.append(f"{req.key} diverged ({run.reason}); it is not scored.")
+            log(f"{req.key} diverged: {run.reason}")
         else:
-            sources[method.name] = (refs.target_source, result.adapter_dir)
+            sources[(req.method.name, req.seed)] = (req.target, run.adapter_dir)
 
     t0 = time.perf_counter()
     scores = score_all(bench, refs, sources, spec, device)
     timings["score_s"] = time.perf_counter() - t0
-    for method in spec.methods:
-        if method.name in scores:
-            bound = adapter_norm_bound(refs.target, method.adapter)
-            if bound < float("inf"):
-                notes.append(f"{method.name}: bound {method.adapter.bound} caps the adapter norm at {bound:.4g} "
-                             "by construction.")
 
-    metric_rows = bench.aggregate(scores, spec.eval)
-    for name, flag in diverged.items():
-        metric_rows.append({"method": name, "split": "train", "metric": "diverged", "value": float(flag)})
+    metric_rows = aggregate_all(bench, scores, spec, ref_seeds)
+    for req in requests:
+        metric_rows.append({"method": req.method.name, "seed": req.seed, "split": "train", "metric": "diverged",
+                            "value": float(runs[req.key].diverged)})
     for row in metric_rows:
         row.setdefault("benchmark", bench.name)
-    examples = [{"method": m, "benchmark": bench.name, **r} for m, s in scores.items() for r in s.examples]
-    generations = [{"method": m, "benchmark": bench.name, **r} for m, s in scores.items() for r in s.generations]
+    examples = [{"method": m, "seed": s, "benchmark": bench.name, **r} for (m, s), sc in scores.items()
+                for r in sc.examples]
+    generations = [{"method": m, "seed": s, "benchmark": bench.name, **r} for (m, s), sc in scores.items()
+                   for r in sc.generations]
+    train_rows = [row for req in requests for row in runs[req.key].log]
 
     metrics_df = frame(metric_rows, METRIC_COLUMNS)
     train_df = frame(train_rows, TRAIN_LOG_COLUMNS)
@@ -172,20 +212,38 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
     atomic_write_parquet(out / "examples.parquet", frame(examples, EXAMPLE_COLUMNS))
     atomic_write_parquet(out / "generations.parquet", frame(generations, GENERATION_COLUMNS))
 
-    methods = [m for m in REFERENCE_METHODS if m in scores] + [m.name for m in spec.methods]
-    table = summary_table(metrics_df, train_df, bench.summary_columns, methods, diverged)
-    notes.append(f"reference models: target = {refs.target_source}; retain = {refs.retain_source}")
-    summary = write_summary(out / "summary.md", f"{spec.name}: {bench.name} {spec.benchmark.forget_split}",
-                            table, notes)
+    methods = [m for m in REFERENCE_METHODS if any(k[0] == m for k in scores)] + [m.name for m in spec.methods]
+    stats = summary_stats(metrics_df, train_df, bench.summary_columns, methods)
+    atomic_write_parquet(out / "summary.parquet", stats)
+    diverged = {m.name: (sum(runs[run_key(m.name, s)].diverged for s in spec.seeds), len(spec.seeds))
+                for m in spec.methods}
+    table = summary_table(stats, methods, diverged)
+    notes += _bound_notes(spec, next(iter(refs.values())).target)
+    notes.append(_seeds_note(spec, ref_seeds))
+    notes.append("reference models: " + "; ".join(f"seed {s}: target = {r.target_source}, retain = {r.retain_source}"
+                                                  for s, r in refs.items()))
+    summary = write_summary(out / "summary.md", f"{spec.name}: {bench.describe()}", table, notes)
     plot_training(train_df, out / "plots" / "training.png")
-    plot_metrics(table, bench.summary_columns, out / "plots" / "metrics.png")
+    plot_metrics(stats, bench.summary_columns, out / "plots" / "metrics.png")
 
     finished = dt.datetime.now(dt.UTC)
-    env = environment(spec.seed, str(device), started, finished)
+    env = environment(spec.seeds, str(device), started, finished)
     env["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+    env["run_seconds"] = {key: round(run.seconds, 2) for key, run in runs.items()}
     atomic_write_json(out / "env.json", env)
     log(f"done in {env['duration_s']:.1f}s; results in {out}")
-    return JobResult(out, summary, diverged)
+    any_diverged = {name: k > 0 for name, (k, _) in diverged.items()}
+    return JobResult(out, summary, any_diverged)
+
+
+def _seeds_note(spec: JobSpec, ref_seeds: list[int]) -> str:
+    n = len(spec.seeds)
+    refs = "one pair per seed" if spec.reference.per_seed else f"one shared pair (seed {ref_seeds[0]})"
+    if n == 1:
+        return f"one seed ({spec.seeds[0]}): no interval; one seed of a chaotic optimisation supports no conclusion. " \
+               f"Reference models: {refs}."
+    return (f"{n} seeds ({', '.join(map(str, spec.seeds))}): each cell is the mean [95% Student-t interval] over the "
+            f"seeds (diverged seeds left out of the metrics). Reference models: {refs}.")
 
 
 def read_metrics(out_dir: str | Path) -> pd.DataFrame:

@@ -1,8 +1,10 @@
 """Reference models: the target (before unlearning) and the retain model (never saw the forget set).
 
-In `train` mode both are fine-tuned from the job's model on the benchmark's reference corpora and
-cached under `reference.cache_dir` by a hash of everything that shapes them, so a second run of the
-same job loads them instead of training. In `load` mode they come from hub ids or local directories.
+In `train` mode both are fine-tuned from the job's model on the benchmark's reference examples and
+cached under `reference.cache_dir` by a hash of everything that shapes them (the seed included), so a
+second run of the same job loads them instead of training. In `load` mode they come from hub ids or
+local directories. `reference_seeds` says which seeds get a pair: one shared pair (`reference.seed`) by
+default, one per job seed with `reference.per_seed`.
 """
 
 from __future__ import annotations
@@ -29,13 +31,24 @@ REFERENCE_VERSION = 2
 
 @dataclass
 class References:
-    """The tokenizer and the reference models of a job."""
+    """The processor (tokenizer) and the reference models of a job, for one reference seed."""
 
     tokenizer: Any
     target: torch.nn.Module
     retain: torch.nn.Module | None
     target_source: str
     retain_source: str | None
+    seed: int = 0
+
+
+def reference_seeds(spec: JobSpec) -> list[int]:
+    """The seeds that get their own reference models: every job seed, or the one shared seed."""
+    return list(spec.seeds) if spec.reference.per_seed else [spec.reference.seed]
+
+
+def reference_seed_for(spec: JobSpec, seed: int) -> int:
+    """The seed of the reference models a run with job seed `seed` is compared with."""
+    return seed if spec.reference.per_seed else spec.reference.seed
 
 
 def _fingerprint(obj: Any) -> str:
@@ -49,32 +62,32 @@ def _tokenizer_for(spec: JobSpec, bench: Benchmark, cache_root: Path) -> Any:
     return tokenizer
 
 
-def _base_model(spec: JobSpec, tokenizer: Any) -> torch.nn.Module:
+def _base_model(spec: JobSpec, tokenizer: Any, seed: int) -> torch.nn.Module:
     dtype = torch_dtype(spec.model.dtype)
     if is_builtin(spec.model.name):
-        return build_builtin(spec.model.name, len(tokenizer), seed=spec.seed, dtype=dtype)
+        return build_builtin(spec.model.name, len(tokenizer), seed=seed, dtype=dtype)
     model, _ = load_pretrained(spec.model.name, dtype, spec.model.trust_remote_code, spec.model.revision)
     return model
 
 
 def _trained_reference(kind: str, spec: JobSpec, bench: Benchmark, tokenizer: Any, cache_root: Path,
-                       device: torch.device, progress: bool) -> tuple[torch.nn.Module, str]:
-    pairs = bench.reference_pairs(kind, tokenizer)
+                       device: torch.device, progress: bool, seed: int) -> tuple[torch.nn.Module, str]:
+    pairs = bench.reference_examples(kind, tokenizer)
     key = _fingerprint({
         "version": REFERENCE_VERSION, "kind": kind, "model": spec.model.model_dump(),
         "train": spec.reference.train.model_dump(),
-        "seed": spec.seed, "pairs": _fingerprint(pairs), "vocab": _fingerprint(sorted(tokenizer.get_vocab().items())),
+        "seed": seed, "pairs": _fingerprint(pairs), "vocab": _fingerprint(sorted(tokenizer.get_vocab().items())),
         "max_length": spec.train.max_length,
     })
     cache_dir = cache_root / f"{spec.model.name.replace(':', '-').replace('/', '--')}-{kind}-{key}"
     if (cache_dir / "done.json").is_file():
         model, _ = load_pretrained(str(cache_dir), torch_dtype(spec.model.dtype))
         return model.to(device).eval(), str(cache_dir)
-    model = _base_model(spec, tokenizer).to(device)
+    model = _base_model(spec, tokenizer, seed).to(device)
     rt = spec.reference.train
     losses = finetune(model, tokenizer, pairs, epochs=rt.epochs, lr=rt.lr, batch_size=rt.batch_size,
-                      warmup_ratio=rt.warmup_ratio, seed=spec.seed, max_length=spec.train.max_length,
-                      device=device, desc=f"train {kind} model", progress=progress)
+                      warmup_ratio=rt.warmup_ratio, seed=seed, max_length=spec.train.max_length,
+                      device=device, desc=f"train {kind} model (seed {seed})", progress=progress)
     tmp = cache_dir.with_name(cache_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(model, tokenizer, tmp)
@@ -85,17 +98,20 @@ def _trained_reference(kind: str, spec: JobSpec, bench: Benchmark, tokenizer: An
     return model.eval(), str(cache_dir)
 
 
-def prepare_references(spec: JobSpec, bench: Benchmark, device: torch.device, progress: bool = True) -> References:
-    """Tokenizer, target model and retain model for the job (trained and cached, or loaded)."""
+def prepare_references(spec: JobSpec, bench: Benchmark, device: torch.device, progress: bool = True,
+                       seed: int | None = None) -> References:
+    """Processor, target model and retain model for the job and one reference seed (trained and cached, or
+    loaded); `seed` defaults to the first of `reference_seeds(spec)`."""
     ref = spec.reference
+    seed = reference_seeds(spec)[0] if seed is None else seed
     cache_root = Path(ref.cache_dir).expanduser()
     if ref.mode == "load":
         dtype = torch_dtype(spec.model.dtype)
         target, tokenizer = load_pretrained(ref.target, dtype, spec.model.trust_remote_code)
         retain = load_pretrained(ref.retain, dtype, spec.model.trust_remote_code)[0] if ref.retain else None
         return References(tokenizer, target.to(device).eval(), retain.to(device).eval() if retain else None,
-                          ref.target, ref.retain)
+                          ref.target, ref.retain, seed)
     tokenizer = _tokenizer_for(spec, bench, cache_root)
-    target, target_src = _trained_reference("target", spec, bench, tokenizer, cache_root, device, progress)
-    retain, retain_src = _trained_reference("retain", spec, bench, tokenizer, cache_root, device, progress)
-    return References(tokenizer, target, retain, target_src, retain_src)
+    target, target_src = _trained_reference("target", spec, bench, tokenizer, cache_root, device, progress, seed)
+    retain, retain_src = _trained_reference("retain", spec, bench, tokenizer, cache_root, device, progress, seed)
+    return References(tokenizer, target, retain, target_src, retain_src, seed)

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from harness.results import atomic_write_bytes, atomic_write_text
+from harness.seeds import across_seeds
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,13 @@ class Column:
     higher_is_better: bool | None = None
 
 
+#: Training telemetry shown beside the metrics: (column label, train_log column); the maximum over steps.
+TELEMETRY: tuple[tuple[str, str], ...] = (("max grad norm", "grad_norm"), ("max adapter norm", "adapter_norm"),
+                                          ("max logit norm", "logit_norm"))
+STAT_COLUMNS = ["method", "column", "split", "metric", "higher_is_better", "mean", "ci_low", "ci_high", "n",
+                "values"]
+
+
 def _fmt(value: float) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
@@ -36,21 +44,54 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def summary_table(metrics: pd.DataFrame, train_log: pd.DataFrame, columns: Sequence[Column],
-                  methods: Sequence[str], diverged: dict[str, bool]) -> pd.DataFrame:
-    """One row per method: the chosen metrics, then training telemetry maxima and divergence."""
+def _stat_row(method: str, column: str, split: str, metric: str, better: bool | None,
+              values: Sequence[float]) -> dict[str, object]:
+    s = across_seeds(values)
+    return {"method": method, "column": column, "split": split, "metric": metric, "higher_is_better": better,
+            "mean": s.mean, "ci_low": s.low, "ci_high": s.high, "n": s.n, "values": [float(v) for v in values]}
+
+
+def summary_stats(metrics: pd.DataFrame, train_log: pd.DataFrame, columns: Sequence[Column],
+                  methods: Sequence[str]) -> pd.DataFrame:
+    """Long table, one row per (method, column): the across-seed mean, 95% interval, seed count and the
+    per-seed values of every summary metric and of each telemetry maximum (harness.seeds)."""
     rows = []
+    seed_col = "seed" in metrics.columns
     for method in methods:
-        row: dict[str, object] = {"method": method}
         m = metrics[metrics["method"] == method]
         for col in columns:
-            hit = m[(m["split"] == col.split) & (m["metric"] == col.metric)]["value"]
-            row[col.label] = float(hit.iloc[0]) if len(hit) else float("nan")
+            hit = m[(m["split"] == col.split) & (m["metric"] == col.metric)]
+            hit = hit.sort_values("seed") if seed_col else hit
+            rows.append(_stat_row(method, col.label, col.split, col.metric, col.higher_is_better,
+                                  hit["value"].astype(float).tolist()))
         log = train_log[train_log["method"] == method] if len(train_log) else train_log
-        for name, key in (("max grad norm", "grad_norm"), ("max adapter norm", "adapter_norm"),
-                          ("max logit norm", "logit_norm")):
-            row[name] = float(log[key].max()) if len(log) else float("nan")
-        row["diverged"] = "yes" if diverged.get(method) else ("no" if len(log) else "—")
+        for label, key in TELEMETRY:
+            per_seed = log.groupby("seed")[key].max().tolist() if len(log) and "seed" in log else (
+                [float(log[key].max())] if len(log) else [])
+            rows.append(_stat_row(method, label, "train", key, None, per_seed))
+    return pd.DataFrame(rows, columns=STAT_COLUMNS)
+
+
+def format_stat(mean: float, low: float, high: float) -> str:
+    """`mean [low, high]`, or the mean alone when there is no interval."""
+    if math.isnan(low) or math.isnan(high):
+        return _fmt(mean)
+    return f"{_fmt(mean)} [{_fmt(low)}, {_fmt(high)}]"
+
+
+def summary_table(stats: pd.DataFrame, methods: Sequence[str], diverged: dict[str, tuple[int, int]]) -> pd.DataFrame:
+    """One row per method: `mean [95% interval]` of each column over seeds, then divergence as `k/n`.
+
+    `diverged` maps a method to (diverged seeds, trained seeds); methods without training show `—`.
+    """
+    rows = []
+    for method in methods:
+        sub = stats[stats["method"] == method]
+        row: dict[str, object] = {"method": method, "seeds": int(sub["n"].max()) if len(sub) else 0}
+        for _, r in sub.iterrows():
+            row[r["column"]] = format_stat(r["mean"], r["ci_low"], r["ci_high"])
+        k, n = diverged.get(method, (0, 0))
+        row["diverged"] = f"{k}/{n}" if n else "—"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -84,42 +125,59 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
 
 
 def plot_training(train_log: pd.DataFrame, path: Path) -> Path | None:
-    """Loss, gradient norm, adapter norm and logit norm per step, one line per method."""
+    """Loss, gradient norm, adapter norm and logit norm per step, one colour per method: the median over
+    seeds as a line, the range over seeds shaded."""
     if train_log.empty:
         return None
     panels = [("loss_forget", "forget loss", False), ("loss_retain", "retain loss", False),
               ("grad_norm", "gradient norm", True), ("adapter_norm", "adapter norm ‖ΔW‖", True),
               ("logit_norm", "logit norm", True), ("loss", "total loss", False)]
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (key, title, log_scale) in zip(axes.flat, panels, strict=True):
-        for method, group in train_log.groupby("method", sort=False):
-            ax.plot(group["step"], group[key], label=method, linewidth=1.5)
+        for i, (method, group) in enumerate(train_log.groupby("method", sort=False)):
+            by_step = group.groupby("step")[key]
+            med, lo, hi = by_step.median(), by_step.min(), by_step.max()
+            n_seeds = group["seed"].nunique() if "seed" in group else 1
+            color = colors[i % len(colors)]
+            ax.plot(med.index, med.to_numpy(), label=f"{method} (n={n_seeds})", color=color, linewidth=1.5)
+            if n_seeds > 1:
+                ax.fill_between(med.index, lo.to_numpy(), hi.to_numpy(), color=color, alpha=0.2, linewidth=0)
         ax.set_title(title)
         ax.set_xlabel("step")
-        if log_scale and (train_log[key] > 0).all():
+        if log_scale and (train_log[key].dropna() > 0).all():
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend()
-    fig.suptitle("Training telemetry per method")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("Training telemetry per method (line: median over seeds; band: min to max)")
     fig.tight_layout()
     save_figure(fig, path)
     return path
 
 
-def plot_metrics(table: pd.DataFrame, columns: Sequence[Column], path: Path) -> Path | None:
-    """Grouped bars: one panel per metric column, one bar per method."""
-    if table.empty or not columns:
+def plot_metrics(stats: pd.DataFrame, columns: Sequence[Column], path: Path) -> Path | None:
+    """One panel per metric column: a bar per method (across-seed mean), its 95% interval, and each seed
+    as a dot."""
+    if stats.empty or not columns:
         return None
     n = len(columns)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, col in zip(axes[0], columns, strict=True):
-        values = table[col.label].astype(float).fillna(0.0)
-        ax.bar(table["method"], values, color=[colors[i % len(colors)] for i in range(len(table))])
+        sub = stats[stats["column"] == col.label].reset_index(drop=True)
+        xs = range(len(sub))
+        means = sub["mean"].astype(float).fillna(0.0)
+        ax.bar(xs, means, color=[colors[i % len(colors)] for i in xs], alpha=0.8)
+        lo = (sub["mean"] - sub["ci_low"]).astype(float).fillna(0.0).clip(lower=0)
+        hi = (sub["ci_high"] - sub["mean"]).astype(float).fillna(0.0).clip(lower=0)
+        ax.errorbar(xs, means, yerr=[lo, hi], fmt="none", ecolor="black", capsize=3, linewidth=1)
+        for x, values in zip(xs, sub["values"], strict=True):
+            ax.scatter([x] * len(values), values, s=10, color="black", zorder=3)
         arrow = {True: " ↑", False: " ↓"}.get(col.higher_is_better, "")
         ax.set_title(col.label + arrow, fontsize=10)
-        ax.tick_params(axis="x", rotation=45, labelsize=8)
+        ax.set_xticks(list(xs), sub["method"], rotation=45, fontsize=8)
         ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Metrics per method (bar: mean over seeds; line: 95% interval; dots: seeds)", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
     return path

@@ -16,10 +16,10 @@ import pandas as pd
 
 import harness
 
-METRIC_COLUMNS = ["method", "benchmark", "split", "metric", "value", "ci_low", "ci_high"]
-EXAMPLE_COLUMNS = ["method", "benchmark", "split", "example_id", "metric", "value"]
-GENERATION_COLUMNS = ["method", "benchmark", "split", "example_id", "prompt", "reference", "output"]
-TRAIN_LOG_COLUMNS = ["method", "step", "loss", "loss_forget", "loss_retain", "grad_norm", "adapter_norm",
+METRIC_COLUMNS = ["method", "seed", "benchmark", "split", "metric", "value", "ci_low", "ci_high"]
+EXAMPLE_COLUMNS = ["method", "seed", "benchmark", "split", "example_id", "metric", "value"]
+GENERATION_COLUMNS = ["method", "seed", "benchmark", "split", "example_id", "prompt", "reference", "output"]
+TRAIN_LOG_COLUMNS = ["method", "seed", "step", "loss", "loss_forget", "loss_retain", "grad_norm", "adapter_norm",
                      "adapter_param_norm", "logit_norm", "lr", "tokens_per_s"]
 
 _PACKAGES = ["torch", "transformers", "peft", "tokenizers", "pydantic", "pandas", "numpy", "scipy",
@@ -102,8 +102,9 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def environment(seed: int, device: str, started: dt.datetime, finished: dt.datetime | None = None) -> dict[str, Any]:
-    """The env.json record: versions, commit, devices, seed and times."""
+def environment(seeds: list[int], device: str, started: dt.datetime,
+                finished: dt.datetime | None = None) -> dict[str, Any]:
+    """The env.json record: versions, commit, devices, seeds and times."""
     import torch
 
     return {
@@ -116,7 +117,7 @@ def environment(seed: int, device: str, started: dt.datetime, finished: dt.datet
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "seed": seed,
+        "seeds": list(seeds),
         "started": started.isoformat(timespec="seconds"),
         "finished": finished.isoformat(timespec="seconds") if finished else None,
         "duration_s": round((finished - started).total_seconds(), 2) if finished else None,

@@ -7,18 +7,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from harness.errors import SpecError
+from harness.specbase import BENCHMARK_OPTIONS, BenchmarkOptions, ObjectiveOptions, StrictModel, tagged_union
 
 
-class _Strict(BaseModel):
-    """Base for spec sections: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     """Which model to unlearn: a hub id, a local directory, or `builtin:<name>` (config-built, offline)."""
 
     name: str = "builtin:tiny-llama"
@@ -37,63 +32,7 @@ class ModelSpec(_Strict):
         return v
 
 
-class SyntheticTofuSpec(_Strict):
-    """Size of the synthetic TOFU set (the published layout, fictitious authors)."""
-
-    n_authors: int = Field(100, ge=10)
-    qa_per_author: int = Field(4, ge=1, le=8)
-    n_real_authors: int = Field(20, ge=1)
-    n_world_facts: int = Field(20, ge=1)
-
-
-def _synthetic_spec_class(benchmark: str) -> type[BaseModel]:
-    """The model of `benchmark.synthetic` for a benchmark name (sizes of its synthetic set)."""
-    if benchmark == "muse":
-        from harness.benchmarks.muse.synth import SyntheticMuseSpec
-
-        return SyntheticMuseSpec
-    if benchmark == "tdec":
-        from harness.benchmarks.tdec.synth import SyntheticTdecSpec
-
-        return SyntheticTdecSpec
-    return SyntheticTofuSpec
-
-
-class BenchmarkSpec(_Strict):
-    """Benchmark data: `source` is `synthetic`, a local directory of the published files, or a hub id.
-
-    `synthetic` holds the sizes of the benchmark's own synthetic set (TOFU, MUSE or TDEC fields).
-    The MUSE options (`verbmem_max_new_tokens`, `knowmem_max_new_tokens`, `mink_k`) and the TDEC
-    options (`sequence_length`, `el_n`, `utility_tasks`) are ignored by the other benchmarks.
-    """
-
-    name: str = "tofu"
-    source: str = "synthetic"
-    forget_split: str = "forget10"
-    prompt_format: Literal["plain", "chat_template"] = "plain"
-    synthetic: Any = Field(None, validate_default=True)
-    data_dir: str = "~/.cache/harness/data"
-    verbmem_max_new_tokens: int = Field(128, ge=1)
-    knowmem_max_new_tokens: int = Field(32, ge=1)
-    mink_k: float = Field(0.4, gt=0, le=1)
-    sequence_length: int | None = Field(None, ge=16, description="TDEC tokens per sequence; null = 64 synth, 200 real")
-    el_n: int = Field(10, ge=1)
-    utility_tasks: list[str] = []
-
-    @field_validator("synthetic", mode="before")
-    @classmethod
-    def _synthetic_for_benchmark(cls, v: Any, info: Any) -> Any:
-        model = _synthetic_spec_class(info.data.get("name", "tofu"))
-        if isinstance(v, model):
-            return v
-        if v is None:
-            return model()
-        if isinstance(v, BaseModel):
-            v = v.model_dump()
-        return model.model_validate(v)
-
-
-class AdapterSpec(_Strict):
+class AdapterSpec(StrictModel):
     """Bounded LoRA on the MLP projections: `W = W0 + (alpha/r) f(omega B A) / g(d_in)`."""
 
     bound: str = "sine"
@@ -114,31 +53,44 @@ class AdapterSpec(_Strict):
         return v
 
 
-class ObjectiveSpec(_Strict):
-    """Unlearning loss `w_forget * L_forget + w_retain * L_retain` (retain term: nll, kl or none)."""
+def _load_extension_options() -> tuple[Any, Any]:
+    """The discriminated unions of benchmark options and objective options, from their registries.
 
-    name: str = "gd"
-    w_forget: float = Field(1.0, ge=0)
-    w_retain: float = Field(1.0, ge=0)
-    retain_loss: Literal["nll", "kl", "none"] | None = None
-    beta: float | None = None
-    delta: float = 0.0
+    Each benchmark package defines its options in `harness/benchmarks/<name>/options.py` and each objective
+    in `harness/objectives/<name>.py`; importing them fills the registries the unions are built from.
+    """
+    import importlib
 
-    @model_validator(mode="after")
-    def _resolve_defaults(self) -> ObjectiveSpec:
-        from harness.objectives import OBJECTIVES
+    from harness.benchmarks import PACKAGES
+    from harness.objectives import options_models
 
-        if self.name not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.name!r} (known: {', '.join(OBJECTIVES.names())})")
-        obj = OBJECTIVES.get(self.name)
-        if self.retain_loss is None:
-            object.__setattr__(self, "retain_loss", obj.default_retain_loss)
-        if self.beta is None:
-            object.__setattr__(self, "beta", obj.default_beta)
-        return self
+    for package in PACKAGES:
+        importlib.import_module(f"harness.benchmarks.{package}.options")
+    benchmarks = {name: BENCHMARK_OPTIONS.get(name) for name in BENCHMARK_OPTIONS.names()}
+    return (tagged_union(benchmarks, "benchmark", default="tofu"),
+            tagged_union(options_models(), "objective", default="gd"))
 
 
-class TrainSpec(_Strict):
+BenchmarkSpec, ObjectiveSpec = _load_extension_options()
+_BENCHMARK_ADAPTER: TypeAdapter[Any] = TypeAdapter(BenchmarkSpec)
+_OBJECTIVE_ADAPTER: TypeAdapter[Any] = TypeAdapter(ObjectiveSpec)
+
+
+def benchmark_spec(**data: Any) -> BenchmarkOptions:
+    """Validated benchmark options (`name` picks the benchmark; tofu when omitted)."""
+    return _BENCHMARK_ADAPTER.validate_python(data)
+
+
+def objective_spec(**data: Any) -> ObjectiveOptions:
+    """Validated objective options (`name` picks the objective)."""
+    return _OBJECTIVE_ADAPTER.validate_python(data)
+
+
+def _default_objective() -> ObjectiveOptions:
+    return objective_spec(name="gd")
+
+
+class TrainSpec(StrictModel):
     """Optimisation settings for one unlearning run (run by Ray Train workers, each a DeepSpeed engine)."""
 
     epochs: float = Field(5.0, gt=0)
@@ -148,6 +100,9 @@ class TrainSpec(_Strict):
     batch_size: int = Field(8, ge=1, description="global micro-batch (forget examples), split over the workers")
     grad_accum: int = Field(1, ge=1)
     max_grad_norm: float | None = Field(None, gt=0, description="clip gradients to this norm; null = off")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="sgd: plain SGD (a control for AdamW's "
+                                               "normalised steps)")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
     scheduler: Literal["constant", "linear", "cosine"] = "linear"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     max_length: int = Field(128, ge=8)
@@ -168,12 +123,12 @@ class TrainSpec(_Strict):
         return self
 
 
-class MethodSpec(_Strict):
+class MethodSpec(StrictModel):
     """One unlearning method of the job: a name plus its adapter, objective and training settings."""
 
     name: str
     adapter: AdapterSpec = AdapterSpec()
-    objective: ObjectiveSpec = ObjectiveSpec()
+    objective: ObjectiveSpec = Field(default_factory=_default_objective)
     train: TrainSpec = TrainSpec()
 
     @field_validator("name")
@@ -186,7 +141,7 @@ class MethodSpec(_Strict):
         return v
 
 
-class ReferenceTrainSpec(_Strict):
+class ReferenceTrainSpec(StrictModel):
     """How the builtin reference models (target, retain) are fine-tuned from scratch."""
 
     epochs: int = Field(20, ge=1)
@@ -195,24 +150,34 @@ class ReferenceTrainSpec(_Strict):
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
 
 
-class ReferenceSpec(_Strict):
+class ReferenceSpec(StrictModel):
     """Reference models: `train` fine-tunes target and retain models (cached by config hash);
-    `load` takes them from `target`/`retain` (hub ids or local directories)."""
+    `load` takes them from `target`/`retain` (hub ids or local directories).
+
+    By default one pair of references (trained with `seed`) serves every seed of the job, so the seeds
+    measure the spread of the unlearning runs alone; `per_seed: true` trains a pair per seed, so the
+    spread includes the references' own.
+    """
 
     mode: Literal["train", "load"] = "train"
     target: str | None = None
     retain: str | None = None
     train: ReferenceTrainSpec = ReferenceTrainSpec()
     cache_dir: str = "~/.cache/harness/reference"
+    per_seed: bool = Field(False, description="train target and retain once per job seed (true) or once, with "
+                           "`seed`, shared by every seed (false)")
+    seed: int = Field(0, description="seed of shared reference models (initialisation and batch order)")
 
     @model_validator(mode="after")
     def _paths_for_load(self) -> ReferenceSpec:
         if self.mode == "load" and not self.target:
             raise ValueError("reference.mode 'load' needs reference.target (a hub id or local directory)")
+        if self.mode == "load" and self.per_seed:
+            raise ValueError("reference.per_seed needs mode 'train' (loaded references are one fixed pair)")
         return self
 
 
-class EvalSpec(_Strict):
+class EvalSpec(StrictModel):
     """Scoring settings: backend, batch size, generation length, example caps per split."""
 
     backend: str = "hf"
@@ -223,7 +188,7 @@ class EvalSpec(_Strict):
     workers: int = Field(1, ge=1)
 
 
-class ResourcesSpec(_Strict):
+class ResourcesSpec(StrictModel):
     """Where the job runs: Ray Train workers (ScalingConfig) and the local scoring device."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -235,17 +200,18 @@ class ResourcesSpec(_Strict):
     threads: int | None = Field(None, ge=1, description="torch CPU threads of the driver; null = torch default")
 
 
-class JobSpec(_Strict):
-    """A whole job: one model, one benchmark, several methods compared side by side."""
+class JobSpec(StrictModel):
+    """A whole job: one model, one benchmark, several methods compared side by side, each run once per seed."""
 
     name: str = "job"
-    seed: int = 0
+    seeds: list[int] = Field([0], min_length=1, description="every method runs once per seed (adapter "
+                             "initialisation, batch order); conclusions use across-seed statistics")
     out: str = "results/{name}"
     model: ModelSpec = ModelSpec()
-    benchmark: BenchmarkSpec = BenchmarkSpec()
+    benchmark: BenchmarkSpec = Field(default_factory=lambda: benchmark_spec(name="tofu"))
     reference: ReferenceSpec = ReferenceSpec()
     adapter: AdapterSpec = AdapterSpec()
-    objective: ObjectiveSpec = ObjectiveSpec()
+    objective: ObjectiveSpec = Field(default_factory=_default_objective)
     train: TrainSpec = TrainSpec()
     methods: list[MethodSpec] = Field(min_length=1)
     eval: EvalSpec = EvalSpec()
@@ -270,10 +236,41 @@ class JobSpec(_Strict):
                     if isinstance(own, BaseModel):
                         own = own.model_dump(exclude_unset=True)
                     if isinstance(base, dict) and isinstance(own, dict):
+                        if section == "objective" and own.get("name", base.get("name")) != base.get("name"):
+                            # another objective: only the options every objective has carry over
+                            base = {k: v for k, v in base.items() if k in ObjectiveOptions.model_fields
+                                    and k not in ("name", "retain_loss")}
                         m[section] = {**base, **own}
             methods.append(m)
         data["methods"] = methods
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_is_now_seeds(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "seed" in data:
+            raise ValueError(f"seed: the job's seeds are a list now; write `seeds: [{data['seed']}]`")
+        return data
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int]) -> list[int]:
+        dupes = sorted({s for s in v if v.count(s) > 1})
+        if dupes:
+            raise ValueError(f"seeds must be distinct; repeated: {', '.join(map(str, dupes))}")
+        return v
+
+    @model_validator(mode="after")
+    def _objectives_fit_the_benchmark(self) -> JobSpec:
+        from harness.objectives import OBJECTIVES
+
+        modality = self.benchmark.modality
+        for i, m in enumerate(self.methods):
+            objective = OBJECTIVES.get(m.objective.name)
+            if modality not in objective.modalities:
+                raise ValueError(f"methods.{i}.objective.name: {m.objective.name!r} does not apply to "
+                                 f"{self.benchmark.name} ({modality}) benchmarks")
+        return self
 
     @model_validator(mode="after")
     def _unique_method_names(self) -> JobSpec:
@@ -297,13 +294,23 @@ class JobSpec(_Strict):
         return Path(self.out.format(name=self.name)).expanduser()
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid job spec {source}:"]
+def error_lines(err: ValidationError) -> list[str]:
+    """One `path: message` line per validation error, in the words of a spec (unknown names listed)."""
+    lines = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "union_tag_invalid":
+            known = str(e["ctx"]["expected_tags"]).replace("'", "")
+            msg = f"unknown name {e['ctx']['tag']!r} (known: {known})"
+        elif e["type"] == "union_tag_not_found":
+            msg = "needs a `name`"
         lines.append(f"  {path}: {msg}")
-    return "\n".join(lines)
+    return lines
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    return "\n".join([f"invalid job spec {source}:", *error_lines(err)])
 
 
 def _parse_value(text: str) -> Any:

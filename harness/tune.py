@@ -30,8 +30,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Objective(_Strict):
-    """A final metric the search optimises."""
+class SearchObjective(_Strict):
+    """A final metric the search optimises (forget quality up, model utility up, ...)."""
 
     metric: str
     split: str
@@ -60,7 +60,7 @@ class TuneSpace(_Strict):
     num_samples: int = Field(8, ge=1)
     max_concurrent: int = Field(1, ge=1)
     seed: int = 0
-    objectives: list[Objective] = Field(min_length=1)
+    objectives: list[SearchObjective] = Field(min_length=1)
     proxy: Proxy = Proxy()
     asha: Asha | None = Asha()
     params: dict[str, dict[str, Any]] = Field(min_length=1)
@@ -126,8 +126,8 @@ def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     spec = apply_trial(validate_spec(context["spec"]), context["method"], config)
     method = spec.methods[0]
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
-    run = run_unlearning(method, spec, context["target"], context["forget_pairs"], context["retain_pairs"],
-                         trial_dir, callbacks=[TuneReportCallback()])
+    run = run_unlearning(method, spec, context["target"], context["forget"], context["retain"],
+                         trial_dir, seed=spec.seeds[0], callbacks=[TuneReportCallback()])
     final: dict[str, Any] = {"diverged": float(run.diverged), "steps": run.steps}
     proxy = context["proxy"]
     if run.log and proxy in run.log[-1]:  # the proxy's last value stays in the trial's final row
@@ -136,7 +136,7 @@ def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         final.update({o["metric"]: (0.0 if o["mode"] == "max" else float("inf")) for o in context["objectives"]})
         ray.tune.report(final)
         return
-    bench = load_benchmark(spec.benchmark, spec.seed)
+    bench = load_benchmark(spec.benchmark)
     model, tokenizer = load_pretrained(context["target"], torch.float32)
     load_adapter(model, run.adapter_dir)
     scores = score_model(bench, model.eval(), tokenizer, spec, torch.device("cpu"))
@@ -192,7 +192,7 @@ def _release_callback() -> Any:
     return ReleaseTrainerWorkers()
 
 
-def pareto_front(frame: pd.DataFrame, objectives: list[Objective]) -> pd.DataFrame:
+def pareto_front(frame: pd.DataFrame, objectives: list[SearchObjective]) -> pd.DataFrame:
     """Rows not dominated by any other (every objective at least as good, one strictly better)."""
     cols = [o.metric for o in objectives]
     done = frame.dropna(subset=cols)
@@ -203,7 +203,7 @@ def pareto_front(frame: pd.DataFrame, objectives: list[Objective]) -> pd.DataFra
     return done[np.array(keep)].sort_values(cols[0], ascending=objectives[0].mode == "min")
 
 
-def _plot_pareto(frame: pd.DataFrame, front: pd.DataFrame, objectives: list[Objective], path: Path) -> None:
+def _plot_pareto(frame: pd.DataFrame, front: pd.DataFrame, objectives: list[SearchObjective], path: Path) -> None:
     from harness.report import plt, save_figure
 
     x, y = objectives[0].metric, objectives[1].metric if len(objectives) > 1 else "diverged"
@@ -238,7 +238,7 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
     apply_trial(spec, method_name, {})  # the base method alone must validate
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(spec.resources.device)
-    bench = load_benchmark(spec.benchmark, spec.seed)
+    bench = load_benchmark(spec.benchmark)
     refs = prepare_references(spec, bench, device)
     if refs.retain is None:
         raise SpecError("tuning needs a retain reference model (reference.retain) to compute forget quality")
@@ -247,8 +247,9 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
     objective = make_objective(base.objective)
     context = {
         "spec": spec.model_dump(mode="json"), "method": method_name, "target": refs.target_source,
-        "forget_pairs": bench.forget_pairs(refs.tokenizer, objective.forget_answer),
-        "retain_pairs": bench.retain_pairs(refs.tokenizer), "retain_scores": retain_scores,
+        "forget": bench.forget_examples(refs.tokenizer, objective),
+        "retain": bench.retain_examples(refs.tokenizer) if base.objective.uses_retain else [],
+        "retain_scores": retain_scores,
         "objectives": [o.model_dump() for o in space.objectives], "proxy": space.proxy.metric,
     }
     # Intermediate reports come from the trainer (training proxy only); the objectives arrive with the

@@ -229,19 +229,20 @@ def _fake_run_job(spec, progress: bool = True):  # noqa: ANN001, ANN202 - the pi
     from harness.results import atomic_write_json, atomic_write_parquet
 
     out = spec.out_dir()
-    rows = [{"method": "target", "benchmark": "tofu", "split": "forget10", "metric": "prob", "value": 0.9,
+    rows = [{"method": "target", "seed": 0, "benchmark": "tofu", "split": "forget10", "metric": "prob", "value": 0.9,
              "ci_low": 0.85, "ci_high": 0.95}]
     for m in spec.methods:
         diverged = m.train.lr > 1
-        rows.append({"method": m.name, "benchmark": "tofu", "split": "train", "metric": "diverged",
-                     "value": float(diverged)})
-        if not diverged:
-            rows += [{"method": m.name, "benchmark": "tofu", "split": "forget10", "metric": "prob", "value": 0.1,
-                      "ci_low": 0.05, "ci_high": 0.15},
-                     {"method": m.name, "benchmark": "tofu", "split": "all", "metric": "model_utility",
-                      "value": 0.6}]
+        for seed in spec.seeds:
+            rows.append({"method": m.name, "seed": seed, "benchmark": "tofu", "split": "train", "metric": "diverged",
+                         "value": float(diverged)})
+            if not diverged:
+                rows += [{"method": m.name, "seed": seed, "benchmark": "tofu", "split": "forget10", "metric": "prob",
+                          "value": 0.1, "ci_low": 0.05, "ci_high": 0.15},
+                         {"method": m.name, "seed": seed, "benchmark": "tofu", "split": "all",
+                          "metric": "model_utility", "value": 0.6}]
     atomic_write_parquet(out / "metrics.parquet", pd.DataFrame(rows))
-    atomic_write_json(out / "env.json", {"git_commit": "abc123", "seed": spec.seed})
+    atomic_write_json(out / "env.json", {"git_commit": "abc123", "seeds": spec.seeds})
     return JobResult(out, "summary", {m.name: m.train.lr > 1 for m in spec.methods})
 
 
@@ -252,7 +253,7 @@ def suite_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(harness.pipeline, "run_job", _fake_run_job)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({"name": "tiny", "methods": [{"name": "gd_sine"}]}))
     suite = {"name": "t", "out": str(tmp_path / "runs"), "history": str(tmp_path / "history.parquet"),
-             "jobs": [{"spec": "tiny.yaml"}, {"spec": "tiny.yaml", "name": "tiny2", "set": ["seed=1"]}]}
+             "jobs": [{"spec": "tiny.yaml"}, {"spec": "tiny.yaml", "name": "tiny2", "set": ["seeds=[1,2]"]}]}
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
     return path

@@ -18,6 +18,7 @@ def small_spec(tmp: Path, **methods_lr: float) -> dict:
     """A job that runs in seconds: 10 authors, short reference training, few steps, short generations."""
     return {
         "name": "small",
+        "seeds": [0, 1],
         "out": str(tmp / "out"),
         "benchmark": {"synthetic": {"n_authors": 10, "qa_per_author": 2, "n_real_authors": 4, "n_world_facts": 4},
                       "data_dir": str(tmp / "data")},
@@ -39,7 +40,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object
 def test_results_contract_files_and_columns(finished_run: tuple[Path, object]) -> None:
     tmp, result = finished_run
     out = result.out_dir
-    for name in ("spec.yaml", "env.json", "metrics.parquet", "train_log.parquet", "summary.md",
+    for name in ("spec.yaml", "env.json", "metrics.parquet", "train_log.parquet", "summary.md", "summary.parquet",
                  "examples.parquet", "generations.parquet", "plots/training.png", "plots/metrics.png"):
         assert (out / name).is_file(), name
     assert not list(out.rglob("*.tmp")), "temporary files left behind"
@@ -49,9 +50,10 @@ def test_results_contract_files_and_columns(finished_run: tuple[Path, object]) -
         assert list(df.columns[: len(cols)]) == cols, name
         assert len(df) > 0, name
     for method in ("gd_lora", "gd_sine"):
-        ckpt = out / "checkpoints" / method
-        assert {"adapter_model.safetensors", "adapter_config.json", "bound_config.json"} <= {
-            p.name for p in ckpt.iterdir()}
+        for seed in (0, 1):
+            ckpt = out / "checkpoints" / method / f"seed{seed}"
+            assert {"adapter_model.safetensors", "adapter_config.json", "bound_config.json"} <= {
+                p.name for p in ckpt.iterdir()}
 
 
 def test_every_model_gets_every_tofu_metric(finished_run: tuple[Path, object]) -> None:
@@ -72,27 +74,30 @@ def test_forget_quality_recomputes_from_examples(finished_run: tuple[Path, objec
     ex = pd.read_parquet(result.out_dir / "examples.parquet")
     m = pd.read_parquet(result.out_dir / "metrics.parquet")
     r = ex[(ex["split"] == "forget10") & (ex["metric"] == "truth_ratio")]
-    expected = ks_2samp(r[r["method"] == "gd_sine"]["value"], r[r["method"] == "retain"]["value"]).pvalue
-    got = m[(m["method"] == "gd_sine") & (m["metric"] == "forget_quality")]["value"].item()
-    assert got == pytest.approx(expected)
+    for seed in (0, 1):
+        mine = r[(r["method"] == "gd_sine") & (r["seed"] == seed)]["value"]
+        expected = ks_2samp(mine, r[r["method"] == "retain"]["value"]).pvalue
+        got = m[(m["method"] == "gd_sine") & (m["metric"] == "forget_quality") & (m["seed"] == seed)]["value"].item()
+        assert got == pytest.approx(expected)
 
 
 def test_divergence_is_recorded_and_the_run_goes_on(finished_run: tuple[Path, object]) -> None:
     _, result = finished_run
     assert result.diverged == {"gd_lora": False, "gd_sine": False, "blowup": True}
     m = pd.read_parquet(result.out_dir / "metrics.parquet")
-    div = m[m["metric"] == "diverged"].set_index("method")["value"]
-    assert div["blowup"] == 1.0 and div["gd_lora"] == 0.0
+    div = m[m["metric"] == "diverged"].groupby("method")["value"]
+    assert div.sum()["blowup"] == 2.0 and div.sum()["gd_lora"] == 0.0 and div.count()["blowup"] == 2
     assert m[(m["method"] == "blowup") & (m["metric"] != "diverged")].empty
     summary = (result.out_dir / "summary.md").read_text()
-    assert "| blowup |" in summary and "yes" in summary and "diverged" in summary
+    assert "| blowup |" in summary and "| 2/2 |" in summary and "| 0/2 |" in summary
 
 
 def test_train_log_has_every_step_once(finished_run: tuple[Path, object]) -> None:
     _, result = finished_run
     log = pd.read_parquet(result.out_dir / "train_log.parquet")
-    for method, group in log.groupby("method"):
-        assert group["step"].tolist() == list(range(len(group))), method
+    assert set(log["seed"]) == {0, 1}
+    for (method, seed), group in log.groupby(["method", "seed"]):
+        assert group["step"].tolist() == list(range(len(group))), (method, seed)
     ok = log[log["method"] != "blowup"]
     assert (ok[["grad_norm", "adapter_norm", "logit_norm", "tokens_per_s"]] > 0).all().all()
 
@@ -102,7 +107,30 @@ def test_spec_and_env_are_written_for_reproduction(finished_run: tuple[Path, obj
     again = load_spec(result.out_dir / "spec.yaml")
     assert [m.name for m in again.methods] == ["gd_lora", "gd_sine", "blowup"]
     env = json.loads((result.out_dir / "env.json").read_text())
-    assert env["seed"] == 0 and "torch" in env["packages"] and env["finished"] and "timings_s" in env
+    assert env["seeds"] == [0, 1] and "torch" in env["packages"] and env["finished"] and "timings_s" in env
+    assert set(env["run_seconds"]) == {f"{m}/seed{s}" for m in ("gd_lora", "gd_sine", "blowup") for s in (0, 1)}
+
+
+def test_summary_is_the_mean_and_t_interval_over_seeds(finished_run: tuple[Path, object]) -> None:
+    """The summary cell of every metric is mean +- t(0.975, n-1) sd / sqrt(n) of the per-seed values."""
+    _, result = finished_run
+    m = pd.read_parquet(result.out_dir / "metrics.parquet")
+    stats = pd.read_parquet(result.out_dir / "summary.parquet").set_index(["method", "column"])
+    summary = (result.out_dir / "summary.md").read_text()
+    for column, (split, metric) in {"forget truth ratio": ("forget10", "truth_ratio"),
+                                    "model utility": ("all", "model_utility")}.items():
+        values = m[(m["method"] == "gd_sine") & (m["split"] == split) & (m["metric"] == metric)].sort_values("seed")
+        a, b = values["value"].tolist()
+        mean, sd = (a + b) / 2, abs(a - b) / 2 ** 0.5
+        half = 12.7062047361747 * sd / 2 ** 0.5  # t(0.975, df=1) = 12.706
+        row = stats.loc[("gd_sine", column)]
+        assert row["n"] == 2 and list(row["values"]) == pytest.approx([a, b])
+        assert (row["mean"], row["ci_low"], row["ci_high"]) == pytest.approx((mean, mean - half, mean + half))
+    lora = stats.loc[("gd_lora", "max grad norm")]
+    log = pd.read_parquet(result.out_dir / "train_log.parquet")
+    per_seed = log[log["method"] == "gd_lora"].groupby("seed")["grad_norm"].max()
+    assert lora["mean"] == pytest.approx(per_seed.mean())
+    assert "| target | 1 |" in summary and "| gd_sine | 2 |" in summary and "95% Student-t interval" in summary
 
 
 def test_second_run_reuses_cached_reference_models(finished_run: tuple[Path, object]) -> None:

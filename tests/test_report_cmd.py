@@ -34,7 +34,7 @@ def _fake_run(path: Path, scale: float, diverge: bool = False, benchmark: str = 
                          "grad_norm": 1.0 + s, "adapter_norm": 0.1 * (s + 1), "logit_norm": 50.0, "lr": 1e-3,
                          "tokens_per_s": 100.0} for m in ("gd_lora", "gd_sine") for s in range(4)])
     log.to_parquet(path / "train_log.parquet")
-    spec = {"name": path.name, "seed": 0, "benchmark": {"name": benchmark, "forget_split": "forget10"},
+    spec = {"name": path.name, "seeds": [0], "benchmark": {"name": benchmark, "forget_split": "forget10"},
             "methods": [{"name": "gd_lora"}, {"name": "gd_sine"}]}
     (path / "spec.yaml").write_text(yaml.safe_dump(spec))
     (path / "env.json").write_text(json.dumps({"git_commit": "deadbeef", "seed": 0, "started": "2026-01-01T00:00:00",
@@ -72,7 +72,7 @@ def test_compare_table_has_one_row_per_run_and_method(two_runs: tuple[Path, Path
     assert t.loc[("base", "gd_sine"), "forget prob"] == pytest.approx(0.1)
     assert t.loc[("lr_high", "gd_sine"), "forget prob"] == pytest.approx(0.2)
     assert pd.isna(t.loc[("lr_high", "gd_lora"), "forget prob"])           # diverged: not scored
-    assert t.loc[("lr_high", "gd_lora"), "diverged"] == "yes" and t.loc[("base", "gd_lora"), "diverged"] == "no"
+    assert t.loc[("lr_high", "gd_lora"), "diverged"] == "1/1" and t.loc[("base", "gd_lora"), "diverged"] == "0/1"
     assert t.loc[("base", "gd_sine"), "max grad norm"] == 4.0
     assert set(figures) == {"metrics", "training"}
 

@@ -97,3 +97,38 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(SpecError, match="mapping"):
         load_spec(bad)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({**MINIMAL, "benchmark": {"name": "muse", "forget_split": "forget10"}}, "benchmark.muse.forget_split"),
+    ({**MINIMAL, "benchmark": {"name": "tofu", "mink_k": 0.2}}, "benchmark.tofu.mink_k"),
+    ({**MINIMAL, "benchmark": {"name": "cifar"}}, "benchmark: unknown name 'cifar' (known:"),
+    ({"methods": [{"name": "a", "objective": {"name": "gd", "beta": 0.1}}]}, "methods.0.objective.gd.beta"),
+    ({**MINIMAL, "seed": 1}, "seeds: [1]"),
+    ({**MINIMAL, "seeds": [0, 0]}, "repeated: 0"),
+    ({**MINIMAL, "seeds": []}, "seeds"),
+    ({**MINIMAL, "reference": {"mode": "load", "target": "x", "per_seed": True}}, "per_seed"),
+    ({"benchmark": {"name": "tofu"}, "methods": [{"name": "a", "train": {"optimizer": "lion"}}]},
+     "methods.0.train.optimizer"),
+])
+def test_benchmark_and_objective_options_belong_to_their_own(data: dict, message: str) -> None:
+    with pytest.raises(SpecError) as err:
+        validate_spec(data, "x.yaml")
+    assert message in str(err.value)
+
+
+def test_a_method_switching_objective_keeps_only_the_shared_options() -> None:
+    spec = validate_spec({"objective": {"name": "npo", "beta": 0.3, "w_retain": 2.0},
+                          "methods": [{"name": "a"}, {"name": "b", "objective": {"name": "ga"}}]})
+    a, b = spec.methods
+    assert (a.objective.name, a.objective.beta, a.objective.w_retain) == ("npo", 0.3, 2.0)
+    assert (b.objective.name, b.objective.w_retain, b.objective.retain_loss) == ("ga", 2.0, "none")
+
+
+def test_seeds_and_shared_or_per_seed_references() -> None:
+    from harness.reference import reference_seed_for, reference_seeds
+
+    shared = validate_spec({**MINIMAL, "seeds": [3, 1, 2], "reference": {"seed": 7}})
+    assert shared.seeds == [3, 1, 2] and reference_seeds(shared) == [7] and reference_seed_for(shared, 1) == 7
+    own = validate_spec({**MINIMAL, "seeds": [3, 1], "reference": {"per_seed": True}})
+    assert reference_seeds(own) == [3, 1] and reference_seed_for(own, 1) == 1

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from harness.benchmarks.tofu.synth import generate_tofu
+from harness.benchmarks.tofu.synth import SyntheticTofuSpec, generate_tofu
 from harness.errors import DataError
-from harness.spec import SyntheticTofuSpec
 from harness.tokenizer import get_or_train_tokenizer, train_bpe_tokenizer
 
 SAMPLES = [

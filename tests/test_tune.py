@@ -10,10 +10,11 @@ import yaml
 
 from harness.errors import SpecError
 from harness.spec import load_spec, validate_spec
-from harness.tune import Objective, TuneSpace, apply_trial, load_space, pareto_front, write_tune_results
+from harness.tune import SearchObjective, TuneSpace, apply_trial, load_space, pareto_front, write_tune_results
 
 ROOT = Path(__file__).resolve().parents[1]
-OBJECTIVES = [Objective(metric="forget_quality", split="forget10"), Objective(metric="model_utility", split="all")]
+OBJECTIVES = [SearchObjective(metric="forget_quality", split="forget10"),
+              SearchObjective(metric="model_utility", split="all")]
 
 
 def test_shipped_spaces_validate() -> None:
@@ -47,7 +48,7 @@ def test_pareto_front_keeps_exactly_the_non_dominated_trials() -> None:
     })
     front = pareto_front(frame, OBJECTIVES)
     assert sorted(front["trial_id"]) == ["a", "b", "c"]  # d is dominated by b; e never finished
-    flipped = pareto_front(frame, [OBJECTIVES[0], Objective(metric="model_utility", split="all", mode="min")])
+    flipped = pareto_front(frame, [OBJECTIVES[0], SearchObjective(metric="model_utility", split="all", mode="min")])
     assert sorted(flipped["trial_id"]) == ["a"]  # highest forget quality and lowest utility at once
 
 

@@ -1,22 +1,43 @@
-"""Benchmark registry: each benchmark is one module with a class registered under its name."""
+"""Benchmarks: one package each (`tofu`, `muse`, `tdec`, ...) with its options, data, metrics and class.
+
+A benchmark package holds `options.py` (its `benchmark:` options model, registered in
+`harness.specbase.BENCHMARK_OPTIONS`) and `benchmark.py` (its `Benchmark` class, registered in
+`BENCHMARKS`). This module stays light (no torch, no spec), because harness/spec.py imports it.
+"""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
+from typing import TYPE_CHECKING, Any
 
-from harness.benchmarks.base import BENCHMARKS, Benchmark, ModelScores
-from harness.spec import BenchmarkSpec
+if TYPE_CHECKING:
+    from harness.benchmarks.base import Benchmark
 
-# Modules that register benchmarks; importing them fills BENCHMARKS.
-_MODULES = ("harness.benchmarks.tofu.benchmark", "harness.benchmarks.muse.benchmark",
-            "harness.benchmarks.tdec.benchmark")
+#: The benchmark packages (every subpackage of this one).
+PACKAGES = tuple(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg)
 
 
-def load_benchmark(spec: BenchmarkSpec, seed: int) -> Benchmark:
+def load_benchmark_class(name: str) -> type[Benchmark]:
+    """The Benchmark class registered as `name` (no data loaded)."""
+    from harness.benchmarks.base import BENCHMARKS
+
+    for package in PACKAGES:
+        importlib.import_module(f"harness.benchmarks.{package}.benchmark")
+    return BENCHMARKS.get(name)
+
+
+def load_benchmark(spec: Any) -> Benchmark:
     """The benchmark named by `spec.name`, with its data loaded (real files or synthetic)."""
-    for module in _MODULES:
-        importlib.import_module(module)
-    return BENCHMARKS.get(spec.name)(spec, seed)
+    return load_benchmark_class(spec.name)(spec)
 
 
-__all__ = ["BENCHMARKS", "Benchmark", "ModelScores", "load_benchmark"]
+def __getattr__(name: str) -> Any:
+    if name in ("BENCHMARKS", "Benchmark", "ModelScores"):
+        from harness.benchmarks import base
+
+        return getattr(base, name)
+    raise AttributeError(name)
+
+
+__all__ = ["PACKAGES", "load_benchmark", "load_benchmark_class"]

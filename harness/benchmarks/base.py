@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -12,12 +11,12 @@ import numpy as np
 from harness.eval.text_metrics import bootstrap_ci
 from harness.registry import Registry
 from harness.report import Column
-from harness.spec import BenchmarkSpec, EvalSpec
+from harness.spec import EvalSpec
+from harness.specbase import BenchmarkOptions
 
 BENCHMARKS: Registry[type[Benchmark]] = Registry("benchmark")
 
 Pair = tuple[str, str]
-AnswerFn = Callable[[dict[str, Any], int], str]
 
 
 def mean_metric_row(split: str, metric: str, values: np.ndarray, n_resamples: int, seed: int) -> dict[str, Any]:
@@ -41,28 +40,46 @@ class Benchmark(ABC):
     """A benchmark: its data, how to turn it into training pairs, and its metric suite."""
 
     name: ClassVar[str]
-    #: Columns of the summary table, in order.
-    summary_columns: ClassVar[list[Column]]
 
-    def __init__(self, spec: BenchmarkSpec, seed: int) -> None:
+    @classmethod
+    @abstractmethod
+    def summary_columns_for(cls, options: Any) -> list[Column]:
+        """Columns of the summary table, in order, for these options (no data needed: reports use it)."""
+
+    @property
+    def summary_columns(self) -> list[Column]:
+        """Columns of this benchmark's summary table."""
+        return self.summary_columns_for(self.spec)
+
+    def __init__(self, spec: BenchmarkOptions) -> None:
         self.spec = spec
-        self.seed = seed
+        self.seed = spec.seed
 
-    @abstractmethod
+    @property
+    def modality(self) -> str:
+        """What the benchmark's models read: "text" or "image" (from its options model)."""
+        return self.spec.modality
+
     def corpus_texts(self) -> list[str]:
-        """All text of the benchmark (to train a builtin model's tokenizer)."""
+        """All text of the benchmark (to train a builtin model's tokenizer); text benchmarks only."""
+        raise NotImplementedError(f"{self.name} has no text corpus")
 
     @abstractmethod
-    def reference_pairs(self, kind: str, tokenizer: Any) -> list[Pair]:
-        """Training pairs for the reference model `kind` ("target": all data, "retain": without the forget set)."""
+    def reference_examples(self, kind: str, processor: Any) -> list[Any]:
+        """Training examples of the reference model `kind` ("target": all data, "retain": without the forget set)."""
 
     @abstractmethod
-    def forget_pairs(self, tokenizer: Any, answer_for: AnswerFn) -> list[Pair]:
-        """(context, continuation) pairs of the forget set; `answer_for(record, i)` picks the answer."""
+    def forget_examples(self, processor: Any, objective: Any) -> list[Any]:
+        """Examples of the forget set, with the targets the objective trains toward (its `forget_answer` on
+        text, its `forget_labels` on images)."""
 
     @abstractmethod
-    def retain_pairs(self, tokenizer: Any) -> list[Pair]:
-        """(context, continuation) pairs of the retain set."""
+    def retain_examples(self, processor: Any) -> list[Any]:
+        """Examples of the retain set."""
+
+    def describe(self) -> str:
+        """A short name of what is forgotten, for titles (e.g. `tofu forget10`)."""
+        return self.name
 
     @abstractmethod
     def score(self, backend: Any, tokenizer: Any, eval_spec: EvalSpec) -> ModelScores:

@@ -1,14 +1,14 @@
-"""Training batches: (context, continuation) pairs tokenised once, padded, and streamed in seeded epochs."""
+"""Training batches: examples encoded once, collated into a modality's Batch, streamed in seeded epochs."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 
-from harness.objectives import IGNORE, Batch
+from harness.batch import IGNORE, Batch, TokenBatch
 from harness.text import encode_pair
 
 Pair = tuple[str, str]
@@ -24,8 +24,8 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[Pair], max_length: int) -> list
     return out
 
 
-def collate(examples: Sequence[Encoded], pad_id: int) -> Batch:
-    """Right-pad a list of encoded pairs into a Batch whose labels cover only the continuations."""
+def collate(examples: Sequence[Encoded], pad_id: int) -> TokenBatch:
+    """Right-pad a list of encoded pairs into a TokenBatch whose labels cover only the continuations."""
     width = max(len(ids) for ids, _ in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
@@ -35,7 +35,7 @@ def collate(examples: Sequence[Encoded], pad_id: int) -> Batch:
         input_ids[row, : len(ids)] = t
         mask[row, : len(ids)] = 1
         labels[row, n_ctx : len(ids)] = t[n_ctx:]
-    return Batch(input_ids, mask, labels)
+    return TokenBatch(input_ids, mask, labels)
 
 
 class BatchStream:
@@ -43,9 +43,10 @@ class BatchStream:
 
     Batches run on across epoch boundaries (each epoch a fresh permutation), so every global batch
     is full and splits evenly: with the same seed, 1 worker and N workers see the same global batches.
+    `collate` turns a list of examples into a Batch.
     """
 
-    def __init__(self, examples: Sequence[Encoded], batch_size: int, pad_id: int, seed: int,
+    def __init__(self, examples: Sequence[Any], batch_size: int, collate: Callable[[list[Any]], Batch], seed: int,
                  rank: int = 0, world_size: int = 1) -> None:
         if not examples:
             raise ValueError("cannot stream batches from an empty set of examples")
@@ -53,7 +54,7 @@ class BatchStream:
             raise ValueError(f"batch size {batch_size} does not split over {world_size} workers")
         self.examples = list(examples)
         self.batch_size = batch_size
-        self.pad_id = pad_id
+        self.collate = collate
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
@@ -71,4 +72,4 @@ class BatchStream:
                 order += torch.randperm(len(self.examples), generator=generator).tolist()
             batch, order = order[: self.batch_size], order[self.batch_size :]
             mine = batch[self.rank * per_worker : (self.rank + 1) * per_worker]
-            yield collate([self.examples[j] for j in mine], self.pad_id)
+            yield self.collate([self.examples[j] for j in mine])

@@ -13,8 +13,8 @@ def build_deepspeed_config(train: TrainSpec, world_size: int) -> dict[str, Any]:
 
     `train.batch_size` is the global micro-batch, so each worker takes `batch_size / world_size`
     examples per micro-step and DeepSpeed's `train_batch_size` is `batch_size * grad_accum`.
-    The optimizer is built by DeepSpeed from the config (AdamW with `torch_adam`, so no op is
-    compiled); the learning-rate schedule is the harness's own (passed to `deepspeed.initialize`).
+    The optimizer (torch AdamW or SGD, `harness.train.loop.make_optimizer`, so no op is compiled) and the
+    learning-rate schedule are the harness's own, passed to `deepspeed.initialize`.
     """
     if train.batch_size % world_size:
         raise SpecError(f"train.batch_size ({train.batch_size}) must be a multiple of the number of workers "
@@ -33,8 +33,6 @@ def build_deepspeed_config(train: TrainSpec, world_size: int) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": train.batch_size // world_size,
         "gradient_accumulation_steps": train.grad_accum,
         "gradient_clipping": train.max_grad_norm or 0.0,
-        "optimizer": {"type": "AdamW", "params": {"lr": train.lr, "weight_decay": train.weight_decay,
-                                                  "betas": [0.9, 0.999], "eps": 1e-8, "torch_adam": True}},
         "zero_optimization": zero,
         "bf16": {"enabled": train.precision == "bf16"},
         "fp16": {"enabled": False},

@@ -1,4 +1,4 @@
-"""Full fine-tuning with the plain LM loss: how builtin reference models (target, retain) are made."""
+"""Full fine-tuning with the plain loss (LM or classification): how builtin reference models are made."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from harness.modalities import get_modality
 from harness.objectives import mean_nll
-from harness.train.data import BatchStream, Pair, encode_pairs
+from harness.train.data import BatchStream
 from harness.train.schedule import make_scheduler
 
 
 def finetune(
     model: torch.nn.Module,
-    tokenizer: Any,
-    pairs: Sequence[Pair],
+    processor: Any,
+    examples: Sequence[Any],
     epochs: int,
     lr: float,
     batch_size: int,
@@ -27,10 +28,11 @@ def finetune(
     device: torch.device | str = "cpu",
     desc: str = "finetune",
     progress: bool = True,
+    modality: str = "text",
 ) -> list[float]:
-    """Train every parameter on the continuations of `pairs`; returns the per-step loss."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stream = BatchStream(encode_pairs(tokenizer, pairs, max_length), batch_size, pad_id, seed)
+    """Train every parameter on `examples` (continuations of pairs, or image labels); the per-step loss."""
+    mod = get_modality(modality)
+    stream = BatchStream(mod.encode(processor, examples, max_length), batch_size, mod.collate(processor), seed)
     n_steps = stream.batches_per_epoch * epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     scheduler = make_scheduler(optimizer, "cosine", n_steps, warmup_ratio)
@@ -40,8 +42,7 @@ def finetune(
     bar = tqdm(range(n_steps), desc=desc, disable=None if progress else True, leave=False)
     for _ in bar:
         batch = next(batches).to(device)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        loss = mean_nll(logits, batch.labels)
+        loss = mean_nll(model(**batch.model_inputs()).logits, batch)
         if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"{desc}: non-finite loss at step {len(losses)}; lower reference.train.lr")
         optimizer.zero_grad(set_to_none=True)

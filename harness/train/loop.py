@@ -1,14 +1,19 @@
-"""The per-worker unlearning loop, run by Ray Train: one DeepSpeed engine per worker, per-step telemetry.
+"""The per-worker unlearning loop, run by Ray Train: a list of runs (method x seed), one after another.
 
-Every worker loads the target model, attaches the bounded adapter, wraps it in a DeepSpeed engine
-(ZeRO 0-3, fp32/bf16, optional offload) and trains on its slice of each global batch. Telemetry
-is all-reduced so every rank sees the same numbers; NaN/inf stops all ranks together. Checkpoints
-(DeepSpeed engine state + PEFT-format adapter + the step log so far) go through `ray.train.report`;
-a restarted worker group resumes from the latest one, so each step's telemetry appears exactly once.
+One worker group trains every run of a job, so the Ray Train start-up is paid once. For each run, every
+worker builds a fresh copy of the target model, attaches the bounded adapter, wraps it in a DeepSpeed
+engine (ZeRO 0-3, fp32/bf16, optional offload) and trains on its slice of each global batch. Telemetry
+is all-reduced so every rank sees the same numbers; NaN/inf stops the run on all ranks together, and
+the next run starts. A run's checkpoints (DeepSpeed engine state + PEFT-format adapter + the step log so
+far) go through `ray.train.report`; its last one is marked `done`. A restarted worker group resumes from
+the latest checkpoint: finished runs are skipped, an unfinished one resumes at its step, so each step's
+telemetry appears exactly once. Rank 0 also streams every step to an optional progress actor.
 """
 
 from __future__ import annotations
 
+import copy
+import gc
 import json
 import logging
 import math
@@ -19,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +33,11 @@ import torch.distributed as dist
 
 from harness.adapters import adapted_layers, adapter_norms, adapter_parameters, adapters_disabled, attach
 from harness.adapters.checkpoint import save_adapter
-from harness.models import load_pretrained
-from harness.objectives import Batch, make_objective, scored_tokens
-from harness.spec import MethodSpec
-from harness.train.data import BatchStream, encode_pairs
+from harness.batch import Batch
+from harness.modalities import Modality, get_modality
+from harness.objectives import Objective, make_objective
+from harness.spec import MethodSpec, TrainSpec
+from harness.train.data import BatchStream
 from harness.train.schedule import make_scheduler
 
 STATE_FILE = "state.json"
@@ -38,6 +45,8 @@ ADAPTER_DIR = "adapter"
 ENGINE_TAG = "engine"
 # Each report names the workers' placement group, so a Tune driver can free it when it stops the trial.
 PLACEMENT_GROUP_KEY = "placement_group"
+#: Models up to this size are kept as a pristine copy in memory between runs; larger ones are re-read.
+KEEP_PRISTINE_BYTES = 2**30
 
 
 def total_steps(n_forget: int, method: MethodSpec) -> int:
@@ -48,15 +57,16 @@ def total_steps(n_forget: int, method: MethodSpec) -> int:
     return min(steps, t.max_steps) if t.max_steps else steps
 
 
-def _logit_norm(logits: torch.Tensor, batch: Batch) -> float:
-    """Mean L2 norm of the logit vector over real (non-pad) tokens."""
-    norms = logits.detach().float().norm(dim=-1)
-    return float(norms[batch.attention_mask.bool()].mean())
+def make_optimizer(params: Sequence[torch.nn.Parameter], train: TrainSpec) -> torch.optim.Optimizer:
+    """The run's optimizer (DeepSpeed wraps it): AdamW, or plain SGD as a control for AdamW's normalised steps."""
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    return torch.optim.AdamW(params, lr=train.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=train.weight_decay)
 
 
 def _token_share(local: int, world: int, device: torch.device) -> float:
-    """`world * local / global` token counts: the weight that turns a worker's token mean into its
-    share of the global token mean (DeepSpeed averages gradients over workers). Collective."""
+    """`world * local / global` unit counts: the weight that turns a worker's unit mean into its share of
+    the global unit mean (DeepSpeed averages gradients over workers). Collective."""
     if world == 1:
         return 1.0
     total = torch.tensor([float(local)], dtype=torch.float64, device=device)
@@ -104,10 +114,10 @@ def _register_zero3_external_params(model: torch.nn.Module) -> None:
                 deepspeed.zero.register_external_parameter(layer, p)
 
 
-def _reference_logits(engine: Any, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Logits of the frozen model (adapters switched off), without building a graph."""
+def _reference_outputs(engine: Any, model: torch.nn.Module, batch: Batch) -> Any:
+    """Outputs of the frozen model (adapters switched off), without building a graph."""
     with torch.no_grad(), adapters_disabled(model):
-        return engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return engine(**batch.model_inputs())
 
 
 def _placement_group_id() -> str | None:
@@ -117,9 +127,9 @@ def _placement_group_id() -> str | None:
     return pg.id.hex() if pg is not None else None
 
 
-def _maybe_kill(fault: dict[str, Any] | None, rank: int, step: int) -> None:
-    """Test hook: SIGKILL this worker process once, at a given rank and step (marker file = once)."""
-    if not fault or fault["rank"] != rank or fault["step"] != step:
+def _maybe_kill(fault: dict[str, Any] | None, rank: int, run: int, step: int) -> None:
+    """Test hook: SIGKILL this worker process once, at a given rank, run and step (marker file = once)."""
+    if not fault or fault["rank"] != rank or fault.get("run", 0) != run or fault["step"] != step:
         return
     marker = Path(fault["marker"])
     if marker.exists():
@@ -128,76 +138,138 @@ def _maybe_kill(fault: dict[str, Any] | None, rank: int, step: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-class _Streams:
-    """Forget and retain batch iterators of this worker, fast-forwardable to a resumed step."""
+@dataclass
+class _Resume:
+    """Where the latest checkpoint left off: its run index, whether that run was done, and its state."""
 
-    def __init__(self, tokenizer: Any, config: dict[str, Any], method: MethodSpec, rank: int, world: int) -> None:
-        t = method.train
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        seed = config["seed"]
-        self.forget: Iterator[Batch] = iter(BatchStream(
-            encode_pairs(tokenizer, config["forget_pairs"], t.max_length), t.batch_size, pad, seed, rank, world))
-        retain = config["retain_pairs"]  # empty when the objective has no retain term
-        self.retain: Iterator[Batch] = iter(())
-        if retain:
-            self.retain = iter(BatchStream(
-                encode_pairs(tokenizer, retain, t.max_length), t.batch_size, pad, seed + 1, rank, world))
+    run: int
+    done: bool
+    state: dict[str, Any]
+    checkpoint: Any
 
-    def skip(self, n_micro: int, use_retain: bool) -> None:
-        for _ in range(n_micro):
-            next(self.forget)
-            if use_retain:
-                next(self.retain)
+
+def _latest_checkpoint() -> _Resume | None:
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        state = json.loads((Path(d) / STATE_FILE).read_text())
+    return _Resume(state["run"], bool(state.get("done")), state, checkpoint)
+
+
+class _Worker:
+    """What a worker keeps across runs: its rank, device, modality, processor, encoded data and the
+    pristine target model each run starts from."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.config = config
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.modality: Modality = get_modality(config["modality"])
+        self.placement_group = _placement_group_id()
+        self.progress = config.get("progress")
+        self._target: str | None = None
+        self._pristine: torch.nn.Module | None = None
+        self._encoded: dict[tuple[str, str, int], list[Any]] = {}
+
+    def use_target(self, target: str) -> None:
+        """Load the target model and processor a run starts from (kept while the next runs share it)."""
+        if target == self._target:
+            return
+        model, self.processor = self.modality.load(target)
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        self._pristine = model if size <= KEEP_PRISTINE_BYTES else None
+        self.collate = self.modality.collate(self.processor)
+        self._target = target
+
+    def fresh_model(self) -> torch.nn.Module:
+        """A new copy of the current target model (from memory when small, else from disk)."""
+        if self._pristine is not None:
+            return copy.deepcopy(self._pristine)
+        assert self._target is not None
+        return self.modality.load(self._target)[0]
+
+    def stream(self, data_key: str | None, train: TrainSpec, seed: int) -> Iterator[Batch]:
+        """This worker's slice of the seeded global batches of a dataset (empty when `data_key` is None)."""
+        if data_key is None:
+            return iter(())
+        assert self._target is not None
+        cache_key = (self._target, data_key, train.max_length)
+        if cache_key not in self._encoded:
+            self._encoded[cache_key] = self.modality.encode(self.processor, self.config["data"][data_key],
+                                                            train.max_length)
+        return iter(BatchStream(self._encoded[cache_key], train.batch_size, self.collate, seed, self.rank,
+                                self.world))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker entry point: unlearn with one method; results go out through `ray.train.report`."""
+    """Ray Train worker entry point: train every run of `config["runs"]`; results go out through reports."""
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    if not config["use_gpu"]:
+        torch.set_num_threads(config["threads"])
+    worker = _Worker(config)
+    resume = _latest_checkpoint()
+    first = 0 if resume is None else resume.run + int(resume.done)
+    for index in range(first, len(config["runs"])):
+        partial = resume if resume is not None and resume.run == index and not resume.done else None
+        _train_run(worker, index, partial)
+        gc.collect()
+        if worker.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _train_run(worker: _Worker, index: int, resume: _Resume | None) -> None:
+    """Train one run (method x seed) to its end or divergence; its last report carries the `done` checkpoint."""
     import deepspeed
     import ray.train
     from ray.train import Checkpoint
 
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    method = MethodSpec.model_validate(config["method"])
-    t = method.train
-    if not config["use_gpu"]:
-        torch.set_num_threads(config["threads"])
-    device = ray.train.torch.get_device()
-    torch.manual_seed(config["seed"])
+    began_run = time.perf_counter()
+    config, rank, world, device = worker.config, worker.rank, worker.world, worker.device
+    run = config["runs"][index]
+    method = MethodSpec.model_validate(run["method"])
+    seed, t = run["seed"], method.train
+    torch.manual_seed(seed)
 
-    model, tokenizer = load_pretrained(config["target"], torch.float32)
-    attach(model, method.adapter, seed=config["seed"])
+    worker.use_target(run["target"])
+    model = worker.fresh_model()
+    attach(model, method.adapter, seed=seed)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = adapter_parameters(model)
-    n_steps = total_steps(len(config["forget_pairs"]), method)
+    n_steps = total_steps(len(config["data"][run["forget"]]), method)
     engine, _, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=params, config=config["deepspeed"],
+        model=model, optimizer=make_optimizer(params, t), config=run["deepspeed"],
         lr_scheduler=lambda opt: make_scheduler(opt, t.scheduler, n_steps, t.warmup_ratio))
     if t.zero_stage == 3:
         _register_zero3_external_params(model)
 
-    objective = make_objective(method.objective)
+    objective: Objective = make_objective(method.objective)
     w_f, w_r = method.objective.w_forget, method.objective.w_retain
-    use_retain = method.objective.retain_loss != "none" and w_r > 0
+    use_retain = method.objective.uses_retain and run["retain"] is not None
     need_ref_retain = objective.retain_needs_reference and use_retain
-    streams = _Streams(tokenizer, config, method, rank, world)
+    forget = worker.stream(run["forget"], t, seed)
+    retain = worker.stream(run["retain"] if use_retain else None, t, seed + 1)
 
     start, log = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
+    if resume is not None:
+        with resume.checkpoint.as_directory() as d:
             engine.load_checkpoint(d, tag=ENGINE_TAG, load_module_strict=False)
-            state = json.loads((Path(d) / STATE_FILE).read_text())
-        start, log = state["step"], state["log"]
-        streams.skip(start * t.grad_accum, use_retain)
-
-    placement_group = _placement_group_id()
+        start, log = resume.state["step"], resume.state["log"]
+        for _ in range(start * t.grad_accum):
+            next(forget)
+            if use_retain:
+                next(retain)
 
     def save_and_report(row: dict[str, Any], status: dict[str, Any] | None) -> None:
         """Checkpoint (status given) or plain metrics report; collective on every rank."""
-        metrics = {**row, PLACEMENT_GROUP_KEY: placement_group}
+        metrics = {**row, "run": run["key"], "run_index": index, "done": bool(status and status.get("done")),
+                   PLACEMENT_GROUP_KEY: worker.placement_group}
         if status is None:
             ray.train.report(metrics)
             return
@@ -207,43 +279,43 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if rank == 0:
                 save_adapter(model, tmp / ADAPTER_DIR, method.adapter, config["base_model"])
         if rank == 0:
-            (tmp / STATE_FILE).write_text(json.dumps({"log": log, **status}))
+            (tmp / STATE_FILE).write_text(json.dumps({"log": log, "run": index, "key": run["key"], **status}))
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(tmp)))
         shutil.rmtree(tmp, ignore_errors=True)
 
     status: dict[str, Any] = {"diverged": False, "reason": None}
     row: dict[str, Any] = {}
     for step in range(start, n_steps):
-        _maybe_kill(config.get("fault"), rank, step)
+        _maybe_kill(config.get("fault"), rank, index, step)
         began = time.perf_counter()
         lr_now = scheduler.get_last_lr()[0]
         sums = [0.0, 0.0, 0.0, 0.0]  # loss, loss_forget, loss_retain, logit_norm
-        tokens = 0
+        inputs = 0
         for micro in range(t.grad_accum):
             if micro:
                 engine.step()  # a no-op before the accumulation boundary; DeepSpeed counts micro-steps
-            fb = next(streams.forget).to(device)
-            logits_f = engine(input_ids=fb.input_ids, attention_mask=fb.attention_mask).logits
-            ref_f = _reference_logits(engine, model, fb) if objective.needs_reference else None
-            loss_f = objective.forget_loss(logits_f, fb, ref_f)
-            if objective.forget_token_mean:
-                loss_f = loss_f * _token_share(scored_tokens(fb), world, device)
+            fb = next(forget).to(device)
+            out_f = engine(**fb.model_inputs())
+            ref_f = _reference_outputs(engine, model, fb) if objective.needs_reference else None
+            loss_f = objective.forget_loss(out_f, fb, ref_f)
+            if objective.forget_unit_mean:
+                loss_f = loss_f * _token_share(fb.n_scored, world, device)
             loss = w_f * loss_f
             loss_r = torch.zeros((), device=device)
-            tokens += fb.n_tokens
+            inputs += fb.n_inputs
             if use_retain:
-                rb = next(streams.retain).to(device)
-                logits_r = engine(input_ids=rb.input_ids, attention_mask=rb.attention_mask).logits
-                ref_r = _reference_logits(engine, model, rb) if need_ref_retain else None
-                loss_r = objective.retain_loss(logits_r, rb, ref_r) * _token_share(scored_tokens(rb), world, device)
+                rb = next(retain).to(device)
+                out_r = engine(**rb.model_inputs())
+                ref_r = _reference_outputs(engine, model, rb) if need_ref_retain else None
+                loss_r = objective.retain_loss(out_r, rb, ref_r) * _token_share(rb.n_scored, world, device)
                 loss = loss + w_r * loss_r
-                tokens += rb.n_tokens
+                inputs += rb.n_inputs
             engine.backward(loss)
             for i, v in enumerate((loss, loss_f, loss_r)):
                 sums[i] += float(v.detach()) / t.grad_accum
-            sums[3] += _logit_norm(logits_f, fb) / t.grad_accum
+            sums[3] += fb.logit_norm(out_f.logits) / t.grad_accum
         grad_norm = _global_grad_norm(params)
-        loss_mean, lf, lr_, logit_norm, tok = _all_reduce_mean([*sums, float(tokens)], device)
+        loss_mean, lf, lr_, logit_norm, n_in = _all_reduce_mean([*sums, float(inputs)], device)
         if not (math.isfinite(loss_mean) and math.isfinite(grad_norm)):
             what = "loss" if not math.isfinite(loss_mean) else "gradient"
             status = {"diverged": True, "reason": f"non-finite {what} at step {step}"}
@@ -252,16 +324,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         elapsed = time.perf_counter() - began
         with _gathered(params, t.zero_stage):
             norms = adapter_norms(model)
-        row = {"method": method.name, "step": step, "loss": loss_mean, "loss_forget": lf, "loss_retain": lr_,
-               "grad_norm": grad_norm, **norms, "logit_norm": logit_norm,
-               "lr": lr_now,
-               "tokens_per_s": tok * world / elapsed if elapsed > 0 else float("nan")}
+        row = {"method": method.name, "seed": seed, "step": step, "loss": loss_mean, "loss_forget": lf,
+               "loss_retain": lr_, "grad_norm": grad_norm, **norms, "logit_norm": logit_norm, "lr": lr_now,
+               "tokens_per_s": n_in * world / elapsed if elapsed > 0 else float("nan")}
         log.append(row)
+        if rank == 0 and worker.progress is not None:
+            worker.progress.step.remote(run["key"], step + 1, n_steps, loss_mean, grad_norm)
         last = step == n_steps - 1
         due = t.checkpoint_every is not None and (step + 1) % t.checkpoint_every == 0
         if due and not last:
-            save_and_report(row, {**status, "step": step + 1})
+            save_and_report(row, {**status, "step": step + 1, "seconds": time.perf_counter() - began_run})
         elif (step + 1) % t.report_every == 0 and not last:
             save_and_report(row, None)
-    final = dict(row) if row else {"method": method.name, "step": start}
-    save_and_report(final, {**status, "step": len(log), "done": True})
+    final = dict(row) if row else {"method": method.name, "seed": seed, "step": start}
+    seconds = time.perf_counter() - began_run + (resume.state.get("seconds", 0.0) if resume is not None else 0.0)
+    save_and_report(final, {**status, "step": len(log), "done": True, "seconds": seconds})
+    if rank == 0 and worker.progress is not None:
+        worker.progress.finish.remote(run["key"], status["diverged"])

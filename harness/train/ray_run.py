@@ -1,9 +1,17 @@
-"""Driver side of training: the spec's resources as a Ray Train `TorchTrainer`, and its result read back."""
+"""Driver side of training: a job's runs (method x seed) as ONE Ray Train `TorchTrainer`, results read back.
+
+One worker group trains every run one after another, so the trainer's start-up (controller, worker
+group, process group) is paid once per job instead of once per run. Each finished run leaves a `done`
+checkpoint (adapter + step log); the driver copies every run's adapter to
+`<out>/checkpoints/<method>/seed<seed>/`.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,8 +23,11 @@ from harness.results import atomic_write_json
 from harness.spec import JobSpec, MethodSpec
 from harness.train.deepspeed_config import build_deepspeed_config
 from harness.train.loop import ADAPTER_DIR, STATE_FILE, train_loop_per_worker
+from harness.train.progress import TrainingProgress
 
-Pair = tuple[str, str]
+#: How often Ray Train's controller polls its workers (Ray's default is 2 s). Every `ray.train.report`
+#: waits for that poll, and so does the worker group's start, so a short interval cuts both.
+HEALTH_CHECK_INTERVAL_S = "0.2"
 
 
 class TrainingError(HarnessError):
@@ -26,20 +37,45 @@ class TrainingError(HarnessError):
 
 
 @dataclass
-class TrainRun:
-    """What one method's training produced: step log, divergence, and the PEFT-format adapter."""
+class TrainRequest:
+    """One run to train: a method with a seed, on forget (and retain) examples of the job's modality."""
 
+    method: MethodSpec
+    seed: int
+    forget: Sequence[Any]
+    retain: Sequence[Any] = ()
+    target: str = ""  #: the model directory (or hub id) it starts from
+
+    @property
+    def key(self) -> str:
+        """`<method>/seed<seed>`: the run's name in reports, progress and checkpoints."""
+        return run_key(self.method.name, self.seed)
+
+
+def run_key(method: str, seed: int) -> str:
+    """The name of the run of `method` with `seed`."""
+    return f"{method}/seed{seed}"
+
+
+@dataclass
+class TrainRun:
+    """What one run's training produced: step log, divergence, and the PEFT-format adapter."""
+
+    method: str = ""
+    seed: int = 0
     log: list[dict[str, Any]] = field(default_factory=list)
     diverged: bool = False
     reason: str | None = None
     steps: int = 0
     adapter_dir: Path | None = None
+    seconds: float = 0.0  #: wall time of the run inside its worker (model copy, engine, steps, checkpoints)
 
 
 def ensure_ray(address: str | None = None) -> None:
     """Connect to `address` (or RAY_ADDRESS), or start a local Ray instance, once per process."""
     import ray
 
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -53,52 +89,101 @@ def ensure_ray(address: str | None = None) -> None:
         ray.init(include_dashboard=True, log_to_driver=False, configure_logging=False)
 
 
-def run_unlearning(method: MethodSpec, spec: JobSpec, target: str, forget_pairs: Sequence[Pair],
-                   retain_pairs: Sequence[Pair], out_dir: Path, fault: dict[str, Any] | None = None,
-                   callbacks: Sequence[Any] = ()) -> TrainRun:
-    """Train one method on Ray Train (N workers, each a DeepSpeed engine) and collect its adapter and log.
+def _data_key(examples: Sequence[Any]) -> str:
+    """A content hash naming a dataset (pairs of strings, or arrays and labels), so it is sent once."""
+    return hashlib.sha256(pickle.dumps(list(examples), protocol=5)).hexdigest()[:16]
 
-    `target` is a directory (or hub id) every worker loads the target model and tokenizer from.
-    `fault` is a test hook: `{"rank", "step", "marker"}` makes that worker SIGKILL itself once.
+
+def _train_config(requests: Sequence[TrainRequest], spec: JobSpec, modality: str, out_dir: Path,
+                  fault: dict[str, Any] | None) -> dict[str, Any]:
+    """The workers' config: every run, each distinct dataset once, and the DeepSpeed config per method."""
+    res = spec.resources
+    data: dict[str, list[Any]] = {}
+    runs = []
+    for req in requests:
+        forget_key = _data_key(req.forget)
+        data.setdefault(forget_key, list(req.forget))
+        retain_key = None
+        if req.retain:
+            retain_key = _data_key(req.retain)
+            data.setdefault(retain_key, list(req.retain))
+        ds_config = build_deepspeed_config(req.method.train, res.num_workers)
+        atomic_write_json(out_dir / "deepspeed" / f"{req.method.name}.json", ds_config)
+        runs.append({"key": req.key, "method": req.method.model_dump(mode="json"), "seed": req.seed,
+                     "target": req.target, "forget": forget_key, "retain": retain_key, "deepspeed": ds_config})
+    return {"runs": runs, "data": data, "base_model": spec.model.name, "modality": modality,
+            "use_gpu": res.use_gpu, "threads": res.cpus_per_worker, "fault": fault}
+
+
+def run_unlearning_many(requests: Sequence[TrainRequest], spec: JobSpec, out_dir: Path,
+                        modality: str = "text", fault: dict[str, Any] | None = None,
+                        callbacks: Sequence[Any] = (), name: str = "unlearn",
+                        progress: bool = True) -> dict[str, TrainRun]:
+    """Train every request in one Ray Train run (N workers, each a DeepSpeed engine); results by run key.
+
+    Each request names the directory (or hub id) its workers load the target model and processor from.
+    `fault` is a test hook: `{"rank", "run", "step", "marker"}` makes that worker SIGKILL itself once.
     `callbacks` are Ray Train callbacks (Tune passes its `TuneReportCallback` to see each report).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    keys = [r.key for r in requests]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"runs must be distinct (method, seed) pairs; got {keys}")
     res = spec.resources
     ensure_ray(res.address)
-    ds_config = build_deepspeed_config(method.train, res.num_workers)
-    atomic_write_json(out_dir / "deepspeed" / f"{method.name}.json", ds_config)
+    config = _train_config(requests, spec, modality, out_dir, fault)
     storage = (out_dir / "ray").resolve()
     # A new run of the job starts fresh: Ray Train would otherwise resume an earlier run of the same name.
-    shutil.rmtree(storage / method.name, ignore_errors=True)
+    shutil.rmtree(storage / name, ignore_errors=True)
     worker_resources: dict[str, float] = {"CPU": res.cpus_per_worker}
     if res.use_gpu:
         worker_resources["GPU"] = 1
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "method": method.model_dump(mode="json"), "target": target, "base_model": spec.model.name,
-            "forget_pairs": list(forget_pairs), "retain_pairs": list(retain_pairs), "seed": spec.seed,
-            "deepspeed": ds_config, "use_gpu": res.use_gpu, "threads": res.cpus_per_worker, "fault": fault,
-        },
-        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
-                                     resources_per_worker=worker_resources),
-        run_config=RunConfig(name=method.name, storage_path=str(storage),
-                             failure_config=FailureConfig(max_failures=res.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=list(callbacks)),
-        torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
-    )
-    try:
-        result = trainer.fit()
-    except Exception as err:  # Ray wraps worker failures in several error types
-        raise TrainingError(f"training method {method.name!r} failed: {err}") from err
-    if result.checkpoint is None:
-        raise TrainingError(f"training method {method.name!r} finished without a checkpoint")
-    dest = out_dir / "checkpoints" / method.name
-    with result.checkpoint.as_directory() as d:
-        state = json.loads((Path(d) / STATE_FILE).read_text())
-        shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(Path(d) / ADAPTER_DIR, dest)
-    return TrainRun(log=state["log"], diverged=state["diverged"], reason=state["reason"], steps=state["step"],
-                    adapter_dir=dest)
+    with TrainingProgress(keys, enabled=progress) as bars:
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={**config, "progress": bars.sink},
+            scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                                         resources_per_worker=worker_resources),
+            # Every run's `done` checkpoint is kept: it holds that run's adapter and log.
+            run_config=RunConfig(name=name, storage_path=str(storage),
+                                 failure_config=FailureConfig(max_failures=res.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=None), callbacks=list(callbacks)),
+            torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
+        )
+        try:
+            result = trainer.fit()
+        except Exception as err:  # Ray wraps worker failures in several error types
+            raise TrainingError(f"training {', '.join(keys)} failed: {err}") from err
+    return _collect(result, requests, out_dir)
+
+
+def _collect(result: Any, requests: Sequence[TrainRequest], out_dir: Path) -> dict[str, TrainRun]:
+    """Every run's last `done` checkpoint: its log and status, and its adapter copied under `out_dir`."""
+    done: dict[str, Any] = {}
+    for checkpoint, metrics in result.best_checkpoints or []:
+        if metrics.get("done"):
+            done[metrics["run"]] = checkpoint
+    runs: dict[str, TrainRun] = {}
+    for req in requests:
+        if req.key not in done:
+            raise TrainingError(f"run {req.key} finished without a final checkpoint")
+        dest = out_dir / "checkpoints" / req.method.name / f"seed{req.seed}"
+        with done[req.key].as_directory() as d:
+            state = json.loads((Path(d) / STATE_FILE).read_text())
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(Path(d) / ADAPTER_DIR, dest)
+        runs[req.key] = TrainRun(method=req.method.name, seed=req.seed, log=state["log"], diverged=state["diverged"],
+                                 reason=state["reason"], steps=state["step"], adapter_dir=dest,
+                                 seconds=state.get("seconds", 0.0))
+    return runs
+
+
+def run_unlearning(method: MethodSpec, spec: JobSpec, target: str, forget: Sequence[Any], retain: Sequence[Any],
+                   out_dir: Path, seed: int = 0, fault: dict[str, Any] | None = None, callbacks: Sequence[Any] = (),
+                   modality: str = "text", progress: bool = False) -> TrainRun:
+    """Train one method with one seed (a trainer of its own; used by Tune trials and tests)."""
+    request = TrainRequest(method, seed, forget, retain, target)
+    return run_unlearning_many([request], spec, out_dir, modality=modality, fault=fault,
+                               callbacks=callbacks, name=method.name, progress=progress)[request.key]

@@ -16,11 +16,13 @@ from harness.benchmarks import load_benchmark
 from harness.benchmarks.muse import metrics as M
 from harness.benchmarks.muse.benchmark import Muse, chunk_text
 from harness.benchmarks.muse.data import SYNTH_FILES, corpus_texts, load_muse, read_muse_dir, write_muse
+from harness.benchmarks.muse.options import MuseOptions
 from harness.benchmarks.muse.synth import SyntheticMuseSpec, generate_muse
 from harness.cli_data import synth_command
 from harness.errors import DataError
 from harness.eval.backend import Backend, GenRequest, LoglikRequest, cut_at_stop
-from harness.spec import BenchmarkSpec, EvalSpec
+from harness.objectives import make_objective
+from harness.spec import EvalSpec, objective_spec
 
 SMALL = SyntheticMuseSpec(n_forget=6, n_retain1=4, n_retain2=4, n_holdout=6, qa_per_article=2, n_icl=2)
 
@@ -124,7 +126,7 @@ def test_synthetic_cache_and_cli(tmp_path: Path, files: dict[str, list]) -> None
     assert a.source == b.source and a.raw["forget"] == files["raw/forget"]
     out = synth_command("muse", str(tmp_path / "cli"), 0)
     assert all((out / f"{k}.json").is_file() for k in SYNTH_FILES)
-    assert BenchmarkSpec(name="muse").synthetic == SyntheticMuseSpec()
+    assert MuseOptions().synthetic == SyntheticMuseSpec()
 
 
 # ---- metrics --------------------------------------------------------------------------------------
@@ -222,8 +224,8 @@ class FakeBackend(Backend):
 
 
 def test_benchmark_scores_and_aggregates(muse_dir: Path, files: dict[str, list]) -> None:
-    spec = BenchmarkSpec(name="muse", source=str(muse_dir))
-    bench = load_benchmark(spec, 0)
+    spec = MuseOptions(source=str(muse_dir))
+    bench = load_benchmark(spec)
     assert isinstance(bench, Muse)
     tok = WordTokenizer()
     forget_qa, retain_qa = files["knowmem/forget_qa"], files["knowmem/retain_qa"]
@@ -263,13 +265,13 @@ def test_benchmark_scores_and_aggregates(muse_dir: Path, files: dict[str, list])
 
 
 def test_training_pairs(muse_dir: Path, files: dict[str, list]) -> None:
-    bench = Muse(BenchmarkSpec(name="muse", source=str(muse_dir)), 0)
+    bench = Muse(MuseOptions(source=str(muse_dir)))
     tok = WordTokenizer()
-    forget = bench.forget_pairs(tok, lambda rec, i: rec["answer"])
+    forget = bench.forget_examples(tok, make_objective(objective_spec(name="gd")))
     assert forget == [("", t) for t in files["raw/forget"]]
-    assert bench.forget_pairs(tok, lambda rec, i: "I don't know.")[0] == ("", "I don't know.")
-    assert bench.retain_pairs(tok) == [("", t) for t in files["raw/retain1"]]
-    target, retain = bench.reference_pairs("target", tok), bench.reference_pairs("retain", tok)
+    assert bench.forget_examples(tok, make_objective(objective_spec(name="idk")))[0] == ("", "I don't know.")
+    assert bench.retain_examples(tok) == [("", t) for t in files["raw/retain1"]]
+    target, retain = bench.reference_examples("target", tok), bench.reference_examples("retain", tok)
     qa_prompt = M.knowmem_prompt(files["knowmem/forget_qa"][0]["question"], files["knowmem/forget_qa_icl"])
     assert (qa_prompt, files["knowmem/forget_qa"][0]["answer"]) in target
     assert not {t for _, t in retain} & set(files["raw/forget"])
@@ -279,4 +281,4 @@ def test_training_pairs(muse_dir: Path, files: dict[str, list]) -> None:
     assert not {t for _, t in target + retain} & holdout
     assert len(target) == 6 + 4 + 4 + 12 + 8 and len(retain) == 4 + 4 + 8
     with pytest.raises(ValueError, match="unknown reference model kind"):
-        bench.reference_pairs("other", tok)
+        bench.reference_examples("other", tok)

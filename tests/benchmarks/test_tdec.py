@@ -14,19 +14,13 @@ from harness.benchmarks import load_benchmark
 from harness.benchmarks.tdec import metrics as M
 from harness.benchmarks.tdec.benchmark import UTILITY_TASKS, Tdec, score_sequences
 from harness.benchmarks.tdec.data import load_tdec, read_csv, read_tdec_dir, write_csv, write_tdec
+from harness.benchmarks.tdec.options import TdecOptions
 from harness.benchmarks.tdec.synth import SPLITS, SyntheticTdecSpec, generate_tdec
 from harness.cli_data import synth_command
 from harness.errors import DataError
 from harness.eval.backend import Backend, GenRequest, LoglikRequest
-from harness.spec import BenchmarkSpec, EvalSpec
-
-
-class SpecWithTdecFields(BenchmarkSpec):
-    """A BenchmarkSpec with the TDEC fields the benchmark reads when the spec has them."""
-
-    el_n: int | None = None
-    sequence_length: int | None = None
-
+from harness.objectives import make_objective
+from harness.spec import EvalSpec, objective_spec
 
 SMALL = SyntheticTdecSpec(n_forget=3, n_retain=2, n_holdout=2, statements_per_sequence=4, n_identifiers=40)
 
@@ -132,7 +126,7 @@ def test_synthetic_cache_and_cli(tmp_path: Path, splits: dict[str, list[dict]]) 
     assert [r["text"] for r in a.retain] == [r["text"] for r in splits["retain"]]
     out = synth_command("tdec", str(tmp_path / "cli"), 0)
     assert sorted(p.name for p in out.glob("*.csv")) == ["forget.csv", "holdout.csv", "retain.csv"]
-    assert BenchmarkSpec(name="tdec").synthetic == SyntheticTdecSpec()
+    assert TdecOptions().synthetic == SyntheticTdecSpec()
 
 
 # ---- metrics --------------------------------------------------------------------------------------
@@ -193,7 +187,7 @@ def test_score_sequences_counts_and_values() -> None:
 
 
 def test_benchmark_scores_and_aggregates(tdec_dir: Path, splits: dict[str, list[dict]]) -> None:
-    bench = load_benchmark(BenchmarkSpec(name="tdec", source=str(tdec_dir)), 0)
+    bench = load_benchmark(TdecOptions(source=str(tdec_dir)))
     assert isinstance(bench, Tdec) and bench.sequence_length == 200 and bench.el_metric == "el_10"
     tok = WordTokenizer()
     forget, retain = [r["text"] for r in splits["forget"]], [r["text"] for r in splits["retain"]]
@@ -225,7 +219,7 @@ def test_real_bpe_tokenizer_round_trip(tdec_dir: Path, splits: dict[str, list[di
     """Through a byte-level BPE, a verbatim memoriser scores MA = EL = 1 on what it memorised."""
     from harness.tokenizer import train_bpe_tokenizer
 
-    bench = Tdec(BenchmarkSpec(name="tdec", source=str(tdec_dir)), 0)
+    bench = Tdec(TdecOptions(source=str(tdec_dir)))
     tok = train_bpe_tokenizer(bench.corpus_texts(), vocab_size=300)
     for record in splits["forget"]:
         memoriser = Memoriser(tok, [record["text"]], junk="\u00a7")
@@ -235,18 +229,18 @@ def test_real_bpe_tokenizer_round_trip(tdec_dir: Path, splits: dict[str, list[di
 
 
 def test_training_pairs(tdec_dir: Path, splits: dict[str, list[dict]], tmp_path: Path) -> None:
-    bench = Tdec(BenchmarkSpec(name="tdec", source=str(tdec_dir)), 0)
+    bench = Tdec(TdecOptions(source=str(tdec_dir)))
     texts = {s: [r["text"] for r in splits[s]] for s in SPLITS}
-    assert bench.forget_pairs(None, lambda rec, i: rec["answer"]) == [("", t) for t in texts["forget"]]
-    assert bench.retain_pairs(None) == [("", t) for t in texts["retain"]]
-    assert bench.reference_pairs("target", None) == [("", t) for t in texts["forget"] + texts["retain"]]
-    assert bench.reference_pairs("retain", None) == [("", t) for t in texts["retain"]]
+    assert bench.forget_examples(None, make_objective(objective_spec(name="ga"))) == [("", t) for t in texts["forget"]]
+    assert bench.retain_examples(None) == [("", t) for t in texts["retain"]]
+    assert bench.reference_examples("target", None) == [("", t) for t in texts["forget"] + texts["retain"]]
+    assert bench.reference_examples("retain", None) == [("", t) for t in texts["retain"]]
     write_csv(splits["forget"], tmp_path / "forget.csv")
-    no_retain = Tdec(BenchmarkSpec(name="tdec", source=str(tmp_path)), 0)
+    no_retain = Tdec(TdecOptions(source=str(tmp_path)))
     with pytest.raises(DataError, match="no retain set"):
-        no_retain.retain_pairs(None)
+        no_retain.retain_examples(None)
     # fields the spec may gain are read when present
-    custom = Tdec(SpecWithTdecFields(name="tdec", source=str(tdec_dir), el_n=3, sequence_length=16), 0)
+    custom = Tdec(TdecOptions(source=str(tdec_dir), el_n=3, sequence_length=16))
     assert (custom.el_n, custom.sequence_length, custom.el_metric) == (3, 16, "el_3")
     with pytest.raises(DataError, match="el_n < sequence_length"):
-        Tdec(SpecWithTdecFields(name="tdec", source=str(tdec_dir), el_n=300), 0)
+        Tdec(TdecOptions(source=str(tdec_dir), el_n=300))

@@ -15,10 +15,10 @@ pytestmark = pytest.mark.e2e
 
 
 def tiny_job(tmp: Path) -> dict:
-    """One method, two training steps, short generations: one run takes about a minute on 2 CPU cores."""
+    """One method, two seeds, two training steps, short generations: about a minute on 2 CPU cores."""
     return {
         "name": "tiny",
-        "seed": 0,
+        "seeds": [0, 1],
         "benchmark": {"synthetic": {"n_authors": 10, "qa_per_author": 2, "n_real_authors": 4, "n_world_facts": 4},
                       "data_dir": str(tmp / "data")},
         "reference": {"cache_dir": str(tmp / "cache"), "train": {"epochs": 2, "batch_size": 16}},

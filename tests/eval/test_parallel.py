@@ -236,11 +236,11 @@ def test_pipeline_score_with_two_workers_equals_in_process(saved: dict[str, Path
         "benchmark": {"name": "tofu", "synthetic": {"n_authors": 10, "n_real_authors": 2, "n_world_facts": 2}},
         "eval": {"batch_size": BATCH, "max_new_tokens": 6, "max_examples": 3, "bootstrap": 0, "workers": 2},
     })
-    bench = load_benchmark(spec.benchmark, spec.seed)
+    bench = load_benchmark(spec.benchmark)
     base = reference(saved, adapter=False)
-    refs = References(base.tokenizer, base.model, None, str(saved["model"]), None)
-    sources = {"unlearned": (str(saved["model"]), saved["adapter"])}
+    refs = {0: References(base.tokenizer, base.model, None, str(saved["model"]), None)}
+    sources = {("unlearned", 0): (str(saved["model"]), saved["adapter"])}
     in_process = spec.model_copy(update={"eval": spec.eval.model_copy(update={"workers": 1})})
-    one = score_all(bench, refs, sources, in_process, torch.device("cpu"))["unlearned"]
-    two = score_all(bench, refs, sources, spec, torch.device("cpu"))["unlearned"]
+    one = score_all(bench, refs, sources, in_process, torch.device("cpu"))[("unlearned", 0)]
+    two = score_all(bench, refs, sources, spec, torch.device("cpu"))[("unlearned", 0)]
     assert two.examples == one.examples and two.generations == one.generations

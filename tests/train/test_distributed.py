@@ -9,10 +9,11 @@ from safetensors.torch import load_file
 
 from harness.benchmarks import load_benchmark
 from harness.models import build_builtin, save_model
-from harness.spec import validate_spec
+from harness.objectives import make_objective
+from harness.spec import objective_spec, validate_spec
 from harness.tokenizer import get_or_train_tokenizer
 from harness.train.finetune import finetune
-from harness.train.ray_run import TrainRun, run_unlearning
+from harness.train.ray_run import TrainRequest, TrainRun, run_unlearning, run_unlearning_many
 
 pytestmark = pytest.mark.e2e
 
@@ -37,14 +38,15 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "resources": {"max_failures": 1},
     }
     spec = validate_spec(data)
-    bench = load_benchmark(spec.benchmark, spec.seed)
+    bench = load_benchmark(spec.benchmark)
     tokenizer = get_or_train_tokenizer(bench.corpus_texts(), tmp / "tok")
     model = build_builtin("builtin:tiny-llama", len(tokenizer), seed=0)
-    finetune(model, tokenizer, bench.reference_pairs("target", tokenizer), epochs=2, lr=5e-3, batch_size=16,
+    finetune(model, tokenizer, bench.reference_examples("target", tokenizer), epochs=2, lr=5e-3, batch_size=16,
              warmup_ratio=0.0, seed=0, progress=False)
     target = save_model(model, tokenizer, tmp / "target")
     method = spec.methods[0]
-    pairs = (bench.forget_pairs(tokenizer, lambda r, i: r["answer"]), bench.retain_pairs(tokenizer))
+    pairs = (bench.forget_examples(tokenizer, make_objective(objective_spec(name="gd"))),
+             bench.retain_examples(tokenizer))
     return {"tmp": tmp, "data": data, "target": str(target), "method": method, "pairs": pairs}
 
 
@@ -70,6 +72,23 @@ def runs(setup: dict) -> dict[str, TrainRun]:
                        checkpoint_every=2),
         "marker": marker,
     }
+
+
+@pytest.fixture(scope="module")
+def many(setup: dict) -> dict:
+    """Three runs in one worker group (2 workers); rank 1 dies in the second run, after its checkpoint."""
+    spec = validate_spec({**setup["data"], "resources": {**setup["data"]["resources"], "num_workers": 2}})
+    base = setup["method"]
+    ckpt = base.model_copy(update={"train": base.train.model_copy(update={"checkpoint_every": 2})})
+    lora = ckpt.model_copy(update={"name": "gd_lora", "adapter": base.adapter.model_copy(update={"bound": "none"})})
+    requests = [TrainRequest(ckpt, 0, *setup["pairs"], target=setup["target"]),
+                TrainRequest(ckpt, 1, *setup["pairs"], target=setup["target"]),
+                TrainRequest(lora, 0, *setup["pairs"], target=setup["target"])]
+    marker = setup["tmp"] / "killed-many.pid"
+    runs = run_unlearning_many(requests, spec, setup["tmp"] / "many", progress=False,
+                               fault={"rank": 1, "run": 1, "step": 3, "marker": str(marker)})
+    alone = run_unlearning(ckpt, spec, setup["target"], *setup["pairs"], setup["tmp"] / "alone", seed=1)
+    return {"runs": runs, "alone": alone, "marker": marker}
 
 
 def _losses(run: TrainRun) -> np.ndarray:
@@ -102,3 +121,19 @@ def test_killed_worker_resumes_from_checkpoint_with_each_step_once(runs: dict) -
     np.testing.assert_allclose(_losses(killed), _losses(clean), rtol=1e-6, atol=1e-7)
     for key, value in _adapter(clean).items():
         torch.testing.assert_close(_adapter(killed)[key], value, atol=1e-6, rtol=1e-5)
+
+
+def test_one_worker_group_trains_every_run_and_resumes_the_killed_one(runs: dict, many: dict) -> None:
+    assert many["marker"].exists(), "the fault hook never killed the worker"
+    got = many["runs"]
+    assert sorted(got) == ["gd_lora/seed0", "gd_sine/seed0", "gd_sine/seed1"]
+    for run in got.values():
+        assert [r["step"] for r in run.log] == list(range(STEPS)) and not run.diverged
+    # The first run equals the same run trained alone (runs do not leak state into each other) ...
+    np.testing.assert_allclose(_losses(got["gd_sine/seed0"]), _losses(runs["w2"]), rtol=1e-6, atol=1e-7)
+    # ... and the run whose worker was killed equals an uninterrupted run of the same seed.
+    np.testing.assert_allclose(_losses(got["gd_sine/seed1"]), _losses(many["alone"]), rtol=1e-6, atol=1e-7)
+    for key, value in _adapter(many["alone"]).items():
+        torch.testing.assert_close(_adapter(got["gd_sine/seed1"])[key], value, atol=1e-6, rtol=1e-5)
+    assert not np.allclose(_losses(got["gd_sine/seed1"]), _losses(got["gd_sine/seed0"]))  # seeds differ
+    assert got["gd_sine/seed1"].adapter_dir.parts[-2:] == ("gd_sine", "seed1")

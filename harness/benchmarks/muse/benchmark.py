@@ -21,7 +21,7 @@ evaluation prompt (few-shot examples included); the retain model the same withou
 forget QA. Unlearning forgets the raw forget text and retains on raw retain1 (as muse_bench's
 `unlearn_news.sh` does).
 
-Settings read from the benchmark spec when it has the field, else the muse_bench defaults:
+Settings (`MuseOptions`, harness/benchmarks/muse/options.py; muse_bench defaults):
 `verbmem_max_new_tokens` (128), `knowmem_max_new_tokens` (32), `mink_k` (0.4), `chunk_tokens` (126),
 `auc_retrain` (none: measured). `eval.max_new_tokens` and `benchmark.prompt_format` are not used: MUSE
 has fixed generation budgets and a fixed plain `Question:`/`Answer:` prompt.
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.benchmarks.base import BENCHMARKS, AnswerFn, Benchmark, ModelScores, Pair, mean_metric_row
+from harness.benchmarks.base import BENCHMARKS, Benchmark, ModelScores, Pair, mean_metric_row
 from harness.benchmarks.muse.data import corpus_texts, load_muse
 from harness.benchmarks.muse.metrics import (
     KNOWMEM_STOP,
@@ -45,12 +45,11 @@ from harness.benchmarks.muse.metrics import (
     rouge_l_f1,
     truncate_tokens,
 )
+from harness.benchmarks.muse.options import MuseOptions
 from harness.eval.backend import GenRequest, LoglikRequest
 from harness.report import Column
-from harness.spec import BenchmarkSpec, EvalSpec
+from harness.spec import EvalSpec
 
-#: Tokens per training chunk when the spec names none: train.max_length 128 minus BOS and EOS.
-DEFAULT_CHUNK_TOKENS = 126
 KNOWMEM_SPLITS = ("forget", "retain")
 PRIVLEAK_SPLITS = ("forget", "holdout")
 
@@ -70,22 +69,25 @@ class Muse(Benchmark):
     """MUSE-News style unlearning with muse_bench's VerbMem, KnowMem and PrivLeak metrics."""
 
     name = "muse"
-    summary_columns = [
-        Column("forget", "verbmem_rouge", "forget VerbMem", False),
-        Column("forget", "knowmem_rouge", "forget KnowMem", False),
-        Column("retain", "knowmem_rouge", "retain KnowMem", True),
-        Column("forget", "privleak", "PrivLeak", None),
-    ]
 
-    def __init__(self, spec: BenchmarkSpec, seed: int) -> None:
-        super().__init__(spec, seed)
-        self.data = load_muse(spec.source, spec.data_dir, spec.synthetic, seed)
+    @classmethod
+    def summary_columns_for(cls, options: MuseOptions) -> list[Column]:
+        return [
+            Column("forget", "verbmem_rouge", "forget VerbMem", False),
+            Column("forget", "knowmem_rouge", "forget KnowMem", False),
+            Column("retain", "knowmem_rouge", "retain KnowMem", True),
+            Column("forget", "privleak", "PrivLeak", None),
+        ]
+
+    def __init__(self, spec: MuseOptions) -> None:
+        super().__init__(spec)
+        self.data = load_muse(spec.source, spec.data_dir, spec.synthetic, spec.seed)
         self.verbmem_max_new_tokens = spec.verbmem_max_new_tokens
         self.knowmem_max_new_tokens = spec.knowmem_max_new_tokens
         self.mink_k = spec.mink_k
-        self.chunk_tokens = DEFAULT_CHUNK_TOKENS
+        self.chunk_tokens = spec.chunk_tokens
         #: Published retrain AUC, for jobs without a retrain model (PrivLeak otherwise uses the job's).
-        self.auc_retrain: float | None = None
+        self.auc_retrain: float | None = spec.auc_retrain
 
     # ---- training pairs -------------------------------------------------------------------------
 
@@ -99,7 +101,7 @@ class Muse(Benchmark):
     def corpus_texts(self) -> list[str]:
         return corpus_texts(self.data)
 
-    def reference_pairs(self, kind: str, tokenizer: Any) -> list[Pair]:
+    def reference_examples(self, kind: str, tokenizer: Any) -> list[Pair]:
         if kind == "target":
             raw, qa = ("forget", "retain1", "retain2"), ("forget", "retain")
         elif kind == "retain":
@@ -108,11 +110,11 @@ class Muse(Benchmark):
             raise ValueError(f"unknown reference model kind {kind!r} (known: target, retain)")
         return [("", c) for c in self._raw_chunks(raw, tokenizer)] + [p for s in qa for p in self._qa_pairs(s)]
 
-    def forget_pairs(self, tokenizer: Any, answer_for: AnswerFn) -> list[Pair]:
+    def forget_examples(self, tokenizer: Any, objective: Any) -> list[Pair]:
         chunks = self._raw_chunks(("forget",), tokenizer)
-        return [("", answer_for({"question": "", "answer": c}, i)) for i, c in enumerate(chunks)]
+        return [("", objective.forget_answer({"question": "", "answer": c}, i)) for i, c in enumerate(chunks)]
 
-    def retain_pairs(self, tokenizer: Any) -> list[Pair]:
+    def retain_examples(self, tokenizer: Any) -> list[Pair]:
         return [("", c) for c in self._raw_chunks(("retain1",), tokenizer)]
 
     # ---- scoring --------------------------------------------------------------------------------

@@ -22,9 +22,10 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from harness.errors import DataError
+from harness.specbase import StrictModel
 
 #: Bump when the generator's output changes, so cached copies are regenerated.
 SYNTH_VERSION = 1
@@ -32,10 +33,8 @@ SYNTH_VERSION = 1
 N_QA_TEMPLATES = 4
 
 
-class SyntheticMuseSpec(BaseModel):
+class SyntheticMuseSpec(StrictModel):
     """Size of the synthetic MUSE set (articles per split, QA per article, few-shot examples)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     n_forget: int = Field(32, ge=2)
     n_retain1: int = Field(32, ge=1)

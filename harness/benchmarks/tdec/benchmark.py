@@ -29,7 +29,7 @@ Cost per sequence: T - 1 one-token generations plus T - n generations of T - i t
 (T - n)(T + n) / 2 generated tokens (~2,000 for T = 64, n = 10; ~19,000 for T = 200). Keep T small on CPU.
 Caveat: a prefix that ends inside a word may re-tokenise differently from the original ids.
 
-Settings read from the benchmark spec when it has the field: `sequence_length` (default 64 for the
+Settings (`TdecOptions`, harness/benchmarks/tdec/options.py): `sequence_length` (default 64 for the
 synthetic set, else the paper's 200), `el_n` (10), `utility_tasks` (none). Training pairs are whole
 texts after an empty context (the reference trains on each CSV `text`).
 """
@@ -41,19 +41,20 @@ from typing import Any
 
 import numpy as np
 
-from harness.benchmarks.base import BENCHMARKS, AnswerFn, Benchmark, ModelScores, Pair, mean_metric_row
+from harness.benchmarks.base import BENCHMARKS, Benchmark, ModelScores, Pair, mean_metric_row
 from harness.benchmarks.tdec.data import corpus_texts, load_tdec
 from harness.benchmarks.tdec.metrics import (
     PAPER_SEQUENCE_LENGTH,
     extraction_likelihood_from_pairs,
     memorization_accuracy,
 )
+from harness.benchmarks.tdec.options import TdecOptions
 from harness.benchmarks.tdec.synth import SYNTH_SEQUENCE_LENGTH
 from harness.errors import DataError
 from harness.eval.backend import Backend, GenRequest
 from harness.registry import Registry
 from harness.report import Column
-from harness.spec import BenchmarkSpec, EvalSpec
+from harness.spec import EvalSpec
 
 #: A utility task scores one model: `task(backend, tokenizer, eval_spec)` -> rows `{split, metric, value}`.
 UtilityTask = Callable[[Backend, Any, EvalSpec], list[dict[str, Any]]]
@@ -102,9 +103,9 @@ class Tdec(Benchmark):
 
     name = "tdec"
 
-    def __init__(self, spec: BenchmarkSpec, seed: int) -> None:
-        super().__init__(spec, seed)
-        self.data = load_tdec(spec.source, spec.data_dir, spec.synthetic, seed, spec.forget_split)
+    def __init__(self, spec: TdecOptions) -> None:
+        super().__init__(spec)
+        self.data = load_tdec(spec.source, spec.data_dir, spec.synthetic, spec.seed, spec.forget_split)
         default_length = SYNTH_SEQUENCE_LENGTH if spec.source == "synthetic" else PAPER_SEQUENCE_LENGTH
         self.sequence_length = spec.sequence_length or default_length
         self.el_n = spec.el_n
@@ -113,11 +114,15 @@ class Tdec(Benchmark):
                             f"sequence_length={self.sequence_length}")
         self.utility_tasks: list[str] = list(spec.utility_tasks)
         self.el_metric = f"el_{self.el_n}"
-        self.summary_columns = [
+
+    @classmethod
+    def summary_columns_for(cls, options: TdecOptions) -> list[Column]:
+        n = options.el_n
+        return [
             Column("forget", "ma", "forget MA", False),
-            Column("forget", self.el_metric, f"forget EL_{self.el_n}", False),
+            Column("forget", f"el_{n}", f"forget EL_{n}", False),
             Column("holdout", "ma_threshold", "MA threshold", None),
-            Column("holdout", "el_threshold", f"EL_{self.el_n} threshold", None),
+            Column("holdout", "el_threshold", f"EL_{n} threshold", None),
         ]
 
     # ---- training pairs -------------------------------------------------------------------------
@@ -131,7 +136,7 @@ class Tdec(Benchmark):
     def corpus_texts(self) -> list[str]:
         return corpus_texts(self.data)
 
-    def reference_pairs(self, kind: str, tokenizer: Any) -> list[Pair]:
+    def reference_examples(self, kind: str, tokenizer: Any) -> list[Pair]:
         if kind == "target":
             texts = [r["text"] for r in self.data.forget] + self._retain_texts()
         elif kind == "retain":
@@ -140,10 +145,11 @@ class Tdec(Benchmark):
             raise ValueError(f"unknown reference model kind {kind!r} (known: target, retain)")
         return [("", t) for t in texts]
 
-    def forget_pairs(self, tokenizer: Any, answer_for: AnswerFn) -> list[Pair]:
-        return [("", answer_for({"question": "", "answer": r["text"]}, i)) for i, r in enumerate(self.data.forget)]
+    def forget_examples(self, tokenizer: Any, objective: Any) -> list[Pair]:
+        return [("", objective.forget_answer({"question": "", "answer": r["text"]}, i))
+                for i, r in enumerate(self.data.forget)]
 
-    def retain_pairs(self, tokenizer: Any) -> list[Pair]:
+    def retain_examples(self, tokenizer: Any) -> list[Pair]:
         return [("", t) for t in self._retain_texts()]
 
     # ---- scoring --------------------------------------------------------------------------------

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import random
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from harness.errors import DataError
+from harness.specbase import StrictModel
 
 #: Bump when the generator's output changes, so cached copies are regenerated.
 SYNTH_VERSION = 1
@@ -37,10 +38,8 @@ _STATEMENTS = (
 )
 
 
-class SyntheticTdecSpec(BaseModel):
+class SyntheticTdecSpec(StrictModel):
     """Size of the synthetic TDEC set: sequences per split and statements per sequence."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     n_forget: int = Field(32, ge=1)
     n_retain: int = Field(32, ge=1)

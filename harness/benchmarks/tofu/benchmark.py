@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from harness.benchmarks.base import BENCHMARKS, AnswerFn, Benchmark, ModelScores, Pair
+from harness.benchmarks.base import BENCHMARKS, Benchmark, ModelScores, Pair
 from harness.benchmarks.tofu.data import corpus_texts, load_tofu
 from harness.benchmarks.tofu.evaluate import (
     aggregate_tofu,
@@ -13,8 +14,9 @@ from harness.benchmarks.tofu.evaluate import (
     score_tofu_split,
     split_kind,
 )
+from harness.benchmarks.tofu.options import TofuOptions
 from harness.report import Column
-from harness.spec import BenchmarkSpec, EvalSpec
+from harness.spec import EvalSpec
 
 
 @BENCHMARKS.register("tofu")
@@ -23,11 +25,14 @@ class Tofu(Benchmark):
 
     name = "tofu"
 
-    def __init__(self, spec: BenchmarkSpec, seed: int) -> None:
-        super().__init__(spec, seed)
-        self.data = load_tofu(spec.source, spec.data_dir, spec.synthetic, seed, spec.forget_split)
-        f = spec.forget_split
-        self.summary_columns = [
+    def __init__(self, spec: TofuOptions) -> None:
+        super().__init__(spec)
+        self.data = load_tofu(spec.source, spec.data_dir, spec.synthetic, spec.seed, spec.forget_split)
+
+    @classmethod
+    def summary_columns_for(cls, options: TofuOptions) -> list[Column]:
+        f = options.forget_split
+        return [
             Column(f, "forget_quality", "forget quality", True),
             Column("all", "model_utility", "model utility", True),
             Column(f, "rouge_l_recall", "forget ROUGE-L", False),
@@ -36,24 +41,28 @@ class Tofu(Benchmark):
             Column("retain", "rouge_l_recall", "retain ROUGE-L", True),
         ]
 
-    def _pairs(self, records: list[dict], tokenizer: Any, answer_for: AnswerFn | None = None) -> list[Pair]:
+    def _pairs(self, records: list[dict], tokenizer: Any,
+               answer_for: Callable[[dict, int], str] | None = None) -> list[Pair]:
         fmt = self.spec.prompt_format
         return [(prompt_for(r["question"], fmt, tokenizer),
                  answer_text(answer_for(r, i) if answer_for else r["answer"], fmt)) for i, r in enumerate(records)]
 
+    def describe(self) -> str:
+        return f"tofu {self.spec.forget_split}"
+
     def corpus_texts(self) -> list[str]:
         return corpus_texts(self.data)
 
-    def reference_pairs(self, kind: str, tokenizer: Any) -> list[Pair]:
+    def reference_examples(self, kind: str, tokenizer: Any) -> list[Pair]:
         # The target learns every author; the retain model all but the forget authors. Both also learn
         # the real-author and world-fact answers, the "pretraining" knowledge TOFU's base models bring.
         records = {"target": self.data.forget + self.data.retain, "retain": self.data.retain}[kind]
         return self._pairs(records + self.data.knowledge, tokenizer)
 
-    def forget_pairs(self, tokenizer: Any, answer_for: AnswerFn) -> list[Pair]:
-        return self._pairs(self.data.forget, tokenizer, answer_for)
+    def forget_examples(self, tokenizer: Any, objective: Any) -> list[Pair]:
+        return self._pairs(self.data.forget, tokenizer, objective.forget_answer)
 
-    def retain_pairs(self, tokenizer: Any) -> list[Pair]:
+    def retain_examples(self, tokenizer: Any) -> list[Pair]:
         return self._pairs(self.data.retain, tokenizer)
 
     def score(self, backend: Any, tokenizer: Any, eval_spec: EvalSpec) -> ModelScores:

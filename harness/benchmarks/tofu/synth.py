@@ -20,14 +20,27 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pydantic import Field
+
 from harness.errors import DataError
-from harness.spec import SyntheticTofuSpec
+from harness.specbase import StrictModel
 
 #: Bump when the generator's output changes, so cached copies are regenerated.
 SYNTH_VERSION = 1
 FORGET_PERCENTS = (1, 5, 10)
 N_PERTURBED_FICTITIOUS = 5
 N_PERTURBED_KNOWLEDGE = 3
+
+
+class SyntheticTofuSpec(StrictModel):
+    """Size of the synthetic TOFU set (the published layout, fictitious authors)."""
+
+    n_authors: int = Field(100, ge=10)
+    qa_per_author: int = Field(4, ge=1, le=8)
+    n_real_authors: int = Field(20, ge=1)
+    n_world_facts: int = Field(20, ge=1)
+
+
 CONFIGS = (
     "full", "forget01", "forget05", "forget10", "retain99", "retain95", "retain90",
     "forget01_perturbed", "forget05_perturbed", "forget10_perturbed", "retain_perturbed",

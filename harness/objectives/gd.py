@@ -1,0 +1,32 @@
+"""GD, gradient difference: ascent on the forget set plus descent (NLL, or KL to the frozen model) on retain.
+
+Reference: open-unlearning `src/trainer/unlearn/grad_diff.py` (`GradDiff`: `gamma * forget_loss + alpha *
+retain_loss`, forget loss `-outputs.loss`, retain loss NLL or KL; defaults gamma = alpha = 1,
+`retain_loss_type: NLL`); TOFU's `grad_diff`. Here gamma is `w_forget` and alpha `w_retain`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from harness.batch import Batch
+from harness.objectives.base import OBJECTIVES, Objective, mean_nll
+from harness.specbase import ObjectiveOptions
+
+
+class GDOptions(ObjectiveOptions):
+    """GD: NLL on the retain set by default."""
+
+    name: Literal["gd"] = "gd"
+
+
+@OBJECTIVES.register("gd")
+class GradientDifference(Objective):
+    """`L_forget = -CE(forget)`; the retain term from `retain_loss`."""
+
+    Options = GDOptions
+
+    def forget_loss(self, out: Any, batch: Batch, ref_out: Any | None) -> torch.Tensor:
+        return -mean_nll(out.logits, batch)

@@ -1,0 +1,105 @@
+"""Training progress a person can follow: rank 0 of the workers streams each step to a small Ray actor, and
+the driver draws one bar per run from it (or logs one line per finished run when stderr is not a terminal).
+
+Ray Train's own reports cost about a second each (they wait for the controller's poll), so they stay
+sparse; the actor call is fire-and-forget and costs well under a millisecond per step.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+class ProgressSink:
+    """Ray actor: the latest step of every run, and which runs finished."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, tuple[int, int, float, float]] = {}
+        self.finished: dict[str, bool] = {}
+
+    def step(self, key: str, done: int, total: int, loss: float, grad_norm: float) -> None:
+        """Record that run `key` finished step `done` of `total`."""
+        self.steps[key] = (done, total, loss, grad_norm)
+
+    def finish(self, key: str, diverged: bool) -> None:
+        """Record that run `key` ended (diverged or not)."""
+        self.finished[key] = diverged
+
+    def snapshot(self) -> tuple[dict[str, tuple[int, int, float, float]], dict[str, bool]]:
+        """Everything recorded so far."""
+        return dict(self.steps), dict(self.finished)
+
+
+class TrainingProgress:
+    """Context manager around `trainer.fit()`: starts the sink actor and a thread that draws the bars.
+
+    `sink` is the actor handle to give the workers (None when progress is off).
+    """
+
+    def __init__(self, keys: Sequence[str], enabled: bool = True, log: Callable[[str], None] | None = None,
+                 interval_s: float = 0.5) -> None:
+        self.keys = list(keys)
+        self.enabled = enabled
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.interval_s = interval_s
+        self.sink: Any = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._bars: dict[str, tqdm] = {}
+        self._reported: set[str] = set()
+
+    def __enter__(self) -> TrainingProgress:
+        if not self.enabled:
+            return self
+        import ray
+
+        self.sink = ray.remote(num_cpus=0)(ProgressSink).remote()
+        self._thread = threading.Thread(target=self._poll, name="harness-train-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._draw()  # the last state
+        for bar in self._bars.values():
+            bar.close()
+        import ray
+
+        ray.kill(self.sink)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._draw()
+            except Exception:  # noqa: BLE001 - a progress bar must never break training
+                return
+
+    def _draw(self) -> None:
+        import ray
+
+        steps, finished = ray.get(self.sink.snapshot.remote(), timeout=10)
+        tty = sys.stderr.isatty()
+        for key in self.keys:
+            if key not in steps:
+                continue
+            done, total, loss, grad_norm = steps[key]
+            if tty:
+                bar = self._bars.get(key)
+                if bar is None:
+                    bar = self._bars[key] = tqdm(total=total, desc=f"train {key}", leave=True, dynamic_ncols=True)
+                bar.n = done
+                bar.set_postfix(loss=f"{loss:.3g}", grad_norm=f"{grad_norm:.3g}", refresh=False)
+                bar.refresh()
+            if key in finished and key not in self._reported:
+                self._reported.add(key)
+                note = " (diverged)" if finished[key] else ""
+                if not tty:
+                    self.log(f"trained {key}: {done}/{total} steps, loss {loss:.4g}, grad norm {grad_norm:.4g}{note}")
