@@ -280,7 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if diff.clean:
         print(f"{args.lock}: this environment is the lock ({len(lock.pins)} distributions, sha256 {lock.sha256()})")
         return 0
-    print(f"{args.lock}: this environment differs from the lock (`make clean` then `make test` rebuilds it):",
+    print(f"{args.lock}: this environment differs from the lock (`rm -f .venv/.installed && make check-lock` "
+          "brings .venv back to it):",
           *(f"  {line}" for line in diff.lines()), sep="\n", file=sys.stderr)
     return 1
 
