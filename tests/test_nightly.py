@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -283,7 +284,10 @@ def test_suite_runs_append_history_and_flag_an_injected_regression(suite_file: P
     assert md.index("## Flagged regressions") < md.index("| tiny | gd_sine | tofu | train | diverged") \
         < md.index("## All metrics") < md.index("## Trends")
     html = third.report.with_suffix(".html").read_text()
-    assert "data:image/png;base64," in html and 'class="regression"' in html
+    assert "data:image/png;base64," in html
+    # The flagged table (the first on the page) classes every cell of a regressed row.
+    flagged_html = html[html.index("<h2>Flagged regressions</h2>"):html.index("<h2>All metrics")]
+    assert re.search(r'<td class="data row0 col0 regression" >tiny</td>', flagged_html)
     assert (third.out_dir / "plots" / "trend_tiny.png").is_file()
     assert pd.read_parquet(third.out_dir / "comparison.parquet")["status"].eq("regression").any()
 

@@ -92,3 +92,20 @@ def test_report_on_a_directory_without_results_exits_2(tmp_path: Path, capsys: p
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "metrics.parquet" in capsys.readouterr().err
+
+
+def test_html_table_formats_like_markdown_escapes_and_classes_rows() -> None:
+    from harness.compare import html_table
+    from harness.report import to_markdown
+
+    table = pd.DataFrame({"method": ["a<b", "gd_sine"], "forget <prob>": [0.123456, float("nan")],
+                          "steps": [3, 40000], "norm": [12345.0, 0.0]}, index=[7, 3])
+    page = html_table(table, "t1", ["regression", ""])
+    cells = [c.split(">", 1)[1] for c in page.split("<td ")[1:]]
+    cells = [c[:c.index("</td>")] for c in cells]
+    # The same strings as the markdown table, HTML-escaped.
+    md_cells = [c.strip() for line in to_markdown(table).splitlines()[2:] for c in line.strip("|").split("|")]
+    assert cells == [c.replace("<", "&lt;").replace(">", "&gt;") for c in md_cells]
+    assert cells == ["a&lt;b", "0.1235", "3", "1.23e+04", "gd_sine", "—", "40000", "0"]
+    assert "forget &lt;prob&gt;" in page and 'id="T_t1"' in page
+    assert page.count("regression") == 4 and 'class="data row1 col0" ' in page

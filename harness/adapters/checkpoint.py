@@ -6,10 +6,7 @@ Files: `adapter_model.safetensors` (keys `base_model.model.<module>.lora_A.weigh
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +16,7 @@ from torch import nn
 
 from harness.adapters.attach import adapted_layers, attach_to, detach
 from harness.errors import DataError
+from harness.results import atomic_write_bytes, atomic_write_json
 from harness.spec import AdapterSpec
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -26,25 +24,6 @@ CONFIG_NAME = "adapter_config.json"
 BOUND_CONFIG_NAME = "bound_config.json"
 PEFT_PREFIX = "base_model.model."
 FORMAT_VERSION = 1
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (temp file in the same directory, then os.replace)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    _write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
 def _weight_keys(name: str) -> tuple[str, str]:
@@ -81,10 +60,10 @@ def save_adapter(model: nn.Module, out_dir: str | Path, spec: AdapterSpec, base_
         tensors[key_b] = layer.lora_B.weight.detach().to("cpu").contiguous().clone()
     names = list(layers)
     fan_in_fan_out = any(layer.fan_in_fan_out for layer in layers.values())
-    # Serialise in memory and write ourselves: safetensors' save_file creates files with mode 0600.
-    _write_bytes(out / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
-    _write_json(out / CONFIG_NAME, _peft_config(spec, names, fan_in_fan_out, base_model))
-    _write_json(out / BOUND_CONFIG_NAME, {
+    # Serialise in memory and write atomically: safetensors' save_file creates files with mode 0600.
+    atomic_write_bytes(out / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
+    atomic_write_json(out / CONFIG_NAME, _peft_config(spec, names, fan_in_fan_out, base_model), sort_keys=True)
+    atomic_write_json(out / BOUND_CONFIG_NAME, {
         "format_version": FORMAT_VERSION,
         "bound": spec.bound,
         "omega": spec.omega,
@@ -95,7 +74,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, spec: AdapterSpec, base_
         "targets": spec.targets,
         "modules": names,
         "base_model": base_model,
-    })
+    }, sort_keys=True)
     return out
 
 

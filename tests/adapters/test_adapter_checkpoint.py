@@ -50,13 +50,14 @@ def test_round_trip(tmp_path, arch):
     out = save_adapter(model, tmp_path / "ad", spec, base_model=f"builtin:{arch}")
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
                                                       "bound_config.json"]  # no temp files left behind
-    modes = {p.stat().st_mode & 0o777 for p in out.iterdir()}
-    assert len(modes) == 1  # the weights are not left at mkstemp/safetensors' private 0600
+    # World-readable, the weights too (not mkstemp's or safetensors' private 0600).
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}
 
     state = load_file(out / "adapter_model.safetensors")
     names = list(adapted_layers(model))
     assert set(state) == {f"base_model.model.{n}.lora_{ab}.weight" for n in names for ab in "AB"}
     cfg = json.loads((out / "adapter_config.json").read_text())
+    assert list(cfg) == sorted(cfg)  # written with sorted keys, as PEFT's own save_pretrained does
     assert cfg["peft_type"] == "LORA" and cfg["task_type"] == "CAUSAL_LM" and cfg["bias"] == "none"
     assert cfg["r"] == 4 and cfg["lora_alpha"] == 8.0 and cfg["lora_dropout"] == 0.0
     assert sorted(cfg["target_modules"]) == sorted(names)

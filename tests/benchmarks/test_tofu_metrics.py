@@ -120,6 +120,24 @@ def test_bootstrap_ci() -> None:
     assert all(math.isnan(v) for v in bootstrap_ci([1.0], 100, seed=7))
 
 
+def _numpy_percentile_bootstrap(x: np.ndarray, n_resamples: int, seed: int, chunk: int) -> tuple[float, float]:
+    """The interval by hand: resample indices from default_rng(seed) in chunks, means, 2.5/97.5 percentiles."""
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([x[rng.integers(0, x.size, size=(min(chunk, n_resamples - s), x.size))].mean(axis=1)
+                            for s in range(0, n_resamples, chunk)])
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+@pytest.mark.parametrize("size,n_resamples", [(2, 7), (50, 1000), (3000, 1500)])
+def test_bootstrap_ci_equals_a_numpy_percentile_bootstrap(size: int, n_resamples: int) -> None:
+    # The same Generator draws the same resamples in the same batches (2M indices at most; 3000 values
+    # give batches of 666, so the last case spans three), so the two intervals agree to rounding.
+    x = np.random.default_rng(size).exponential(1.0, size)
+    expected = _numpy_percentile_bootstrap(x, n_resamples, seed=11, chunk=max(1, 2_000_000 // size))
+    assert bootstrap_ci(x, n_resamples, seed=11) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
 # ---- split scoring --------------------------------------------------------------------------------
 
 CORPUS = [

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 from rouge_score import rouge_scorer
-from scipy.stats import rankdata
 
 #: Min-K% Prob ratio MUSE's PrivLeak uses (`Min-40%`).
 MINK_K = 0.4
@@ -82,27 +81,26 @@ def min_k_score(logprobs: Sequence[float] | np.ndarray, k: float = MINK_K) -> fl
     return float(-np.mean(np.sort(lp)[:n]))
 
 
-def auc_mann_whitney(negatives: Sequence[float] | np.ndarray, positives: Sequence[float] | np.ndarray) -> float:
-    """ROC AUC of scores where higher means positive: `P(pos > neg) + 0.5 P(pos == neg)`.
-
-    Computed from the Mann-Whitney U statistic with average ranks for ties, which equals
-    `sklearn.metrics.roc_auc_score` (and `auc(roc_curve(...))`) on the same scores.
+def roc_auc(negatives: Sequence[float] | np.ndarray, positives: Sequence[float] | np.ndarray) -> float:
+    """ROC AUC of scores where higher means positive, `P(pos > neg) + 0.5 P(pos == neg)`: sklearn's
+    `roc_auc_score` with label 0 for `negatives` and 1 for `positives` (as muse_bench's `auc(roc_curve(...))`).
     """
+    from sklearn.metrics import roc_auc_score  # imported on use: ~1 s, and only MUSE scoring needs it
+
     neg = np.asarray(negatives, dtype=np.float64).ravel()
     pos = np.asarray(positives, dtype=np.float64).ravel()
     if neg.size == 0 or pos.size == 0:
         raise ValueError(f"AUC needs both classes, got {neg.size} negatives and {pos.size} positives")
     if not (np.all(np.isfinite(neg)) and np.all(np.isfinite(pos))):
         raise ValueError("AUC needs finite scores")
-    ranks = rankdata(np.concatenate([neg, pos]))
-    u_pos = ranks[neg.size:].sum() - pos.size * (pos.size + 1) / 2.0
-    return float(u_pos / (neg.size * pos.size))
+    labels = np.concatenate([np.zeros(neg.size), np.ones(pos.size)])
+    return float(roc_auc_score(labels, np.concatenate([neg, pos])))
 
 
 def mink_auc(forget_scores: Sequence[float] | np.ndarray, holdout_scores: Sequence[float] | np.ndarray) -> float:
     """MUSE's PrivLeak AUC: forget = label 0, holdout = label 1, ROC score `-MinK` (see the module docstring)."""
-    return auc_mann_whitney(-np.asarray(forget_scores, dtype=np.float64),
-                            -np.asarray(holdout_scores, dtype=np.float64))
+    return roc_auc(-np.asarray(forget_scores, dtype=np.float64),
+                   -np.asarray(holdout_scores, dtype=np.float64))
 
 
 def privleak(auc: float, auc_retrain: float) -> float:
