@@ -33,6 +33,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from harness.errors import HarnessError, SpecError
+from harness.results import ensure_writable_dir, read_json_file, read_parquet_file
 from harness.spec import JobSpec, _Strict, load_spec
 
 Glob = str | list[str]
@@ -416,12 +417,11 @@ def new_run_id(now: dt.datetime) -> str:
 
 
 def job_rows(job: str, out_dir: Path) -> tuple[pd.DataFrame, str | None]:
-    """The metric rows of a finished job directory and its git commit (from env.json)."""
-    import json
-
-    metrics = pd.read_parquet(out_dir / "metrics.parquet")
+    """The metric rows of a finished job directory and its git commit (from env.json); DataError naming a bad file."""
+    metrics = read_parquet_file(out_dir / "metrics.parquet", f"metrics of job {job!r}")
     env_path = out_dir / "env.json"
-    commit = json.loads(env_path.read_text()).get("git_commit") if env_path.is_file() else None
+    env = read_json_file(env_path, f"environment of job {job!r}") if env_path.is_file() else {}
+    commit = env.get("git_commit") if isinstance(env, dict) else None
     metrics = metrics.assign(job=job)
     return metrics, commit
 
@@ -442,6 +442,8 @@ def run_suite(suite: SuiteSpec | str | Path, history_path: str | Path | None = N
     run_id = new_run_id(started)
     run_dir = Path(out or suite.out).expanduser() / run_id
     jobs = resolve_jobs(suite, run_dir, overrides)
+    ensure_writable_dir(history_path.parent, "nightly history directory")
+    ensure_writable_dir(run_dir, "nightly run directory")
 
     history = read_history(history_path)
     mode, pinned = suite.baseline.mode, suite.baseline.run_id

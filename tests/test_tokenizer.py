@@ -71,9 +71,14 @@ def test_deterministic(texts: list[str], tok) -> None:
     assert model["merges"]
 
 
+def _entries(cache_dir: Path) -> list[Path]:
+    """The cache entries (hidden names are their lock files)."""
+    return [p for p in cache_dir.iterdir() if not p.name.startswith(".")]
+
+
 def test_cached_reload(tmp_path: Path, texts: list[str], tok) -> None:
     first = get_or_train_tokenizer(texts, tmp_path, vocab_size=512)
-    (saved,) = list(tmp_path.iterdir())
+    (saved,) = _entries(tmp_path)
     assert saved.name.startswith("bpe-") and (saved / "tokenizer.json").is_file()
     second = get_or_train_tokenizer(texts, tmp_path, vocab_size=512)
     offline = AutoTokenizer.from_pretrained(saved, local_files_only=True)
@@ -83,7 +88,7 @@ def test_cached_reload(tmp_path: Path, texts: list[str], tok) -> None:
         assert offline.decode(offline(s, add_special_tokens=False)["input_ids"]) == s
     assert (offline.pad_token_id, offline.bos_token_id, offline.eos_token_id) == (0, 1, 2)
     get_or_train_tokenizer(texts[:-1], tmp_path, vocab_size=512)
-    assert len(list(tmp_path.iterdir())) == 2  # other texts -> another cache entry
+    assert len(_entries(tmp_path)) == 2  # other texts -> another cache entry
 
 
 def test_bad_input() -> None:
