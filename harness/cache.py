@@ -145,7 +145,10 @@ def entry_problem(entry: str | Path, required: Iterable[str] = ()) -> str | None
 
 
 def _scratch_pattern(name: str) -> re.Pattern[str]:
-    return re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{32}}\.tmp")
+    """Scratch names of an entry: ours, and those of the harness before harness.cache (`<name>.tmp`, and
+    `.<name>.<8 chars>` from tempfile.mkdtemp), so a killed old builder's leftovers go too."""
+    n = re.escape(name)
+    return re.compile(rf"\.{n}\.[0-9a-f]{{32}}\.tmp|{n}\.tmp|\.{n}\.[a-z0-9_]{{8}}")
 
 
 def _scratch_dir(entry: Path) -> Path:

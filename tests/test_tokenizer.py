@@ -96,3 +96,17 @@ def test_bad_input() -> None:
         train_bpe_tokenizer([])
     with pytest.raises(DataError):
         train_bpe_tokenizer(["abc"], vocab_size=100)
+
+
+def test_damaged_cached_tokenizer_is_retrained(tmp_path: Path, texts: list[str], tok) -> None:
+    from harness.cache import CacheWarning
+
+    get_or_train_tokenizer(texts, tmp_path, vocab_size=512)
+    (saved,) = _entries(tmp_path)
+    tokenizer_json = saved / "tokenizer.json"
+    clean = tokenizer_json.read_bytes()
+    tokenizer_json.write_bytes(clean[: len(clean) // 2])
+    with pytest.warns(CacheWarning, match=f"tokenizer {saved} is damaged: tokenizer.json has"):
+        again = get_or_train_tokenizer(texts, tmp_path, vocab_size=512)
+    assert tokenizer_json.read_bytes() == clean
+    assert [again(s)["input_ids"] for s in SAMPLES] == [tok(s)["input_ids"] for s in SAMPLES]
