@@ -42,6 +42,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from harness.errors import CacheError
+from harness.results import ensure_writable_dir
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -224,8 +225,6 @@ def ensure_entry(entry: str | Path, build: Builder, what: str = "cache entry", r
     and reuse the result. A damaged entry is rebuilt with a `CacheWarning` naming it. If `build`
     raises, nothing is left behind and the error propagates.
     """
-    from harness.results import ensure_writable_dir
-
     entry = Path(entry).expanduser()
     required = list(required)
     if entry.is_dir() and entry_problem(entry, required) is None:
