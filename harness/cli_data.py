@@ -6,12 +6,19 @@ from pathlib import Path
 
 from harness.benchmarks.tofu.synth import SyntheticTofuSpec
 from harness.errors import DataError
+from harness.results import ensure_writable_dir
 
 SYNTH_BENCHMARKS = ("tofu", "muse", "tdec", "cifar100")
 
 
 def synth_command(benchmark: str, out: str, seed: int = 0) -> Path:
     """Write the synthetic set of `benchmark` (default size) under `out`, in the published file layout."""
+    if benchmark not in SYNTH_BENCHMARKS:
+        raise DataError(f"unknown benchmark {benchmark!r} for `harness data synth` "
+                        f"(known: {', '.join(SYNTH_BENCHMARKS)})")
+    if benchmark == "cifar100":
+        raise DataError(f"the {benchmark} synthetic set is not implemented yet")
+    ensure_writable_dir(out)
     if benchmark == "tofu":
         from harness.benchmarks.tofu.data import write_tofu
         from harness.benchmarks.tofu.synth import generate_tofu
@@ -22,12 +29,7 @@ def synth_command(benchmark: str, out: str, seed: int = 0) -> Path:
         from harness.benchmarks.muse.synth import SyntheticMuseSpec, generate_muse
 
         return write_muse(generate_muse(SyntheticMuseSpec(), seed), out)
-    if benchmark == "tdec":
-        from harness.benchmarks.tdec.data import write_tdec
-        from harness.benchmarks.tdec.synth import SyntheticTdecSpec, generate_tdec
+    from harness.benchmarks.tdec.data import write_tdec
+    from harness.benchmarks.tdec.synth import SyntheticTdecSpec, generate_tdec
 
-        return write_tdec(generate_tdec(SyntheticTdecSpec(), seed), out)
-    if benchmark in SYNTH_BENCHMARKS:
-        raise DataError(f"the {benchmark} synthetic set is not implemented yet")
-    raise DataError(f"unknown benchmark {benchmark!r} for `harness data synth` "
-                    f"(known: {', '.join(SYNTH_BENCHMARKS)})")
+    return write_tdec(generate_tdec(SyntheticTdecSpec(), seed), out)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -23,7 +22,15 @@ from pandas.io.formats.style import Styler
 
 from harness.errors import DataError
 from harness.report import TELEMETRY, Column, summary_stats, summary_table, to_markdown
-from harness.results import METRIC_COLUMNS, TRAIN_LOG_COLUMNS, atomic_write_bytes, atomic_write_text
+from harness.results import (
+    METRIC_COLUMNS,
+    TRAIN_LOG_COLUMNS,
+    atomic_write_bytes,
+    atomic_write_text,
+    ensure_writable_dir,
+    read_json_file,
+    read_parquet_file,
+)
 
 REFERENCE_METHODS = ("target", "retain")
 _CURVES = [("loss", "total loss", False), ("loss_forget", "forget loss", False), ("loss_retain", "retain loss", False),
@@ -53,12 +60,15 @@ class RunData:
 
 
 def load_run(path: str | Path, label: str | None = None) -> RunData:
-    """Read metrics.parquet (required), train_log.parquet, spec.yaml and env.json of a run directory."""
+    """Read metrics.parquet (required), train_log.parquet, spec.yaml and env.json of a run directory.
+
+    A damaged file (a truncated parquet, invalid JSON or YAML) is a DataError naming it.
+    """
     path = Path(path)
     metrics_path = path / "metrics.parquet"
     if not metrics_path.is_file():
         raise DataError(f"{path} is not a finished run: {metrics_path.name} is missing")
-    metrics = pd.read_parquet(metrics_path)
+    metrics = read_parquet_file(metrics_path, "metrics file")
     missing = [c for c in ("method", "split", "metric", "value") if c not in metrics.columns]
     if missing:
         raise DataError(f"{metrics_path} lacks the columns {', '.join(missing)}")
@@ -66,22 +76,20 @@ def load_run(path: str | Path, label: str | None = None) -> RunData:
         if col not in metrics.columns:
             metrics[col] = float("nan") if col in ("ci_low", "ci_high") else ""
     log_path = path / "train_log.parquet"
-    train_log = pd.read_parquet(log_path) if log_path.is_file() else pd.DataFrame(columns=TRAIN_LOG_COLUMNS)
+    train_log = (read_parquet_file(log_path, "training log") if log_path.is_file()
+                 else pd.DataFrame(columns=TRAIN_LOG_COLUMNS))
     for col in TRAIN_LOG_COLUMNS:
         if col not in train_log.columns:
             train_log[col] = pd.Series(dtype="float64")
-    spec: dict[str, Any] = {}
+    spec: Any = {}
     if (path / "spec.yaml").is_file():
         try:
-            spec = yaml.safe_load((path / "spec.yaml").read_text()) or {}
-        except yaml.YAMLError as err:
+            spec = yaml.safe_load((path / "spec.yaml").read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
             raise DataError(f"{path / 'spec.yaml'} is not valid YAML: {err}") from None
-    env: dict[str, Any] = {}
-    if (path / "env.json").is_file():
-        try:
-            env = json.loads((path / "env.json").read_text())
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path / 'env.json'} is not valid JSON: {err}") from None
+    env: Any = read_json_file(path / "env.json", "run environment") if (path / "env.json").is_file() else {}
+    if not isinstance(env, dict):
+        raise DataError(f"{path / 'env.json'}: expected a JSON object, got {type(env).__name__}")
     return RunData(label or path.name, path, metrics, train_log, spec if isinstance(spec, dict) else {}, env)
 
 
@@ -326,7 +334,7 @@ def default_report_dir(dirs: Sequence[str | Path]) -> Path:
 def write_report(dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
     """Compare runs and write report.md, report.html and plots/*.png under `out` (atomically); returns report.md."""
     runs = load_runs(dirs)
-    out = Path(out) if out else default_report_dir(dirs)
+    out = ensure_writable_dir(out if out else default_report_dir(dirs), "report directory")
     table, columns = comparison_table(runs)
     figures = _figures(runs, table, columns)
     pngs = {name: figure_png(fig) for name, fig in figures.items()}

@@ -17,3 +17,11 @@ class DataError(HarnessError):
 
 class ModelError(HarnessError):
     """A model cannot be found or loaded: the message names the model."""
+
+
+class OutputError(HarnessError):
+    """An output or cache directory cannot be created or written: the message names it."""
+
+
+class CacheError(HarnessError):
+    """A cache entry cannot be built, replaced or locked: the message names it."""

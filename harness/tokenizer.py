@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from harness.errors import DataError
+from harness.cache import ensure_entry
+from harness.errors import DataError, ModelError
 
 #: Special tokens and their fixed ids (the builtin model configs use pad 0, bos 1, eos 2).
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -67,24 +65,22 @@ def tokenizer_key(texts: list[str], vocab_size: int) -> str:
 
 
 def load_tokenizer(path: str | Path) -> Any:
-    """Load a saved tokenizer offline with `AutoTokenizer`."""
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    """Load a saved tokenizer offline with `AutoTokenizer`; ModelError naming the directory (or damaged file)."""
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - tokenizers and transformers raise their own types
+        from harness.models import damaged_file
+
+        cause = (damaged_file(path) if Path(path).is_dir() else None) or f"{type(err).__name__}: {err}"
+        raise ModelError(f"cannot load the tokenizer in {path}: {cause}") from None
 
 
 def get_or_train_tokenizer(texts: list[str], cache_dir: str | Path, vocab_size: int = 1024) -> Any:
-    """The tokenizer for `texts` from `cache_dir/bpe-<key>`, trained and saved there on first use."""
-    target = Path(cache_dir).expanduser() / f"bpe-{tokenizer_key(texts, vocab_size)}"
-    if not (target / "tokenizer.json").is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only
-        try:
-            train_bpe_tokenizer(texts, vocab_size).save_pretrained(tmp)
-            try:
-                os.replace(tmp, target)
-            except OSError:  # another process saved it first
-                if not (target / "tokenizer.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return load_tokenizer(target)
+    """The tokenizer for `texts` from the cache entry `cache_dir/bpe-<key>` (harness.cache), trained on first use."""
+
+    def build(scratch: Path) -> None:
+        train_bpe_tokenizer(texts, vocab_size).save_pretrained(scratch)
+
+    entry = ensure_entry(Path(cache_dir).expanduser() / f"bpe-{tokenizer_key(texts, vocab_size)}", build,
+                         what="tokenizer", required=["tokenizer.json"])
+    return load_tokenizer(entry)

@@ -70,9 +70,14 @@ def test_deterministic(texts: list[str], tok) -> None:
     assert model["merges"]
 
 
+def _entries(cache_dir: Path) -> list[Path]:
+    """The cache entries (hidden names are their lock files)."""
+    return [p for p in cache_dir.iterdir() if not p.name.startswith(".")]
+
+
 def test_cached_reload(tmp_path: Path, texts: list[str], tok) -> None:
     first = get_or_train_tokenizer(texts, tmp_path, vocab_size=512)
-    (saved,) = list(tmp_path.iterdir())
+    (saved,) = _entries(tmp_path)
     assert saved.name.startswith("bpe-") and (saved / "tokenizer.json").is_file()
     second = get_or_train_tokenizer(texts, tmp_path, vocab_size=512)
     offline = AutoTokenizer.from_pretrained(saved, local_files_only=True)
@@ -82,7 +87,7 @@ def test_cached_reload(tmp_path: Path, texts: list[str], tok) -> None:
         assert offline.decode(offline(s, add_special_tokens=False)["input_ids"]) == s
     assert (offline.pad_token_id, offline.bos_token_id, offline.eos_token_id) == (0, 1, 2)
     get_or_train_tokenizer(texts[:-1], tmp_path, vocab_size=512)
-    assert len(list(tmp_path.iterdir())) == 2  # other texts -> another cache entry
+    assert len(_entries(tmp_path)) == 2  # other texts -> another cache entry
 
 
 def test_bad_input() -> None:
@@ -90,3 +95,17 @@ def test_bad_input() -> None:
         train_bpe_tokenizer([])
     with pytest.raises(DataError):
         train_bpe_tokenizer(["abc"], vocab_size=100)
+
+
+def test_damaged_cached_tokenizer_is_retrained(tmp_path: Path, texts: list[str], tok) -> None:
+    from harness.cache import CacheWarning
+
+    get_or_train_tokenizer(texts, tmp_path, vocab_size=512)
+    (saved,) = _entries(tmp_path)
+    tokenizer_json = saved / "tokenizer.json"
+    clean = tokenizer_json.read_bytes()
+    tokenizer_json.write_bytes(clean[: len(clean) // 2])
+    with pytest.warns(CacheWarning, match=f"tokenizer {saved} is damaged: tokenizer.json has"):
+        again = get_or_train_tokenizer(texts, tmp_path, vocab_size=512)
+    assert tokenizer_json.read_bytes() == clean
+    assert [again(s)["input_ids"] for s in SAMPLES] == [tok(s)["input_ids"] for s in SAMPLES]

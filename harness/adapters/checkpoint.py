@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
@@ -85,11 +86,13 @@ def read_bound_config(adapter_dir: str | Path) -> dict[str, Any]:
         raise DataError(f"{path} is missing: not a harness adapter directory (expected {BOUND_CONFIG_NAME}, "
                         f"{CONFIG_NAME} and {WEIGHTS_NAME})")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         for key in ("bound", "rank", "alpha", "omega", "clip_value", "modules"):
             data[key]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise DataError(f"{path} is malformed: {err!r}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise DataError(f"{path} is malformed (truncated or edited?): {err!r}") from None
+    except OSError as err:
+        raise DataError(f"{path} cannot be read: {err.strerror or err}") from None
     return data
 
 
@@ -112,7 +115,12 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> AdapterSpec:
     if absent:
         raise DataError(f"{adapter_dir}: the model has no module(s) {absent[:5]} "
                         f"named in {BOUND_CONFIG_NAME}")
-    state = load_file(str(weights_path))
+    try:
+        state = load_file(str(weights_path))
+    except SafetensorError as err:
+        raise DataError(f"{weights_path} is not a readable safetensors file (truncated or damaged?): {err}") from None
+    except OSError as err:
+        raise DataError(f"{weights_path} cannot be read: {err.strerror or err}") from None
     expected = {k for n in names for k in _weight_keys(n)}
     missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
     if missing or unexpected:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel
+
+from harness.cache import ensure_entry
 
 T = TypeVar("T")
 
@@ -24,28 +23,12 @@ def synth_dir(data_dir: str | Path, benchmark: str, sizes: BaseModel, seed: int,
 
 def ensure_cached(target: Path, files: Iterable[str], generate: Callable[[], T],
                   write: Callable[[T, Path], object]) -> Path:
-    """Generate and write a set into `target` unless every one of `files` is already there.
+    """The verified cached set in `target` (with every one of `files`), generated and written by one process.
 
-    Written into a temporary sibling and renamed into place, so a reader never sees half a set.
+    A harness.cache entry: written into a scratch directory and renamed into place with a manifest of sizes
+    and hashes; an entry with a file missing, truncated or edited is rebuilt with a warning.
     """
-    names = list(files)
+    def build(scratch: Path) -> None:
+        write(generate(), scratch)
 
-    def complete() -> bool:
-        return all((target / name).is_file() for name in names)
-
-    if complete():
-        return target
-    data = generate()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it owner-only
-    try:
-        write(data, tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first, or a partial copy is in the way
-            if not complete():
-                write(data, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return ensure_entry(target, build, what="synthetic data set", required=files)

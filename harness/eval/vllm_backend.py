@@ -84,9 +84,9 @@ _NON_ARCH_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype
 
 def _arch_config(path: Path) -> dict[str, Any]:
     """The architecture part of a saved model's config.json."""
-    import json
+    from harness.results import read_json_file
 
-    data = json.loads((Path(path) / "config.json").read_text())
+    data = read_json_file(Path(path) / "config.json", "model config")
     return {k: v for k, v in data.items() if k not in _NON_ARCH_KEYS}
 
 

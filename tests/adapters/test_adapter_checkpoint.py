@@ -115,3 +115,26 @@ def test_load_errors(tmp_path):
     (tmp_path / "adapter_model.safetensors").unlink()
     with pytest.raises(DataError, match="adapter_model.safetensors is missing"):
         load_adapter(_model("tiny-llama"), tmp_path)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.0])
+def test_truncated_adapter_weights_name_the_file(tmp_path, keep):
+    import os
+
+    spec = AdapterSpec(bound="sine")
+    save_adapter(_trained("tiny-llama", spec), tmp_path, spec, base_model="builtin:tiny-llama")
+    weights = tmp_path / "adapter_model.safetensors"
+    os.truncate(weights, int(weights.stat().st_size * keep))
+    model = _model("tiny-llama")
+    with pytest.raises(DataError, match=f"{weights} is not a readable safetensors file .truncated or damaged"):
+        load_adapter(model, tmp_path)
+    assert not adapted_layers(model)  # left untouched
+
+
+def test_truncated_bound_config_names_the_file(tmp_path):
+    spec = AdapterSpec(bound="sine")
+    save_adapter(_trained("tiny-llama", spec), tmp_path, spec, base_model="builtin:tiny-llama")
+    path = tmp_path / "bound_config.json"
+    path.write_text(path.read_text()[:40])
+    with pytest.raises(DataError, match=f"{path} is malformed .truncated or edited"):
+        load_adapter(_model("tiny-llama"), tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -193,8 +194,21 @@ def test_perturbed_answer_must_be_a_list(tmp_path: Path, tofu_dir: Path) -> None
         load_tofu(str(d), "", SPEC, 0, "forget10")
 
 
-def test_hub_id_without_datasets_and_missing_directory() -> None:
-    with pytest.raises(DataError, match=r"hub.*local directory"):
+def test_hub_id_not_in_the_offline_cache_says_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(DataError) as err:
+        load_tofu("harness-tests/no-such-tofu", "", SPEC, 0, "forget10")
+    message = str(err.value)
+    assert "'harness-tests/no-such-tofu'" in message and "config 'forget10'" in message
+    assert "local datasets cache" in message and "network access" in message
+    assert "local directory of the published TOFU files" in message
+
+
+def test_hub_id_without_datasets_and_missing_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if `datasets` were not installed: import fails
+    with pytest.raises(DataError, match=r"'locuslab/TOFU'.*needs the `datasets` package.*local directory"):
         load_tofu("locuslab/TOFU", "", SPEC, 0, "forget10")
     with pytest.raises(DataError, match="does not exist"):
         load_tofu("/no/such/tofu/dir", "", SPEC, 0, "forget10")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.benchmarks.hub import hub_records
 from harness.benchmarks.muse.synth import SYNTH_VERSION, SyntheticMuseSpec, generate_muse
 from harness.benchmarks.synthetic_cache import ensure_cached
 from harness.benchmarks.synthetic_cache import synth_dir as _synth_dir
@@ -183,18 +184,9 @@ def read_muse_dir(directory: str | Path) -> MuseData:
 
 def _read_hub(source: str) -> MuseData:
     """The MUSE configs of a hub dataset, as muse_bench's `load_data.py` reads them."""
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(f"benchmark.source {source!r} is neither 'synthetic' nor an existing directory, and "
-                        "reading a hub dataset needs the `datasets` package (pip install 'harness[hub]'), "
-                        "or pass a local directory in muse_bench's layout") from None
 
     def split(config: str, name: str) -> list[dict]:
-        try:
-            return [dict(r) for r in datasets.load_dataset(source, config, split=name)]
-        except Exception as err:  # datasets raises many types (network, missing config, ...)
-            raise DataError(f"cannot load config {config!r} split {name!r} of hub dataset {source!r}: {err}") from None
+        return hub_records(source, config, name, "muse_bench's layout")
 
     raw = {name: [r["text"] for r in split("raw", name)] for name in ("forget", "retain1", "retain2", "holdout")}
     knowmem = {s: validate_records(f"{source} knowmem/{qa}", split("knowmem", qa), ("question", "answer"))

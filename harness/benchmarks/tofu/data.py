@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.benchmarks.hub import hub_records
 from harness.benchmarks.synthetic_cache import ensure_cached
 from harness.benchmarks.synthetic_cache import synth_dir as _synth_dir
 from harness.benchmarks.tofu.synth import CONFIGS, SYNTH_VERSION, SyntheticTofuSpec, generate_tofu
@@ -150,20 +151,7 @@ def ensure_synthetic(data_dir: str | Path, synthetic: SyntheticTofuSpec, seed: i
 
 
 def _read_hub(source: str, configs: Iterable[str]) -> dict[str, list[dict]]:
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(f"benchmark.source {source!r} is neither 'synthetic' nor an existing directory, and "
-                        "reading a hub dataset needs the `datasets` package: install the `hub` extra "
-                        "(pip install 'harness[hub]') or pass a local directory of the published "
-                        "files") from None
-    out = {}
-    for config in configs:
-        try:
-            out[config] = [dict(r) for r in datasets.load_dataset(source, config, split="train")]
-        except Exception as err:  # datasets raises many types (network, missing config, ...)
-            raise DataError(f"cannot load config {config!r} of hub dataset {source!r}: {err}") from None
-    return out
+    return {config: hub_records(source, config, "train", "the published TOFU files") for config in configs}
 
 
 def load_tofu(source: str, data_dir: str, synthetic: SyntheticTofuSpec, seed: int,
