@@ -27,7 +27,9 @@ def synth_command(benchmark: str, out: str, seed: int = 0) -> Path:
         from harness.benchmarks.tdec.synth import SyntheticTdecSpec, generate_tdec
 
         return write_tdec(generate_tdec(SyntheticTdecSpec(), seed), out)
-    if benchmark in SYNTH_BENCHMARKS:
-        raise DataError(f"the {benchmark} synthetic set is not implemented yet")
+    if benchmark == "cifar100":
+        from harness.benchmarks.vision.synth import SyntheticCifarSpec, generate_cifar100, write_cifar100
+
+        return write_cifar100(generate_cifar100(SyntheticCifarSpec(), seed), out)
     raise DataError(f"unknown benchmark {benchmark!r} for `harness data synth` "
                     f"(known: {', '.join(SYNTH_BENCHMARKS)})")
