@@ -30,6 +30,7 @@ term below is then plain arithmetic, in bytes per device, for `world_size` DeepS
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, fields
 
 import torch
@@ -131,8 +132,9 @@ def is_image_classifier(config: PretrainedConfig) -> bool:
 
 
 def _architecture(config: PretrainedConfig) -> PretrainedConfig:
-    """The config holding the transformer's sizes: CLIP's vision tower for CLIP, else the config itself."""
-    return getattr(config, "vision_config", None) or config
+    """The config holding the transformer's sizes: a classifier's vision tower (CLIP), else the config itself."""
+    vision = getattr(config, "vision_config", None)
+    return vision if vision is not None and is_image_classifier(config) else config
 
 
 def image_tokens(config: PretrainedConfig) -> int:
@@ -145,6 +147,10 @@ def image_tokens(config: PretrainedConfig) -> int:
 def meta_model(config: PretrainedConfig) -> torch.nn.Module:
     """The model of `config` on the meta device (no memory, no weights): a causal LM or an image classifier."""
     auto = AutoModelForImageClassification if is_image_classifier(config) else AutoModelForCausalLM
+    if config.architectures is None:
+        # auto classes with several candidates (DeiT) iterate config.architectures, None on a config built in code
+        config = copy.deepcopy(config)
+        config.architectures = []
     with torch.device("meta"):
         return auto.from_config(config)
 

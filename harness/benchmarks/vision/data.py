@@ -138,7 +138,7 @@ def digits_dataset(test_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
     )
 
 
-def load_image_dataset(source: str, data_dir: str | Path = "", *, seed: int = 0, test_fraction: float = 0.2,
+def load_image_dataset(source: str, data_dir: str | Path, *, seed: int = 0, test_fraction: float = 0.2,
                        label_column: str = "fine_label") -> ImageDataset:
     """The image set named by `source`: `digits`, `synthetic`, a local CIFAR-100 directory, or a hub id."""
     from harness.benchmarks.vision import cifar

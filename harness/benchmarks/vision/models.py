@@ -49,9 +49,9 @@ PREPROCESSOR_FILE = "preprocessor_config.json"
 def _tiny_vit(num_labels: int) -> PretrainedConfig:
     from transformers import ViTConfig
 
-    return ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=64, num_hidden_layers=4,
-                     num_attention_heads=4, intermediate_size=128, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0, num_labels=num_labels)
+    return ViTConfig(architectures=["ViTForImageClassification"], image_size=32, patch_size=8, num_channels=3,
+                     hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=num_labels)
 
 
 def is_builtin_image_model(name: str) -> bool:
@@ -182,8 +182,3 @@ def adapted_mlp_names(model: torch.nn.Module, name: str, explicit: list[str] | N
     except SpecError as err:
         raise ModelError(f"model {name!r} has no MLP layers the harness can adapt: {err}") from None
 
-
-def meta_image_model(config: PretrainedConfig) -> torch.nn.Module:
-    """The image classifier of `config` on the meta device (no memory, no weights)."""
-    with torch.device("meta"):
-        return AutoModelForImageClassification.from_config(config)

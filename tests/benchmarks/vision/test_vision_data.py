@@ -120,7 +120,7 @@ def test_cifar_pickles_in_published_layout(tmp_path: Path) -> None:
         np.testing.assert_array_equal(data.train.labels, TRAIN[1])
         np.testing.assert_array_equal(data.test.images, TEST[0])
         assert data.class_names == NAMES and data.files["meta"] == str(d / "meta")
-    assert load_image_dataset(str(tmp_path)).class_names == NAMES
+    assert load_image_dataset(str(tmp_path), tmp_path).class_names == NAMES
 
 
 def test_cifar_pickle_channel_order(tmp_path: Path) -> None:
@@ -166,7 +166,7 @@ def test_hub_parquet_layout(tmp_path: Path) -> None:
     np.testing.assert_array_equal(data.test.labels, TEST[1])
     assert data.class_names == NAMES  # from the datasets Features stored in the parquet schema
     assert data.files["train"].endswith("cifar100/train-00000-of-00001.parquet")
-    assert load_image_dataset(str(tmp_path)).class_names == NAMES
+    assert load_image_dataset(str(tmp_path), tmp_path).class_names == NAMES
 
 
 def test_hub_parquet_without_metadata_uses_cifar100_names(tmp_path: Path) -> None:
@@ -222,9 +222,9 @@ def test_dataset_dict_conversion() -> None:
 
 def test_unknown_source_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="neither the cifar-100-python pickles"):
-        load_image_dataset(str(tmp_path))
+        load_image_dataset(str(tmp_path), tmp_path)
     with pytest.raises(DataError, match="expected 'digits', 'synthetic'"):
-        load_image_dataset("no such thing")
+        load_image_dataset("no such thing", tmp_path)
 
 
 def test_synthetic_set_is_published_layout_seeded_and_learnable(tmp_path: Path) -> None:

@@ -26,12 +26,11 @@ from harness.benchmarks.vision.models import (
     image_classifier_config,
     load_image_classifier,
     load_preprocessor_config,
-    meta_image_model,
     save_image_classifier,
     shipped_preprocessor_ids,
 )
 from harness.errors import ModelError
-from harness.memory import ATTN_FACTOR, estimate_memory, model_shape
+from harness.memory import ATTN_FACTOR, estimate_memory, meta_model, model_shape
 from harness.models import BUILTIN_MODELS, shipped_config
 from harness.spec import AdapterSpec, TrainSpec
 
@@ -87,10 +86,14 @@ def test_builtin_names_are_unique_across_registries() -> None:
     assert not set(BUILTIN_IMAGE_MODELS.names()) & set(BUILTIN_MODELS.names())
 
 
-def test_deit_mlp_targets() -> None:
-    deit = DeiTForImageClassification(DeiTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                                                 intermediate_size=64, image_size=32, patch_size=8, num_labels=4))
+def test_deit_mlp_targets_and_tokens() -> None:
+    config = DeiTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+                        image_size=32, patch_size=8, num_labels=4)
+    deit = DeiTForImageClassification(config)
     _assert_exactly_mlp(deit, "deit", 3)
+    shape = model_shape(config)  # a config built in code (architectures None) still gets its meta model
+    assert shape.tokens_per_example == deit.deit.embeddings.position_embeddings.shape[1] == 16 + 2
+    assert shape.n_params == sum(p.numel() for p in deit.parameters()) and config.architectures is None
 
 
 def test_vit_checkpoint_gets_a_new_head_for_the_dataset(tmp_path: Path) -> None:
@@ -165,7 +168,7 @@ def test_shipped_vision_configs_are_the_published_architectures() -> None:
     assert clip.n_params == 303_179_776 + 1024 * 100 + 100
     assert (clip.hidden, clip.n_layers, clip.tokens_per_example, clip.vocab) == (1024, 24, 257, 100)
     assert len(clip.adapted) == 48
-    assert type(meta_image_model(clip_config)).__name__ == "CLIPForImageClassification"
+    assert type(meta_model(clip_config)).__name__ == "CLIPForImageClassification"
 
 
 def test_memory_estimate_of_an_image_classifier_by_hand() -> None:
