@@ -16,8 +16,6 @@ def synth_command(benchmark: str, out: str, seed: int = 0) -> Path:
     if benchmark not in SYNTH_BENCHMARKS:
         raise DataError(f"unknown benchmark {benchmark!r} for `harness data synth` "
                         f"(known: {', '.join(SYNTH_BENCHMARKS)})")
-    if benchmark == "cifar100":
-        raise DataError(f"the {benchmark} synthetic set is not implemented yet")
     ensure_writable_dir(out)
     if benchmark == "tofu":
         from harness.benchmarks.tofu.data import write_tofu
@@ -29,6 +27,10 @@ def synth_command(benchmark: str, out: str, seed: int = 0) -> Path:
         from harness.benchmarks.muse.synth import SyntheticMuseSpec, generate_muse
 
         return write_muse(generate_muse(SyntheticMuseSpec(), seed), out)
+    if benchmark == "cifar100":
+        from harness.benchmarks.vision.synth import SyntheticCifarSpec, generate_cifar100, write_cifar100
+
+        return write_cifar100(generate_cifar100(SyntheticCifarSpec(), seed), out)
     from harness.benchmarks.tdec.data import write_tdec
     from harness.benchmarks.tdec.synth import SyntheticTdecSpec, generate_tdec
 

@@ -22,15 +22,23 @@ term below is then plain arithmetic, in bytes per device, for `world_size` DeepS
   input is kept, plus one block's full activations during its recomputation.
 - `logits`: `micro_batch x seq x vocab x 4 bytes x 3` per batch: fp32 logits, the log-softmax the
   cross-entropy keeps for backward, and its gradient.
+- Image classifiers (ViT, DeiT, CLIP vision tower + head): `seq` is the tokens per image (patches plus the
+  class token, plus DeiT's distillation token), not `train.max_length`; the "vocabulary" is the number of
+  labels, and the logits are one row per image, not per token. CLIP's sizes are its vision tower's.
 - `overhead`: a fixed 2 GiB on a GPU for the CUDA context, NCCL buffers and allocator fragmentation.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, fields
 
 import torch
-from transformers import AutoModelForCausalLM, PretrainedConfig
+from transformers import AutoModelForCausalLM, AutoModelForImageClassification, PretrainedConfig
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+)
 
 from harness.adapters.bounds import BOUNDS
 from harness.spec import AdapterSpec, TrainSpec
@@ -64,6 +72,8 @@ class ModelShape:
     adapted: tuple[tuple[int, int], ...]  # (d_out, d_in) of each adapted layer
     largest_block: int  # parameters of the largest decoder block
     largest_tensor: int  # elements of the largest single parameter tensor
+    tokens_per_example: int | None = None  # image classifiers: tokens per image (None: train.max_length)
+    logits_per_token: bool = True  # False for classifiers: one row of logits per example
 
     def adapter_params(self, rank: int) -> int:
         """LoRA parameters `r x (d_in + d_out)` summed over the adapted layers."""
@@ -115,10 +125,34 @@ def _blocks(model: torch.nn.Module, n_layers: int) -> list[torch.nn.Module]:
     return list(lists[0]) if lists else []
 
 
+def is_image_classifier(config: PretrainedConfig) -> bool:
+    """True for configs transformers builds as image classifiers (ViT, DeiT, CLIP), not as causal LMs."""
+    kind = config.model_type
+    return kind in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES and kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+def _architecture(config: PretrainedConfig) -> PretrainedConfig:
+    """The config holding the transformer's sizes: a classifier's vision tower (CLIP), else the config itself."""
+    vision = getattr(config, "vision_config", None)
+    return vision if vision is not None and is_image_classifier(config) else config
+
+
+def image_tokens(config: PretrainedConfig) -> int:
+    """Tokens per image of a ViT-style encoder: patches + class token (+ DeiT's distillation token)."""
+    arch = _architecture(config)
+    patches = (int(arch.image_size) // int(arch.patch_size)) ** 2
+    return patches + (2 if config.model_type == "deit" else 1)
+
+
 def meta_model(config: PretrainedConfig) -> torch.nn.Module:
-    """The causal LM of `config` on the meta device (no memory, no weights)."""
+    """The model of `config` on the meta device (no memory, no weights): a causal LM or an image classifier."""
+    auto = AutoModelForImageClassification if is_image_classifier(config) else AutoModelForCausalLM
+    if config.architectures is None:
+        # auto classes with several candidates (DeiT) iterate config.architectures, None on a config built in code
+        config = copy.deepcopy(config)
+        config.architectures = []
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        return auto.from_config(config)
 
 
 def model_shape(config: PretrainedConfig, targets: list[str] | None = None,
@@ -130,14 +164,18 @@ def model_shape(config: PretrainedConfig, targets: list[str] | None = None,
     model = meta_model(config) if model is None else model
     modules = dict(model.named_modules())
     adapted = tuple(layer_shape(modules[n])[::-1] for n in target_module_names(model, targets))
-    hidden, n_layers = int(config.hidden_size), int(config.num_hidden_layers)
+    image = is_image_classifier(config)
+    arch = _architecture(config)
+    hidden, n_layers = int(arch.hidden_size), int(arch.num_hidden_layers)
     blocks = _blocks(model, n_layers)
     return ModelShape(
         n_params=sum(p.numel() for p in model.parameters()), hidden=hidden,
-        intermediate=_intermediate(config, hidden), n_layers=n_layers, vocab=int(config.vocab_size),
+        intermediate=_intermediate(arch, hidden), n_layers=n_layers,
+        vocab=int(config.num_labels if image else config.vocab_size),
         gated_mlp=config.model_type in GATED_MLP, adapted=adapted,
         largest_block=max((sum(p.numel() for p in b.parameters()) for b in blocks), default=0),
         largest_tensor=max(p.numel() for p in model.parameters()),
+        tokens_per_example=image_tokens(config) if image else None, logits_per_token=not image,
     )
 
 
@@ -170,7 +208,7 @@ def estimate_memory(config: PretrainedConfig | None, adapter: AdapterSpec, train
         if config is None:
             raise ValueError("estimate_memory needs a config or a precomputed ModelShape")
         shape = model_shape(config, adapter.targets)
-    seq = train.max_length if seq_len is None else seq_len
+    seq = seq_len if seq_len is not None else (shape.tokens_per_example or train.max_length)
     width = 2 if train.precision == "bf16" else DTYPE_BYTES[dtype]
     stage3 = train.zero_stage == 3
     micro = -(-train.batch_size // world_size)
@@ -184,6 +222,7 @@ def estimate_memory(config: PretrainedConfig | None, adapter: AdapterSpec, train
         acts = tokens * shape.hidden * shape.n_layers * width + per_block
     else:
         acts = per_block * shape.n_layers
-    logits = tokens * shape.vocab * 4 * LOGIT_COPIES
+    logit_rows = tokens if shape.logits_per_token else micro * forward_batches
+    logits = logit_rows * shape.vocab * 4 * LOGIT_COPIES
     return MemoryEstimate(base=base, gathered=gathered, adapter=params, adapter_grads=grads, optimizer=optim,
                           bound=bound, activations=acts, logits=logits, overhead=overhead)

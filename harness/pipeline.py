@@ -65,11 +65,11 @@ class JobResult:
     diverged: dict[str, bool] = field(default_factory=dict)
 
 
-def score_model(bench: Benchmark, model: torch.nn.Module, tokenizer: Any, spec: JobSpec,
+def score_model(bench: Benchmark, model: torch.nn.Module, processor: Any, spec: JobSpec,
                 device: torch.device) -> ModelScores:
     """Score one in-memory model in this process with the spec's backend."""
-    backend = make_backend(spec.eval.backend, model, tokenizer, spec.eval.batch_size, device)
-    return bench.score(backend, tokenizer, spec.eval)
+    backend = make_backend(spec.eval.backend, model, processor, spec.eval.batch_size, device)
+    return bench.score(backend, processor, spec.eval)
 
 
 def _in_memory_model(name: str, refs: References, adapter_dir: Path | None) -> torch.nn.Module:
@@ -90,20 +90,20 @@ def score_all(bench: Benchmark, refs: dict[int, References], sources: dict[Model
     With `eval.workers` > 1 the models are scored together on Ray: each gets a group of long-lived
     scoring workers that load it once (harness.eval.parallel); otherwise one after another here.
     """
-    tokenizer = next(iter(refs.values())).tokenizer
+    processor = next(iter(refs.values())).processor
     if spec.eval.workers > 1:
         from harness.eval.parallel import ScoringPool
 
         named = {run_key(*key): src for key, src in sources.items()}
         with ScoringPool.from_spec(spec, device) as pool:
-            scored = pool.score_models(named, lambda backend: bench.score(backend, tokenizer, spec.eval))
+            scored = pool.score_models(named, lambda backend: bench.score(backend, processor, spec.eval))
         return {key: scored[run_key(*key)] for key in sources}
     scores = {}
     for (name, seed), (_, adapter_dir) in sources.items():
         log(f"scoring {run_key(name, seed)}")
         ref = refs[reference_seed_for(spec, seed)] if name not in REFERENCE_METHODS else refs[seed]
         model = _in_memory_model(name, ref, adapter_dir).to(device)
-        scores[(name, seed)] = score_model(bench, model, tokenizer, spec, device)
+        scores[(name, seed)] = score_model(bench, model, processor, spec, device)
     return scores
 
 
@@ -114,8 +114,8 @@ def train_requests(spec: JobSpec, bench: Benchmark, refs: dict[int, References])
         ref = refs[reference_seed_for(spec, seed)]
         for method in spec.methods:
             objective = make_objective(method.objective)
-            retain = bench.retain_examples(ref.tokenizer) if method.objective.uses_retain else []
-            requests.append(TrainRequest(method, seed, bench.forget_examples(ref.tokenizer, objective), retain,
+            retain = bench.retain_examples(ref.processor) if method.objective.uses_retain else []
+            requests.append(TrainRequest(method, seed, bench.forget_examples(ref.processor, objective, seed), retain,
                                          target=ref.target_source))
     return requests
 
@@ -150,19 +150,20 @@ def _bound_notes(spec: JobSpec, target: torch.nn.Module) -> list[str]:
 
 def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
     """Run a whole job and write the results contract (DESIGN.md section 4) under its out dir."""
+    from harness.plan import preflight
+
     started = dt.datetime.now(dt.UTC)
+    t0 = time.perf_counter()
+    preflight(spec)
     out = spec.out_dir()
-    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(spec.resources.device)
     if spec.resources.threads:
         torch.set_num_threads(spec.resources.threads)
+    log(f"job {spec.name}: loading benchmark {spec.benchmark.name} ({spec.benchmark.source})")
+    bench = load_benchmark(spec.benchmark)  # bad data fails here, before anything is written
     atomic_write_text(out / "spec.yaml", dump_spec(spec))
     atomic_write_json(out / "env.json", environment(spec.seeds, str(device), started))
     timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    log(f"job {spec.name}: loading benchmark {spec.benchmark.name} ({spec.benchmark.source})")
-    bench = load_benchmark(spec.benchmark)
     ref_seeds = reference_seeds(spec)
     refs = {seed: prepare_references(spec, bench, device, progress, seed) for seed in ref_seeds}
     timings["references_s"] = time.perf_counter() - t0
@@ -209,7 +210,8 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
     train_df = frame(train_rows, TRAIN_LOG_COLUMNS)
     atomic_write_parquet(out / "metrics.parquet", metrics_df)
     atomic_write_parquet(out / "train_log.parquet", train_df)
-    atomic_write_parquet(out / "examples.parquet", frame(examples, EXAMPLE_COLUMNS))
+    examples_df = frame(examples, EXAMPLE_COLUMNS)
+    atomic_write_parquet(out / "examples.parquet", examples_df)
     atomic_write_parquet(out / "generations.parquet", frame(generations, GENERATION_COLUMNS))
 
     methods = [m for m in REFERENCE_METHODS if any(k[0] == m for k in scores)] + [m.name for m in spec.methods]
@@ -225,6 +227,7 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
     summary = write_summary(out / "summary.md", f"{spec.name}: {bench.describe()}", table, notes)
     plot_training(train_df, out / "plots" / "training.png")
     plot_metrics(stats, bench.summary_columns, out / "plots" / "metrics.png")
+    bench.plots(examples_df, methods, out / "plots")
 
     finished = dt.datetime.now(dt.UTC)
     env = environment(spec.seeds, str(device), started, finished)

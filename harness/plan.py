@@ -14,10 +14,31 @@ BUILTIN_VOCAB = 1024
 DEVICE_GIB = 80.0
 
 
+#: Classes assumed for an image classifier's head in a plan (CIFAR-100's; the head is a tiny share).
+PLAN_CLASSES = 100
+
+
 def _config(spec: JobSpec) -> PretrainedConfig:
+    if spec.benchmark.modality == "image":
+        from harness.benchmarks.vision.models import image_classifier_config
+
+        return image_classifier_config(spec.model.name, [str(c) for c in range(PLAN_CLASSES)],
+                                       spec.model.trust_remote_code)
     if is_builtin(spec.model.name):
         return builtin_config(spec.model.name, BUILTIN_VOCAB)
     return load_config(spec.model.name, spec.model.trust_remote_code)
+
+
+def preflight(spec: JobSpec) -> None:
+    """Fail before any work when the job cannot run: its model's config is unreadable (ModelError), a method's
+    adapter finds no MLP layer to wrap (ModelError naming the model), or the out dir is not writable."""
+    from harness.adapters.targets import adapted_mlp_names
+    from harness.results import ensure_writable_dir
+
+    model = meta_model(_config(spec))
+    for method in spec.methods:
+        adapted_mlp_names(model, spec.model.name, method.adapter.targets)
+    ensure_writable_dir(spec.out_dir())
 
 
 def _gib(n_bytes: float) -> str:
@@ -30,12 +51,13 @@ def _forward_batches(method: MethodSpec) -> int:
     return 1 + int(obj.retain_loss != "none" and obj.w_retain > 0)
 
 
-def _settings(method: MethodSpec, world_size: int) -> str:
+def _settings(method: MethodSpec, world_size: int, tokens_per_image: int | None) -> str:
     t = method.train
     offload = [k for k, on in (("optimizer", t.offload_optimizer), ("params", t.offload_params)) if on]
+    per = f"x {t.max_length} tokens" if tokens_per_image is None else f"images x {tokens_per_image} tokens"
     return (f"{method.name}: ZeRO-{t.zero_stage}, {t.precision}, offload={'+'.join(offload) or 'none'}, "
             f"checkpointing={'on' if t.gradient_checkpointing else 'off'}, micro-batch "
-            f"{-(-t.batch_size // world_size)} x {t.max_length} tokens x {_forward_batches(method)} batches")
+            f"{-(-t.batch_size // world_size)} {per} x {_forward_batches(method)} batches")
 
 
 def memory_table(names: list[str], estimates: list[MemoryEstimate], capacity_gib: float = DEVICE_GIB) -> str:
@@ -60,8 +82,7 @@ def describe_plan(spec: JobSpec) -> str:
     lines: list[str] = [f"job {spec.name!r} -> {spec.out_dir()}",
                         f"model: {spec.model.name} ({model.config.model_type}, {n_params / 1e6:.2f}M parameters, "
                         f"{spec.model.dtype}; weights {_gib(n_params * DTYPE_BYTES[spec.model.dtype])})",
-                        f"benchmark: {spec.benchmark.name} source={spec.benchmark.source} "
-                        f"forget={spec.benchmark.forget_split}",
+                        f"benchmark: {spec.benchmark.describe()} (source {spec.benchmark.source})",
                         f"reference models: {spec.reference.mode}",
                         f"resources: device={spec.resources.device} workers={world}",
                         "methods:"]
@@ -82,7 +103,8 @@ def describe_plan(spec: JobSpec) -> str:
             f"memory ~{_gib(est.total)} per device"
         )
     lines += ["", f"memory per device in GiB (estimate; {world} worker(s); see harness/memory.py):"]
-    lines += [f"  {_settings(m, world)}" for m in spec.methods]
+    tokens_per_image = model_shape(config, None, model).tokens_per_example
+    lines += [f"  {_settings(m, world, tokens_per_image)}" for m in spec.methods]
     lines += [memory_table([m.name for m in spec.methods], estimates), ""]
     lines += ["resolved spec:", dump_spec(spec)]
     return "\n".join(lines)

@@ -11,8 +11,6 @@ says which seeds get a pair: one shared pair (`reference.seed`) by default, one 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +19,9 @@ import torch
 
 from harness.benchmarks.base import Benchmark
 from harness.cache import ensure_entry
-from harness.models import build_builtin, is_builtin, load_pretrained, save_model, torch_dtype
+from harness.modalities import fingerprint, get_modality
+from harness.models import torch_dtype
 from harness.spec import JobSpec
-from harness.tokenizer import get_or_train_tokenizer
 from harness.train.finetune import finetune
 
 #: Bumped when reference training changes in a way that changes the trained weights (invalidates caches).
@@ -32,9 +30,9 @@ REFERENCE_VERSION = 2
 
 @dataclass
 class References:
-    """The processor (tokenizer) and the reference models of a job, for one reference seed."""
+    """The processor (tokenizer or image processor) and the reference models of a job, for one reference seed."""
 
-    tokenizer: Any
+    processor: Any
     target: torch.nn.Module
     retain: torch.nn.Module | None
     target_source: str
@@ -52,51 +50,33 @@ def reference_seed_for(spec: JobSpec, seed: int) -> int:
     return seed if spec.reference.per_seed else spec.reference.seed
 
 
-def _fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _tokenizer_for(spec: JobSpec, bench: Benchmark, cache_root: Path) -> Any:
-    if is_builtin(spec.model.name):
-        return get_or_train_tokenizer(bench.corpus_texts(), cache_root / "tokenizers")
-    _, tokenizer = load_pretrained(spec.model.name, torch.float32, spec.model.trust_remote_code, spec.model.revision)
-    return tokenizer
-
-
-def _base_model(spec: JobSpec, tokenizer: Any, seed: int) -> torch.nn.Module:
-    dtype = torch_dtype(spec.model.dtype)
-    if is_builtin(spec.model.name):
-        return build_builtin(spec.model.name, len(tokenizer), seed=seed, dtype=dtype)
-    model, _ = load_pretrained(spec.model.name, dtype, spec.model.trust_remote_code, spec.model.revision)
-    return model
-
-
-def _trained_reference(kind: str, spec: JobSpec, bench: Benchmark, tokenizer: Any, cache_root: Path,
+def _trained_reference(kind: str, spec: JobSpec, bench: Benchmark, processor: Any, cache_root: Path,
                        device: torch.device, progress: bool, seed: int) -> tuple[torch.nn.Module, str]:
-    pairs = bench.reference_examples(kind, tokenizer)
-    key = _fingerprint({
+    modality = get_modality(bench.modality)
+    examples = bench.reference_examples(kind, processor)
+    key = fingerprint({
         "version": REFERENCE_VERSION, "kind": kind, "model": spec.model.model_dump(),
-        "train": spec.reference.train.model_dump(),
-        "seed": seed, "pairs": _fingerprint(pairs), "vocab": _fingerprint(sorted(tokenizer.get_vocab().items())),
-        "max_length": spec.train.max_length,
+        "train": spec.reference.train.model_dump(), "seed": seed, "pairs": modality.examples_key(examples),
+        "vocab": modality.processor_key(processor), "max_length": spec.train.max_length,
     })
     cache_dir = cache_root / f"{spec.model.name.replace(':', '-').replace('/', '--')}-{kind}-{key}"
     trained: list[torch.nn.Module] = []
 
     def build(scratch: Path) -> dict[str, Any]:
-        model = _base_model(spec, tokenizer, seed).to(device)
+        model = modality.base_model(spec, processor, bench, seed).to(device)
         rt = spec.reference.train
-        losses = finetune(model, tokenizer, pairs, epochs=rt.epochs, lr=rt.lr, batch_size=rt.batch_size,
+        losses = finetune(model, processor, examples, epochs=rt.epochs, lr=rt.lr, batch_size=rt.batch_size,
                           warmup_ratio=rt.warmup_ratio, seed=seed, max_length=spec.train.max_length,
-                          device=device, desc=f"train {kind} model (seed {seed})", progress=progress)
-        save_model(model, tokenizer, scratch)
+                          device=device, desc=f"train {kind} model (seed {seed})", progress=progress,
+                          modality=bench.modality)
+        modality.save(model, processor, scratch)
         trained.append(model)
-        return {"kind": kind, "steps": len(losses), "final_loss": losses[-1], "examples": len(pairs)}
+        return {"kind": kind, "steps": len(losses), "final_loss": losses[-1], "examples": len(examples)}
 
     ensure_entry(cache_dir, build, what=f"{kind} reference model (seed {seed})", required=["config.json"])
     if trained:  # built here: the weights in memory are those just saved
         return trained[0].eval(), str(cache_dir)
-    model, _ = load_pretrained(str(cache_dir), torch_dtype(spec.model.dtype))
+    model, _ = modality.load(str(cache_dir), torch_dtype(spec.model.dtype))
     return model.to(device).eval(), str(cache_dir)
 
 
@@ -107,13 +87,14 @@ def prepare_references(spec: JobSpec, bench: Benchmark, device: torch.device, pr
     ref = spec.reference
     seed = reference_seeds(spec)[0] if seed is None else seed
     cache_root = Path(ref.cache_dir).expanduser()
+    modality = get_modality(bench.modality)
     if ref.mode == "load":
         dtype = torch_dtype(spec.model.dtype)
-        target, tokenizer = load_pretrained(ref.target, dtype, spec.model.trust_remote_code)
-        retain = load_pretrained(ref.retain, dtype, spec.model.trust_remote_code)[0] if ref.retain else None
-        return References(tokenizer, target.to(device).eval(), retain.to(device).eval() if retain else None,
+        target, processor = modality.load(ref.target, dtype, spec.model.trust_remote_code)
+        retain = modality.load(ref.retain, dtype, spec.model.trust_remote_code)[0] if ref.retain else None
+        return References(processor, target.to(device).eval(), retain.to(device).eval() if retain else None,
                           ref.target, ref.retain, seed)
-    tokenizer = _tokenizer_for(spec, bench, cache_root)
-    target, target_src = _trained_reference("target", spec, bench, tokenizer, cache_root, device, progress, seed)
-    retain, retain_src = _trained_reference("retain", spec, bench, tokenizer, cache_root, device, progress, seed)
-    return References(tokenizer, target, retain, target_src, retain_src, seed)
+    processor = modality.processor(spec, bench, cache_root)
+    target, target_src = _trained_reference("target", spec, bench, processor, cache_root, device, progress, seed)
+    retain, retain_src = _trained_reference("retain", spec, bench, processor, cache_root, device, progress, seed)
+    return References(processor, target, retain, target_src, retain_src, seed)

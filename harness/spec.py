@@ -24,11 +24,15 @@ class ModelSpec(StrictModel):
     @field_validator("name")
     @classmethod
     def _known_builtin(cls, v: str) -> str:
-        from harness.models import BUILTIN_MODELS, BUILTIN_PREFIX
+        from harness.models import BUILTIN_PREFIX, builtin_modality
 
-        if v.startswith(BUILTIN_PREFIX) and v.removeprefix(BUILTIN_PREFIX) not in BUILTIN_MODELS:
+        if v.startswith(BUILTIN_PREFIX) and builtin_modality(v) is None:
+            from harness.benchmarks.vision.models import BUILTIN_IMAGE_MODELS
+            from harness.models import BUILTIN_MODELS
+
+            known = [*BUILTIN_MODELS.names(), *BUILTIN_IMAGE_MODELS.names()]
             raise ValueError(f"unknown builtin model {v!r} (known: "
-                             + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS.names()) + ")")
+                             + ", ".join(BUILTIN_PREFIX + n for n in known) + ")")
         return v
 
 
@@ -259,6 +263,17 @@ class JobSpec(StrictModel):
         if dupes:
             raise ValueError(f"seeds must be distinct; repeated: {', '.join(map(str, dupes))}")
         return v
+
+    @model_validator(mode="after")
+    def _model_fits_the_benchmark(self) -> JobSpec:
+        from harness.models import builtin_modality
+
+        kind = builtin_modality(self.model.name)
+        if kind is not None and kind != self.benchmark.modality:
+            what = {"text": "a language model", "image": "an image classifier"}
+            raise ValueError(f"model.name: {self.model.name!r} is {what[kind]}; the {self.benchmark.name} benchmark "
+                             f"needs {what[self.benchmark.modality]}")
+        return self
 
     @model_validator(mode="after")
     def _objectives_fit_the_benchmark(self) -> JobSpec:

@@ -32,6 +32,10 @@ class BenchmarkOptions(StrictModel):
     data_dir: str = "~/.cache/harness/data"
     seed: int = Field(0, description="seed of the synthetic set and of subsampling (not of training)")
 
+    def describe(self) -> str:
+        """What is forgotten, for titles and plans (e.g. `tofu forget10`)."""
+        return self.name
+
 
 class ObjectiveOptions(StrictModel):
     """Options every objective has: `loss = w_forget * L_forget + w_retain * L_retain`.

@@ -119,7 +119,7 @@ def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
 
     from harness.adapters import load_adapter
     from harness.benchmarks import load_benchmark
-    from harness.models import load_pretrained
+    from harness.modalities import get_modality
     from harness.pipeline import score_model
     from harness.train.ray_run import run_unlearning
 
@@ -127,7 +127,8 @@ def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     method = spec.methods[0]
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
     run = run_unlearning(method, spec, context["target"], context["forget"], context["retain"],
-                         trial_dir, seed=spec.seeds[0], callbacks=[TuneReportCallback()])
+                         trial_dir, seed=spec.seeds[0], callbacks=[TuneReportCallback()],
+                         modality=context["modality"])
     final: dict[str, Any] = {"diverged": float(run.diverged), "steps": run.steps}
     proxy = context["proxy"]
     if run.log and proxy in run.log[-1]:  # the proxy's last value stays in the trial's final row
@@ -137,9 +138,9 @@ def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         ray.tune.report(final)
         return
     bench = load_benchmark(spec.benchmark)
-    model, tokenizer = load_pretrained(context["target"], torch.float32)
+    model, processor = get_modality(bench.modality).load(context["target"], torch.float32)
     load_adapter(model, run.adapter_dir)
-    scores = score_model(bench, model.eval(), tokenizer, spec, torch.device("cpu"))
+    scores = score_model(bench, model.eval(), processor, spec, torch.device("cpu"))
     rows = bench.aggregate({"trial": scores, "retain": context["retain_scores"]}, spec.eval)
     values = {(r["split"], r["metric"]): r["value"] for r in rows if r["method"] == "trial"}
     for o in context["objectives"]:
@@ -243,12 +244,13 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
     if refs.retain is None:
         raise SpecError("tuning needs a retain reference model (reference.retain) to compute forget quality")
     log("scoring the retain model once for all trials")
-    retain_scores = score_model(bench, refs.retain, refs.tokenizer, spec, device)
+    retain_scores = score_model(bench, refs.retain, refs.processor, spec, device)
     objective = make_objective(base.objective)
     context = {
         "spec": spec.model_dump(mode="json"), "method": method_name, "target": refs.target_source,
-        "forget": bench.forget_examples(refs.tokenizer, objective),
-        "retain": bench.retain_examples(refs.tokenizer) if base.objective.uses_retain else [],
+        "modality": bench.modality,
+        "forget": bench.forget_examples(refs.processor, objective, spec.seeds[0]),
+        "retain": bench.retain_examples(refs.processor) if base.objective.uses_retain else [],
         "retain_scores": retain_scores,
         "objectives": [o.model_dump() for o in space.objectives], "proxy": space.proxy.metric,
     }

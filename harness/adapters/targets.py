@@ -67,3 +67,13 @@ def target_module_names(model: nn.Module, explicit: list[str] | None = None) -> 
     if not names:
         raise SpecError(f"model_type {model_type!r}: no module matches {pattern!r}; set adapter.targets")
     return names
+
+
+def adapted_mlp_names(model: nn.Module, name: str, explicit: list[str] | None = None) -> list[str]:
+    """`target_module_names`, with a ModelError naming the model when it has no MLP layer the harness can adapt."""
+    from harness.errors import ModelError
+
+    try:
+        return target_module_names(model, explicit)
+    except SpecError as err:
+        raise ModelError(f"model {name!r} has no MLP layers the harness can adapt: {err}") from None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -69,17 +71,21 @@ class Benchmark(ABC):
         """Training examples of the reference model `kind` ("target": all data, "retain": without the forget set)."""
 
     @abstractmethod
-    def forget_examples(self, processor: Any, objective: Any) -> list[Any]:
+    def forget_examples(self, processor: Any, objective: Any, seed: int = 0) -> list[Any]:
         """Examples of the forget set, with the targets the objective trains toward (its `forget_answer` on
-        text, its `forget_labels` on images)."""
+        text, its `forget_labels` on images, drawn with the run's `seed` where they are random)."""
 
     @abstractmethod
     def retain_examples(self, processor: Any) -> list[Any]:
         """Examples of the retain set."""
 
+    def plots(self, examples: Any, methods: Sequence[str], out_dir: Path) -> list[Path]:
+        """Plots of the benchmark's own beside the standard ones (from examples.parquet); none by default."""
+        return []
+
     def describe(self) -> str:
         """A short name of what is forgotten, for titles (e.g. `tofu forget10`)."""
-        return self.name
+        return self.spec.describe()
 
     @abstractmethod
     def score(self, backend: Any, tokenizer: Any, eval_spec: EvalSpec) -> ModelScores:

@@ -38,8 +38,16 @@ class GenRequest:
     stop: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, eq=False)
+class ClassifyRequest:
+    """Class log-probabilities of one uint8 image `(H, W, 3)`, preprocessed as the model's processor says."""
+
+    image: np.ndarray
+
+
 class Backend(ABC):
-    """A model ready to score: per-token log-probs of continuations and greedy generations."""
+    """A model ready to score: per-token log-probs of continuations and greedy generations (language models),
+    or class log-probabilities of images (image classifiers)."""
 
     @abstractmethod
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[np.ndarray]:
@@ -48,6 +56,11 @@ class Backend(ABC):
     @abstractmethod
     def generate(self, requests: Sequence[GenRequest]) -> list[str]:
         """Per request, the greedy text after the prompt, cut at the first stop string, in request order."""
+
+    def classify(self, requests: Sequence[ClassifyRequest]) -> list[np.ndarray]:
+        """Per request, the float64 log-probabilities over the classes, in request order (image classifiers)."""
+        raise NotImplementedError(f"the {type(self).__name__} backend scores language models only; "
+                                  "use eval.backend: hf for image classifiers")
 
 
 #: Backend classes by name; each is called as `cls(model, tokenizer, batch_size=..., device=...)`.

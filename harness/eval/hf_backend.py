@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from harness.eval.backend import (
     BACKENDS,
     Backend,
+    ClassifyRequest,
     GenRequest,
     LoglikRequest,
     cut_at_stop,
@@ -40,7 +41,8 @@ def _progress(total: int, desc: str) -> tqdm:
 
 @BACKENDS.register("hf")
 class HFBackend(Backend):
-    """Transformers backend: right-padded batched scoring, left-padded greedy generation with KV cache."""
+    """Transformers backend: right-padded batched scoring and left-padded greedy generation with KV cache for
+    language models; batched classification for image classifiers (whose processor comes as `tokenizer`)."""
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16,
                  device: str | torch.device | None = "auto") -> None:
@@ -52,7 +54,8 @@ class HFBackend(Backend):
             model = model.to(resolve_device(device))
         self.model = model
         self.device = next(model.parameters()).device
-        self.pad_id = self._pad_id()
+        # a tokenizer for language models; an image classifier's processor has no pad token
+        self.pad_id = self._pad_id() if hasattr(tokenizer, "pad_token_id") else None
         self.max_length = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
 
     def _pad_id(self) -> int:
@@ -144,3 +147,18 @@ class HFBackend(Backend):
                 new = new[:new.index(eos_id)]
             texts.append(self.tokenizer.decode(new, skip_special_tokens=True))
         return texts
+
+    # ---- classification -------------------------------------------------------------------------
+
+    def classify(self, requests: Sequence[ClassifyRequest]) -> list[np.ndarray]:
+        """Per image, float64 class log-probabilities; the processor preprocesses each batch of images."""
+        out: list[np.ndarray] = []
+        dtype = next(self.model.parameters()).dtype
+        with self._eval_mode(), _progress(len(requests), "classify") as bar:
+            for start in range(0, len(requests), self.batch_size):
+                chunk = requests[start:start + self.batch_size]
+                pixels = self.tokenizer(np.stack([r.image for r in chunk])).to(self.device, dtype=dtype)
+                logp = self.model(pixel_values=pixels).logits.float().log_softmax(-1)
+                out.extend(row for row in logp.double().cpu().numpy())
+                bar.update(len(chunk))
+        return out

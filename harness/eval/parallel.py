@@ -38,7 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
-from harness.eval.backend import Backend, GenRequest, LoglikRequest
+from harness.eval.backend import Backend, ClassifyRequest, GenRequest, LoglikRequest
 from harness.text import encode_pair
 
 T = TypeVar("T")
@@ -65,16 +65,17 @@ class ScoringWorker:
 
     def __init__(self, source: str, adapter_dir: str | None = None, backend: str = "hf", batch_size: int = 16,
                  device: str = "cpu", dtype: str = "float32", threads: int | None = None,
-                 trust_remote_code: bool = False, merge_adapter: bool | None = None) -> None:
+                 trust_remote_code: bool = False, merge_adapter: bool | None = None, modality: str = "text") -> None:
         import torch
 
         from harness.adapters import load_adapter, merge
         from harness.eval.backend import make_backend
-        from harness.models import load_pretrained, torch_dtype
+        from harness.modalities import get_modality
+        from harness.models import torch_dtype
 
         if threads:
             torch.set_num_threads(threads)
-        model, tokenizer = load_pretrained(source, torch_dtype(dtype), trust_remote_code)
+        model, tokenizer = get_modality(modality).load(source, torch_dtype(dtype), trust_remote_code)
         if adapter_dir is not None:
             load_adapter(model, adapter_dir)
             if merge_adapter if merge_adapter is not None else backend != "hf":
@@ -95,6 +96,10 @@ class ScoringWorker:
     def generate(self, requests: Sequence[GenRequest]) -> list[str]:
         """The backend's generations of one shard."""
         return self.backend.generate(requests)
+
+    def classify(self, requests: Sequence[ClassifyRequest]) -> list[np.ndarray]:
+        """The backend's class log-probabilities of one shard."""
+        return self.backend.classify(requests)
 
     def close(self) -> None:
         """Release what the backend holds outside this process (a vLLM engine's processes and export dir)."""
@@ -195,6 +200,10 @@ class RayPoolBackend(Backend):
 
         return self._run("generate", requests, lengths, cost)
 
+    def classify(self, requests: Sequence[ClassifyRequest]) -> list[np.ndarray]:
+        # every image costs the same: equal runs of whole batches
+        return self._run("classify", requests, [1] * len(requests), len)
+
     def _run(self, method: str, requests: Sequence[Any], lengths: list[int],
              cost: Callable[[list[int]], float]) -> list[Any]:
         """Submit one shard per worker, gather with `ray.wait` (progress per finished shard), reorder."""
@@ -241,7 +250,7 @@ class ScoringPool:
     def __init__(self, workers: int = 2, backend: str = "hf", *, batch_size: int = 16, dtype: str = "float32",
                  num_cpus: float = 1, num_gpus: float = 0, trust_remote_code: bool = False,
                  merge_adapter: bool | None = None, address: str | None = None,
-                 max_concurrent: int | None = None, max_restarts: int = 1) -> None:
+                 max_concurrent: int | None = None, max_restarts: int = 1, modality: str = "text") -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         from harness.train.ray_run import ensure_ray
@@ -250,6 +259,7 @@ class ScoringPool:
         self.workers, self.backend_name, self.batch_size, self.dtype = workers, backend, batch_size, dtype
         self.num_cpus, self.num_gpus = float(num_cpus), float(num_gpus)
         self.trust_remote_code, self.merge_adapter, self.max_restarts = trust_remote_code, merge_adapter, max_restarts
+        self.modality = modality
         self.max_concurrent = max_concurrent or self._groups_that_fit()
         self._groups: dict[ModelSource, _Group] = {}  # started by `backend`, kept until `release`
         self._running: dict[int, _Group] = {}  # started by `score_models`, killed when their model is done
@@ -262,7 +272,8 @@ class ScoringPool:
         use_gpu = spec.resources.use_gpu or (device is not None and str(device).startswith("cuda"))
         return cls(spec.eval.workers, spec.eval.backend, batch_size=spec.eval.batch_size, dtype=spec.model.dtype,
                    num_cpus=spec.resources.cpus_per_worker, num_gpus=1 if use_gpu else 0,
-                   trust_remote_code=spec.model.trust_remote_code, address=spec.resources.address)
+                   trust_remote_code=spec.model.trust_remote_code, address=spec.resources.address,
+                   modality=spec.benchmark.modality)
 
     def _groups_that_fit(self) -> int:
         """How many worker groups the cluster holds at once; fails early when not even one fits."""
@@ -305,7 +316,8 @@ class ScoringPool:
         kwargs = {"backend": self.backend_name, "batch_size": self.batch_size,
                   "device": "cuda" if self.num_gpus > 0 else "cpu", "dtype": self.dtype,
                   "threads": max(1, int(self.num_cpus)) if self.num_gpus == 0 else None,
-                  "trust_remote_code": self.trust_remote_code, "merge_adapter": self.merge_adapter}
+                  "trust_remote_code": self.trust_remote_code, "merge_adapter": self.merge_adapter,
+                  "modality": self.modality}
         actors = [
             remote.options(
                 num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_restarts=self.max_restarts,
@@ -322,7 +334,7 @@ class ScoringPool:
             remove_placement_group(pg)
             raise ScoringError(f"scoring workers for {source!r} (adapter {adapter_dir}) failed to start: "
                                f"{err}") from err
-        if tokenizer is None:
+        if tokenizer is None and self.modality == "text":  # to order requests as the workers batch them
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code)

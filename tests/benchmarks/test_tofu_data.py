@@ -218,5 +218,6 @@ def test_synth_command(tmp_path: Path, data: dict[str, list[dict]]) -> None:
     out = synth_command("tofu", str(tmp_path / "tofu"), 0)
     assert sorted(p.stem for p in out.glob("*.json")) == sorted(CONFIGS)
     assert read_config(out, "forget10_perturbed")[0] == data["forget10_perturbed"]
-    with pytest.raises(DataError, match="not implemented yet"):
-        synth_command("cifar100", str(tmp_path / "muse"), 0)
+    assert (synth_command("cifar100", str(tmp_path / "cifar"), 0) / "meta").is_file()
+    with pytest.raises(DataError, match="unknown benchmark 'nope'"):
+        synth_command("nope", str(tmp_path / "nope"), 0)

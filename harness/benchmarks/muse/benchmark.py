@@ -110,7 +110,7 @@ class Muse(Benchmark):
             raise ValueError(f"unknown reference model kind {kind!r} (known: target, retain)")
         return [("", c) for c in self._raw_chunks(raw, tokenizer)] + [p for s in qa for p in self._qa_pairs(s)]
 
-    def forget_examples(self, tokenizer: Any, objective: Any) -> list[Pair]:
+    def forget_examples(self, tokenizer: Any, objective: Any, seed: int = 0) -> list[Pair]:
         chunks = self._raw_chunks(("forget",), tokenizer)
         return [("", objective.forget_answer({"question": "", "answer": c}, i)) for i, c in enumerate(chunks)]
 

@@ -145,7 +145,7 @@ class Tdec(Benchmark):
             raise ValueError(f"unknown reference model kind {kind!r} (known: target, retain)")
         return [("", t) for t in texts]
 
-    def forget_examples(self, tokenizer: Any, objective: Any) -> list[Pair]:
+    def forget_examples(self, tokenizer: Any, objective: Any, seed: int = 0) -> list[Pair]:
         return [("", objective.forget_answer({"question": "", "answer": r["text"]}, i))
                 for i, r in enumerate(self.data.forget)]
 

@@ -20,3 +20,6 @@ class TdecOptions(BenchmarkOptions):
     el_n: int = Field(10, ge=1)
     utility_tasks: list[str] = []
     synthetic: SyntheticTdecSpec = SyntheticTdecSpec()
+
+    def describe(self) -> str:
+        return f"tdec {self.forget_split}"

@@ -47,9 +47,6 @@ class Tofu(Benchmark):
         return [(prompt_for(r["question"], fmt, tokenizer),
                  answer_text(answer_for(r, i) if answer_for else r["answer"], fmt)) for i, r in enumerate(records)]
 
-    def describe(self) -> str:
-        return f"tofu {self.spec.forget_split}"
-
     def corpus_texts(self) -> list[str]:
         return corpus_texts(self.data)
 
@@ -59,7 +56,7 @@ class Tofu(Benchmark):
         records = {"target": self.data.forget + self.data.retain, "retain": self.data.retain}[kind]
         return self._pairs(records + self.data.knowledge, tokenizer)
 
-    def forget_examples(self, tokenizer: Any, objective: Any) -> list[Pair]:
+    def forget_examples(self, tokenizer: Any, objective: Any, seed: int = 0) -> list[Pair]:
         return self._pairs(self.data.forget, tokenizer, objective.forget_answer)
 
     def retain_examples(self, tokenizer: Any) -> list[Pair]:

@@ -16,3 +16,6 @@ class TofuOptions(BenchmarkOptions):
     forget_split: Literal["forget01", "forget05", "forget10"] = "forget10"
     prompt_format: Literal["plain", "chat_template"] = "plain"
     synthetic: SyntheticTofuSpec = SyntheticTofuSpec()
+
+    def describe(self) -> str:
+        return f"tofu {self.forget_split}"

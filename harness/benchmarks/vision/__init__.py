@@ -1,0 +1,1 @@
+"""Vision class deletion (SalUn's conventions): image data, preprocessing, image classifiers and metrics."""
