@@ -105,13 +105,15 @@ def _resolve(name: str) -> str:
 def load_pretrained(name: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
                     revision: str | None = None) -> tuple[torch.nn.Module, Any]:
     """Load a causal LM and its tokenizer from a local directory or a hub id (cache only when offline)."""
+    from safetensors import SafetensorError
+
     source = _resolve(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision, use_safetensors=True
         )
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: a truncated or corrupt weights file
         raise ModelError(f"cannot load model {name!r}: {err}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
