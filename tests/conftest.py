@@ -70,6 +70,17 @@ def hand_made_run(tmp_path_factory: pytest.TempPathFactory, peaked_llama: Callab
     LoRA adapter with non-zero `B`, spec.yaml, env.json, metrics.parquet (with a diverged method that
     has no adapter) and the models.json record. Returns a namespace of the paths and the tokenizer.
     """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # session fixtures run before the per-test `one_thread`
+    try:
+        return _write_hand_made_run(tmp_path_factory.mktemp("hand_made_run"), peaked_llama)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _write_hand_made_run(root: Any, peaked_llama: Callable[[int], Any]) -> Any:
     import json
     import types
 
@@ -83,7 +94,6 @@ def hand_made_run(tmp_path_factory: pytest.TempPathFactory, peaked_llama: Callab
     from harness.spec import AdapterSpec
     from harness.tokenizer import train_bpe_tokenizer
 
-    root = tmp_path_factory.mktemp("hand_made_run")
     corpus = ["Question: Who wrote the book?\nAnswer: The author wrote it in Paris.",
               "The quick brown fox jumps over the lazy dog.", "Basil Mahfouz Al-Kuwaiti was born in Kuwait City."]
     tokenizer = train_bpe_tokenizer(corpus, vocab_size=300)
