@@ -7,7 +7,8 @@ README.md saying how to load it.
 `adapter_config.json` of bound `none` is a plain PEFT `LoraConfig`: `PeftModel.from_pretrained` loads
 it and computes what the harness computes. A bounded adapter's (format_version 2) is a
 `BoundedLoraConfig` with `peft_type: HARNESS_BOUNDED_LORA`, which plain PEFT refuses (it raises
-`KeyError: 'HARNESS_BOUNDED_LORA'`) instead of silently computing `W0 + s B A`; `load_adapter`,
+`KeyError: 'HARNESS_BOUNDED_LORA'`) instead of silently computing `W0 + s B A`, and whose
+`init_lora_weights` vLLM's LoRA loader refuses (it ignores peft_type); `load_adapter`,
 `load_as_peft_model` and, after `harness.adapters.peft_bounded.register_with_peft()`, PEFT itself load it
 with the bound. Format-version-1 directories (bounded ones still saying `peft_type: LORA`) load in the
 harness as before; `upgrade_adapter` rewrites their adapter_config.json to version 2.
@@ -42,6 +43,9 @@ PEFT_PREFIX = "base_model.model."
 FORMAT_VERSION = 2
 #: The peft_type of bounded adapters: plain PEFT does not know it (harness.adapters.peft_bounded teaches it).
 BOUNDED_PEFT_TYPE = "HARNESS_BOUNDED_LORA"
+#: `init_lora_weights` as saved for bounded adapters: vLLM's LoRA loader ignores peft_type but refuses an
+#: unknown init (vllm/lora/peft_helper.py), so it cannot serve them as plain LoRA either.
+BOUNDED_INIT_MARKER = "harness_bounded_lora_not_plain_lora"
 
 _README = """# Bounded LoRA adapter ({bound})
 
@@ -280,6 +284,8 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> AdapterSpec:
     if missing or unexpected:
         raise DataError(f"{weights_path}: weight keys do not match {BOUND_CONFIG_NAME}: "
                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if adapted_layers(model):
+        raise ValueError("the model already has bounded adapters; detach() or merge() them first")
     check_lora_fits(model, state, adapter_dir, names)
     attach_to(model, names, spec)
     layers = adapted_layers(model)
@@ -336,7 +342,8 @@ def upgrade_adapter(adapter_dir: str | Path) -> bool:
         spec = _adapter_spec(cfg, adapter_dir)
         saved = read_json(adapter_dir / CONFIG_NAME)
         _write_json(adapter_dir / CONFIG_NAME, {**saved, "peft_type": BOUNDED_PEFT_TYPE, "bound": spec.bound,
-                                                 "omega": spec.omega, "clip_value": spec.clip_value})
+                                                 "omega": spec.omega, "clip_value": spec.clip_value,
+                                                 "init_lora_weights": BOUNDED_INIT_MARKER})
         _write_bytes(adapter_dir / README_NAME, _readme(spec).encode())
     _write_json(adapter_dir / BOUND_CONFIG_NAME, {**cfg, "format_version": FORMAT_VERSION})
     return True

@@ -2,7 +2,8 @@
 
 A bounded adapter's `adapter_config.json` names `peft_type: HARNESS_BOUNDED_LORA`, a type that plain
 PEFT does not know, so `PeftModel.from_pretrained` refuses the directory instead of computing plain LoRA
-(`W0 + s B A`). Two ways to get a `PeftModel` that computes the bounded weight:
+(`W0 + s B A`); its `init_lora_weights` is a marker that vLLM's LoRA loader refuses. Two ways to get
+a `PeftModel` that computes the bounded weight:
 
 - `harness.adapters.load_as_peft_model(base, adapter_dir)`: builds the config from the adapter's files
   and loads it through PEFT; nothing global changes;
@@ -29,6 +30,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from harness.adapters.bounds import BOUNDS, Bound
+from harness.adapters.checkpoint import BOUNDED_INIT_MARKER
 from harness.adapters.checkpoint import BOUNDED_PEFT_TYPE as PEFT_TYPE
 from harness.adapters.fused import bounded_linear
 
@@ -42,6 +44,8 @@ class BoundedLoraConfig(LoraConfig):
     clip_value: float = dataclasses.field(default=0.01, metadata={"help": "clip bound c"})
 
     def __post_init__(self) -> None:
+        if self.init_lora_weights == BOUNDED_INIT_MARKER:  # as saved (for vLLM's sake): PEFT's default init
+            self.init_lora_weights = True
         super().__post_init__()
         if self.bound not in BOUNDS or self.bound == "none":
             raise ValueError(f"BoundedLoraConfig.bound must be one of "
@@ -49,9 +53,12 @@ class BoundedLoraConfig(LoraConfig):
         self._register_custom_module({nn.Linear: BoundedLinear, Conv1D: BoundedLinear})
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as saved: `peft_type` is the harness type, so plain PEFT cannot mistake it for LoRA."""
+        """The config as saved: the harness peft_type (plain PEFT refuses it) and an `init_lora_weights`
+        that vLLM's LoRA loader refuses (it reads no peft_type); both mean PEFT's plain init here."""
         out = super().to_dict()
         out["peft_type"] = PEFT_TYPE
+        if out.get("init_lora_weights") is True:
+            out["init_lora_weights"] = BOUNDED_INIT_MARKER
         return out
 
 

@@ -19,7 +19,7 @@ from harness.adapters import (
     read_bound_config,
     save_adapter,
 )
-from harness.adapters.checkpoint import BOUNDED_PEFT_TYPE, upgrade_adapter
+from harness.adapters.checkpoint import BOUNDED_INIT_MARKER, BOUNDED_PEFT_TYPE, upgrade_adapter
 from harness.errors import DataError
 from harness.models import build_builtin
 from harness.spec import AdapterSpec
@@ -86,6 +86,7 @@ def test_round_trip(tmp_path, arch):
     # a type plain PEFT does not know, carrying the bound beside PEFT's own LoRA fields
     assert cfg["peft_type"] == "HARNESS_BOUNDED_LORA" == BOUNDED_PEFT_TYPE
     assert (cfg["bound"], cfg["omega"], cfg["clip_value"]) == ("sine", 3.0, 0.01)
+    assert cfg["init_lora_weights"] == BOUNDED_INIT_MARKER  # vLLM's LoRA loader refuses it (it reads no peft_type)
     assert cfg["task_type"] == "CAUSAL_LM" and cfg["bias"] == "none"
     assert cfg["r"] == 4 and cfg["lora_alpha"] == 8.0 and cfg["lora_dropout"] == 0.0
     assert sorted(cfg["target_modules"]) == sorted(names)
@@ -108,7 +109,8 @@ def test_peft_loads_a_bound_none_adapter(tmp_path, arch):
     spec = AdapterSpec(bound="none", rank=4, alpha=8.0)
     model = _trained(arch, spec)
     save_adapter(model, tmp_path, spec, base_model=f"builtin:{arch}")
-    assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["init_lora_weights"] is True
     assert not (tmp_path / "README.md").exists()
     peft_model = load_as_peft_model(_model(arch), tmp_path)
     assert isinstance(peft_model, PeftModel)
@@ -216,7 +218,7 @@ def _as_format_version_1(adapter_dir) -> None:
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     for key in ("bound", "omega", "clip_value"):
         cfg.pop(key)
-    cfg["peft_type"] = "LORA"
+    cfg["peft_type"], cfg["init_lora_weights"] = "LORA", True
     (adapter_dir / "adapter_config.json").write_text(json.dumps(cfg))
     bcfg = json.loads((adapter_dir / "bound_config.json").read_text())
     bcfg["format_version"] = 1
@@ -241,6 +243,9 @@ def test_format_version_1_adapters_still_load_and_upgrade(tmp_path):
     assert upgrade_adapter(tmp_path) is True
     assert upgrade_adapter(tmp_path) is False
     assert read_bound_config(tmp_path)["format_version"] == 2
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert (cfg["peft_type"], cfg["init_lora_weights"], cfg["bound"]) == (BOUNDED_PEFT_TYPE, BOUNDED_INIT_MARKER,
+                                                                          "sine")
     with pytest.raises(KeyError, match=BOUNDED_PEFT_TYPE):  # plain PEFT now refuses it
         PeftModel.from_pretrained(_model("tiny-llama"), str(tmp_path))
     fresh = _model("tiny-llama")
@@ -289,3 +294,11 @@ def load_file_bytes(data: bytes) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 
     return load(data)
+
+
+def test_load_refuses_a_model_that_already_has_adapters(tmp_path):
+    spec = AdapterSpec(bound="sine")
+    model = _trained("tiny-llama", spec)
+    save_adapter(model, tmp_path, spec, base_model="builtin:tiny-llama")
+    with pytest.raises(ValueError, match="already has bounded adapters"):
+        load_adapter(model, tmp_path)

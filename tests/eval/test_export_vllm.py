@@ -72,3 +72,26 @@ metric_list:
     vllm_rows = run_lm_eval_tasks(exported, None, {**spec, "backend": "vllm", "vllm_kwargs": ENGINE_KW})
     assert [(r["split"], r["metric"]) for r in vllm_rows] == [("toy_mc", "acc")]
     assert vllm_rows[0]["value"] == pytest.approx(hf_rows[0]["value"], abs=1e-12)
+
+
+def test_vllm_lora_loader_refuses_a_bounded_adapter(hand_made_run: Any, capfd: pytest.CaptureFixture) -> None:
+    """vLLM's own LoRA serving reads no peft_type; the saved init marker makes it refuse the bounded adapter
+    (before it, vLLM served gd_sine as plain LoRA without a word). Its plain-LoRA sibling still loads.
+    vLLM's worker raises the reason; the engine then stops and the caller gets a generic EngineCore error."""
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    llm = LLM(model=str(hand_made_run.target_dir), dtype="float32", enforce_eager=True, gpu_memory_utilization=0.2,
+              enable_lora=True, max_lora_rank=8, max_model_len=512, **ENGINE_KW)
+    try:
+        params = SamplingParams(max_tokens=1, temperature=0.0)
+        ckpts = hand_made_run.run_dir / "checkpoints"
+        llm.generate(["The quick brown fox"], params, lora_request=LoRARequest("lora", 1, str(ckpts / "gd_lora")),
+                     use_tqdm=False)
+        with pytest.raises(Exception):  # noqa: B017 (vLLM re-raises whatever its worker hit as a generic error)
+            llm.generate(["The quick brown fox"], params,
+                         lora_request=LoRARequest("sine", 2, str(ckpts / "gd_sine")), use_tqdm=False)
+        logs = capfd.readouterr()
+        assert "does not support init_lora_weights='harness_bounded_lora_not_plain_lora'" in logs.out + logs.err
+    finally:
+        llm.llm_engine.engine_core.shutdown()

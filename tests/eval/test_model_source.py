@@ -99,7 +99,8 @@ def test_peft_lora_adapter_saved_by_peft(peft_adapter, hand_made_run) -> None:
                 ModelSource(name="p", path=str(path), base=str(hand_made_run.target_dir))):
         model, tokenizer = load_scoring_model(src)
         assert not any("lora" in n for n, _ in model.named_modules())  # merged into a plain model
-        torch.testing.assert_close(_logits(model, tokenizer), want, atol=1e-5, rtol=0)
+        # merging W0 + s B A changes the float rounding of PEFT's two-branch forward (logits of size ~10)
+        torch.testing.assert_close(_logits(model, tokenizer), want, atol=1e-5, rtol=1e-5)
 
 
 def test_peft_adapter_for_a_different_base_model(peft_adapter, hand_made_run, tmp_path) -> None:
