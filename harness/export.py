@@ -136,7 +136,6 @@ def export_method(run_dir: str | Path, method: str, out_dir: str | Path) -> Path
     tokenizer = load_tokenizer(entry.base)  # as the base saved it (load_pretrained may set a pad token)
     load_adapter(model, entry.adapter)
     merge(model)
-    model.config.name_or_path = f"{run.name}/{method}"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -49,11 +49,15 @@ BOUNDED_INIT_MARKER = "harness_bounded_lora_not_plain_lora"
 
 _README = """# Bounded LoRA adapter ({bound})
 
-Saved by the `harness` package: `W = W0 + delta W` on the modules in `bound_config.json`, where
-{formula} with `s = alpha / r` (`alpha` = {alpha}, `r` = {rank}, `omega` = {omega},
-`clip_value` = {clip_value}), applied to the full product `M = B A`. This is **not** plain
-LoRA, so its `adapter_config.json` has `peft_type: {peft_type}` and plain `PeftModel.from_pretrained`
-refuses it (`KeyError: '{peft_type}'`). Load it with the bound:
+Saved by the `harness` package. This is **not** plain LoRA: on each module named in `bound_config.json`,
+`W = W0 + delta W` with the bound applied to the full product `M = B A`:
+
+- {formula}
+- `s = alpha / r` with alpha = {alpha}, r = {rank}; omega = {omega}; clip_value = {clip_value}
+
+So its `adapter_config.json` has `peft_type: {peft_type}`, which plain `PeftModel.from_pretrained`
+refuses (`KeyError: '{peft_type}'`), and an `init_lora_weights` marker that vLLM's LoRA loader refuses.
+Load it with the bound:
 
 ```python
 from harness.adapters import load_adapter, load_as_peft_model

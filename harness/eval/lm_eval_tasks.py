@@ -45,7 +45,7 @@ BENCHMARK = "lm_eval"
 class LmEvalSpec(BaseModel):
     """lm-evaluation-harness tasks to run on each scored model (a bare list means `tasks`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     tasks: list[str] = Field(default_factory=list, description="lm-eval task or group names")
     include_path: str | None = Field(None, description="directory of extra task YAML files")
@@ -140,7 +140,7 @@ def _hf_lm(model: Any, tokenizer: Any, spec: LmEvalSpec, device: str | None) -> 
 
     if isinstance(model, str | Path):
         return HFLM(pretrained=str(model), tokenizer=tokenizer, batch_size=spec.batch_size,
-                    device=device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype="float32")
+                    device=device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype="auto")
     if tokenizer is None:
         raise ValueError("an in-memory model needs its tokenizer")
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size)
