@@ -31,6 +31,14 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from harness.export import export_method
+
+    path = export_method(args.run_dir, args.method, args.out, args.seed)
+    print(f"exported {args.method} of {args.run_dir}: {path} (merged safetensors, config, tokenizer, README.md)")
+    return 0
+
+
 def _tune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -121,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a spec field by its dotted path (repeatable)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan without loading weights")
     run.set_defaults(func=_run)
+
+    export = sub.add_parser("export", help="write a run's method as a plain merged Hugging Face checkpoint")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (harness run --out)")
+    export.add_argument("--method", required=True, help="the method to export (a name in the run's spec)")
+    export.add_argument("--seed", type=int, help="which seed's run of the method (default: the first)")
+    export.add_argument("--out", required=True, help="new output directory")
+    export.set_defaults(func=_export)
 
     tune = sub.add_parser("tune", help="search a method's settings with Ray Tune (Optuna + ASHA)")
     tune.add_argument("spec", help="job spec (YAML)")

@@ -31,6 +31,7 @@ from harness.results import (
     environment,
     frame,
 )
+from harness.run_record import record_models
 from harness.spec import JobSpec, dump_spec
 from harness.train.ray_run import TrainRequest, TrainRun, run_key, run_unlearning_many
 
@@ -190,6 +191,7 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
         else:
             sources[(req.method.name, req.seed)] = (req.target, run.adapter_dir)
 
+    record_models(out, sources)
     t0 = time.perf_counter()
     scores = score_all(bench, refs, sources, spec, device)
     timings["score_s"] = time.perf_counter() - t0

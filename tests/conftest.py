@@ -60,3 +60,82 @@ def _fresh_ray_per_module() -> Iterator[None]:
 
         if ray.is_initialized():
             ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def hand_made_run(tmp_path_factory: pytest.TempPathFactory, peaked_llama: Callable[[int], Any]) -> Any:
+    """A finished run directory written by hand as `harness run` lays it out (read-only: copy it to change it).
+
+    Reference models saved like the reference cache (weights + tokenizer), a sine-bounded and a plain
+    LoRA adapter with non-zero `B`, spec.yaml, env.json, metrics.parquet (with a diverged method that
+    has no adapter) and the models.json record. Returns a namespace of the paths and the tokenizer.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # session fixtures run before the per-test `one_thread`
+    try:
+        return _write_hand_made_run(tmp_path_factory.mktemp("hand_made_run"), peaked_llama)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _write_hand_made_run(root: Any, peaked_llama: Callable[[int], Any]) -> Any:
+    import json
+    import types
+
+    import pandas as pd
+    import torch
+    import yaml
+
+    from harness.adapters import adapted_layers, attach, save_adapter
+    from harness.models import save_model
+    from harness.run_record import record_models
+    from harness.spec import AdapterSpec
+    from harness.tokenizer import train_bpe_tokenizer
+
+    corpus = ["Question: Who wrote the book?\nAnswer: The author wrote it in Paris.",
+              "The quick brown fox jumps over the lazy dog.", "Basil Mahfouz Al-Kuwaiti was born in Kuwait City."]
+    tokenizer = train_bpe_tokenizer(corpus, vocab_size=300)
+    target = peaked_llama(len(tokenizer))
+    save_model(target, tokenizer, root / "cache" / "target")
+    retain = peaked_llama(len(tokenizer))
+    with torch.no_grad():
+        retain.lm_head.weight.mul_(0.9)  # any other weights
+    save_model(retain, tokenizer, root / "cache" / "retain")
+
+    run = root / "run"
+    adapters = {"gd_sine": AdapterSpec(bound="sine", rank=4, alpha=8.0, omega=100.0),
+                "gd_lora": AdapterSpec(bound="none", rank=4, alpha=8.0)}
+    gen = torch.Generator().manual_seed(1)
+    for method, spec in adapters.items():
+        model = peaked_llama(len(tokenizer))
+        attach(model, spec, seed=0)
+        with torch.no_grad():
+            for layer in adapted_layers(model).values():
+                layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=gen) * 0.05)
+        save_adapter(model, run / "checkpoints" / method, spec, base_model="builtin:tiny-llama")
+    methods = [{"name": m, "adapter": s.model_dump(), "objective": {"name": "gd", "w_forget": 1.0, "w_retain": 1.0},
+                "train": {"epochs": 5.0, "lr": 0.03}} for m, s in adapters.items()]
+    methods.append({"name": "gd_blowup", "adapter": {"bound": "none"}, "objective": {"name": "gd"}, "train": {}})
+    (run / "spec.yaml").write_text(yaml.safe_dump({
+        "name": "handmade", "seed": 0, "model": {"name": "builtin:tiny-llama", "dtype": "float32"},
+        "benchmark": {"name": "tofu", "source": "synthetic", "forget_split": "forget10"}, "methods": methods}))
+    (run / "env.json").write_text(json.dumps({"harness_version": "0.1.0", "git_commit": "abc123",
+                                              "started": "2026-12-01T10:00:00+00:00",
+                                              "finished": "2026-12-01T10:05:00+00:00"}))
+    rows = []
+    for i, method in enumerate(("target", "retain", "gd_sine", "gd_lora")):
+        rows += [{"method": method, "benchmark": "tofu", "split": "forget10", "metric": "prob", "value": 0.9 - 0.2 * i,
+                  "ci_low": 0.85 - 0.2 * i, "ci_high": 0.95 - 0.2 * i},
+                 {"method": method, "benchmark": "tofu", "split": "retain90", "metric": "model_utility",
+                  "value": 0.5 + 0.01 * i, "ci_low": float("nan"), "ci_high": float("nan")}]
+    rows += [{"method": m, "benchmark": "tofu", "split": "train", "metric": "diverged",
+              "value": float(m == "gd_blowup"), "ci_low": float("nan"), "ci_high": float("nan")}
+             for m in ("gd_sine", "gd_lora", "gd_blowup")]
+    pd.DataFrame(rows).to_parquet(run / "metrics.parquet", index=False)
+    record_models(run, {"target": (str(root / "cache" / "target"), None),
+                        "retain": (str(root / "cache" / "retain"), None),
+                        **{m: (str(root / "cache" / "target"), run / "checkpoints" / m) for m in adapters}})
+    return types.SimpleNamespace(root=root, run_dir=run, target_dir=root / "cache" / "target",
+                                 retain_dir=root / "cache" / "retain", tokenizer=tokenizer, methods=list(adapters))

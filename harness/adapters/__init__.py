@@ -14,7 +14,13 @@ from harness.adapters.attach import (
                                      merge,
 )
 from harness.adapters.bounds import BOUNDS, Bound, make_bound
-from harness.adapters.checkpoint import load_adapter, load_as_peft_model, read_bound_config, save_adapter
+from harness.adapters.checkpoint import (
+                                         load_adapter,
+                                         load_as_peft_model,
+                                         read_bound_config,
+                                         save_adapter,
+                                         upgrade_adapter,
+)
 from harness.adapters.fused import BoundedLinearFn, bounded_linear, naive_bounded_linear
 from harness.adapters.layer import BoundedLoRALinear
 from harness.adapters.targets import MLP_TARGETS, target_module_names
@@ -42,4 +48,5 @@ __all__ = [
                                      "read_bound_config",
                                      "save_adapter",
                                      "target_module_names",
+                                     "upgrade_adapter",
 ]

@@ -277,7 +277,7 @@ def _train_run(worker: _Worker, index: int, resume: _Resume | None) -> None:
         engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, exclude_frozen_parameters=True)
         with _gathered(params, t.zero_stage):
             if rank == 0:
-                save_adapter(model, tmp / ADAPTER_DIR, method.adapter, config["base_model"])
+                save_adapter(model, tmp / ADAPTER_DIR, method.adapter, run["target"])
         if rank == 0:
             (tmp / STATE_FILE).write_text(json.dumps({"log": log, "run": index, "key": run["key"], **status}))
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(tmp)))

@@ -111,7 +111,7 @@ def _train_config(requests: Sequence[TrainRequest], spec: JobSpec, modality: str
         atomic_write_json(out_dir / "deepspeed" / f"{req.method.name}.json", ds_config)
         runs.append({"key": req.key, "method": req.method.model_dump(mode="json"), "seed": req.seed,
                      "target": req.target, "forget": forget_key, "retain": retain_key, "deepspeed": ds_config})
-    return {"runs": runs, "data": data, "base_model": spec.model.name, "modality": modality,
+    return {"runs": runs, "data": data, "modality": modality,
             "use_gpu": res.use_gpu, "threads": res.cpus_per_worker, "fault": fault}
 
 
