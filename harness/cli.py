@@ -54,6 +54,20 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.spec import load_spec
+    from harness.sweep import load_sweep, run_sweep
+
+    spec = load_spec(args.spec, args.set)
+    sweep = load_sweep(args.space)
+    out = run_sweep(spec, sweep, Path(args.out or f"results/sweep-{spec.name}"))
+    print((out / "sweep.md").read_text())
+    print(f"sweep results: {out} (sweep.parquet, sweep.md, plots/curves.png, plots/tradeoff.png)")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from harness.compare import write_report
 
@@ -145,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec field")
     tune.add_argument("--resume", action="store_true", help="resume an interrupted search in --out")
     tune.set_defaults(func=_tune)
+
+    sweep = sub.add_parser("sweep", help="a grid (or random) sweep over spec fields: every configuration x seed")
+    sweep.add_argument("spec", help="job spec (YAML)")
+    sweep.add_argument("--space", required=True, help="sweep file (YAML, see harness/sweep.py and sweeps/)")
+    sweep.add_argument("--out", help="output directory (default results/sweep-<job name>)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec field")
+    sweep.set_defaults(func=_sweep)
 
     report = sub.add_parser("report", help="compare finished runs side by side (report.md + report.html)")
     report.add_argument("dirs", nargs="+", metavar="DIR", help="run directories (each with metrics.parquet)")

@@ -35,6 +35,18 @@ def _tiny_llama(vocab_size: int) -> PretrainedConfig:
     )
 
 
+@BUILTIN_MODELS.register("small-llama")
+def _small_llama(vocab_size: int) -> PretrainedConfig:
+    """About 10M parameters (8 layers, hidden 320): a deeper model to see where the stability picture changes."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=320, intermediate_size=864, num_hidden_layers=8, num_attention_heads=5,
+        num_key_value_heads=5, max_position_embeddings=512, rms_norm_eps=1e-5,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, **_common(vocab_size),
+    )
+
+
 @BUILTIN_MODELS.register("tiny-gpt2")
 def _tiny_gpt2(vocab_size: int) -> PretrainedConfig:
     from transformers import GPT2Config

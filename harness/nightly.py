@@ -95,13 +95,16 @@ _UNLEARNED_RULES = [
     _r("mink_auc", "absolute", 0.05, "both"),
     # TDEC: memorisation accuracy and extraction likelihood on the forget set; holdout thresholds.
     _r(["ma", "el_*"], "ci", 0.02, "lower_is_better", split=_FORGET),
+    _r("ma", "ci", 0.02, "higher_is_better", split="retain"),            # retention
+    _r("ppl", "relative", 0.05, "lower_is_better", split="retain"),
     _r(["ma_threshold", "el_threshold"], "absolute", 0.02, "both"),
     _r(["ma", "el_*"], "ci", 0.02, "both"),
     _r("forgotten", "absolute", 0.0, "higher_is_better"),
-    # Vision class deletion.
-    _r(["retain_acc", "test_acc"], "absolute", 0.02, "higher_is_better"),
-    _r("forget_acc", "absolute", 0.02, "lower_is_better"),
-    _r("mia_auc", "absolute", 0.05, "both"),
+    # Vision class deletion (SalUn's metrics, fractions in [0, 1]).
+    _r(["ua", "mia_efficacy"], "absolute", 0.02, "higher_is_better"),
+    _r(["ra", "ta"], "absolute", 0.02, "higher_is_better"),
+    _r("accuracy", "absolute", 0.02, "lower_is_better", split="test_forget"),
+    _r("avg_gap", "absolute", 0.02, "lower_is_better"),
 ]
 
 

@@ -56,6 +56,7 @@ class Memoriser(Backend):
     def __init__(self, tokenizer: Any, texts: list[str], junk: str = "zzz") -> None:
         self.tok = tokenizer
         self.junk = junk
+        self.texts = set(texts)
         self.prefixes: dict[str, list[int]] = {}
         self.requests: list[GenRequest] = []
         for text in texts:
@@ -64,7 +65,13 @@ class Memoriser(Backend):
                 self.prefixes.setdefault(tokenizer.decode(ids[:t]), ids[t:])
 
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[np.ndarray]:
-        raise AssertionError("TDEC scores through generation only")
+        """Probability 1 per token of a memorised text, 1/2 per token of anything else (retention's NLL)."""
+        out = []
+        for r in requests:
+            n = len(self.tok(r.continuation, add_special_tokens=False)["input_ids"])
+            known = any(t.startswith(r.continuation) for t in self.texts)
+            out.append(np.zeros(n) if known else np.full(n, -np.log(2.0)))
+        return out
 
     def generate(self, requests: Sequence[GenRequest]) -> list[str]:
         self.requests.extend(requests)
@@ -205,9 +212,15 @@ def test_benchmark_scores_and_aggregates(tdec_dir: Path, splits: dict[str, list[
     assert value[("target", "forget", "forgotten")] == 0.0 and value[("retain", "forget", "forgotten")] == 1.0
     assert value[("retain", "lambada", "acc")] == 0.25
     assert "ci_low" in rows[("target", "forget", "ma")]
+    # retention: both references memorised the retain sequences (perplexity 1); a forget-only model did not
+    assert value[("target", "retain", "ma")] > 0.95 and value[("retain", "retain", "ppl")] == pytest.approx(1.0)
+    forget_only = bench.aggregate({"f": bench.score(Memoriser(tok, forget), tok, ev)}, ev)
+    f = {(r["split"], r["metric"]): r["value"] for r in forget_only}
+    assert f[("retain", "ppl")] == pytest.approx(2.0) and f[("retain", "ma")] < value[("target", "retain", "ma")]
     assert {c.metric for c in bench.summary_columns} <= {m for _, _, m in rows}
     ex = scores["target"].examples
-    assert {(e["split"], e["metric"]) for e in ex} == {(s, m) for s in ("forget", "holdout") for m in ("ma", "el_10")}
+    assert {(e["split"], e["metric"]) for e in ex} == {(s, m) for s in ("forget", "holdout") for m in ("ma", "el_10")
+                                                        } | {("retain", "ma"), ("retain", "nll")}
     assert len([g for g in scores["target"].generations if g["split"] == "forget"]) == 3
     assert bench.score(Memoriser(tok, forget), tok, EvalSpec(max_examples=1)).raw["ma"]["forget"].shape == (1,)
     with pytest.raises(Exception, match="unknown TDEC utility task"):

@@ -7,6 +7,8 @@ Metrics (long format, DESIGN.md section 4):
 - `forget/ma`, `forget/el_{n}`: mean MA and EL_n over the forget sequences (n = 10 by default).
 - `holdout/ma_threshold`, `holdout/el_threshold`: mean MA and EL_n of the same model on held-out
   sequences, the paper's forgetting thresholds (reported when the data has a holdout set).
+- `retain/ma`, `retain/ppl`: retention on the retain sequences (when the data has them): MA, and the
+  perplexity `exp(mean over sequences of the mean token NLL after the BOS)`; unlearning should keep both.
 - `forget/forgotten`: 1.0 when forget MA and EL_n are both at or below the *target* model's holdout
   thresholds (the model's own when no target was scored), else 0.0. The reference's early stopping
   tests `ma < ma_threshold and el < el_threshold`; `<=` here, because held-out EL is often exactly 0
@@ -51,7 +53,7 @@ from harness.benchmarks.tdec.metrics import (
 from harness.benchmarks.tdec.options import TdecOptions
 from harness.benchmarks.tdec.synth import SYNTH_SEQUENCE_LENGTH
 from harness.errors import DataError
-from harness.eval.backend import Backend, GenRequest
+from harness.eval.backend import Backend, GenRequest, LoglikRequest
 from harness.registry import Registry
 from harness.report import Column
 from harness.spec import EvalSpec
@@ -61,6 +63,24 @@ UtilityTask = Callable[[Backend, Any, EvalSpec], list[dict[str, Any]]]
 #: Utility tasks by name (`@UTILITY_TASKS.register("lambada")`); a job lists the ones to run.
 UTILITY_TASKS: Registry[UtilityTask] = Registry("TDEC utility task")
 EVAL_SPLITS = ("forget", "holdout")
+
+
+def _next_tokens(backend: Backend, tokenizer: Any, seqs: list[list[int]]) -> list[str]:
+    """The greedy next token after every prefix `x[:t]`, t = 1..T-1, of each sequence (MA's predictions)."""
+    return backend.generate([GenRequest(tokenizer.decode(ids[:t]), 1) for ids in seqs for t in range(1, len(ids))])
+
+
+def retention_scores(backend: Backend, tokenizer: Any, texts: list[str], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """What the model keeps of sequences it should remember: per sequence, MA (next-token accuracy, as on the
+    forget set) and the mean token NLL of the sequence after the BOS (its log-perplexity)."""
+    seqs = [list(tokenizer(t, add_special_tokens=False)["input_ids"][:length]) for t in texts]
+    preds = _next_tokens(backend, tokenizer, seqs)
+    ma, a = [], 0
+    for ids in seqs:
+        ma.append(memorization_accuracy(preds[a:a + len(ids) - 1], [tokenizer.decode([x]) for x in ids]))
+        a += len(ids) - 1
+    logps = backend.loglikelihood([LoglikRequest("", tokenizer.decode(ids), add_eos=False) for ids in seqs])
+    return np.asarray(ma, dtype=np.float64), np.asarray([-float(np.mean(lp)) for lp in logps], dtype=np.float64)
 
 
 def score_sequences(backend: Backend, tokenizer: Any, texts: list[str], length: int,
@@ -77,7 +97,7 @@ def score_sequences(backend: Backend, tokenizer: Any, texts: list[str], length: 
     def encode(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    ma_out = backend.generate([GenRequest(decode(ids[:t]), 1) for ids in seqs for t in range(1, len(ids))])
+    ma_out = _next_tokens(backend, tokenizer, seqs)
     el_out = backend.generate([GenRequest(decode(ids[:i]), len(ids) - i)
                                for ids in seqs for i in range(1, len(ids) - n + 1)])
     ma, el, gens = [], [], []
@@ -121,6 +141,8 @@ class Tdec(Benchmark):
         return [
             Column("forget", "ma", "forget MA", False),
             Column("forget", f"el_{n}", f"forget EL_{n}", False),
+            Column("retain", "ma", "retain MA", True),
+            Column("retain", "ppl", "retain PPL", False),
             Column("holdout", "ma_threshold", "MA threshold", None),
             Column("holdout", "el_threshold", f"EL_{n} threshold", None),
         ]
@@ -170,6 +192,13 @@ class Tdec(Benchmark):
                                        for i, v in enumerate(values.tolist()))
             result.generations.extend({"split": split, "example_id": i, "prompt": p, "reference": r, "output": o}
                                       for i, (p, r, o) in enumerate(gens))
+        if self.data.retain:  # retention: what unlearning must not take away
+            records = self.data.retain[:cap] if cap else self.data.retain
+            ma, nll = retention_scores(backend, tokenizer, [r["text"] for r in records], self.sequence_length)
+            result.raw["ma"]["retain"], result.raw["nll"] = ma, nll
+            for metric, values in (("ma", ma), ("nll", nll)):
+                result.examples.extend({"split": "retain", "example_id": i, "metric": metric, "value": float(v)}
+                                       for i, v in enumerate(values.tolist()))
         for task in self.utility_tasks:
             result.raw["utility"].extend(UTILITY_TASKS.get(task)(backend, tokenizer, eval_spec))
         return result
@@ -195,6 +224,9 @@ class Tdec(Benchmark):
             if ref is not None:
                 forgotten = own[0]["value"] <= ref[0] and own[1]["value"] <= ref[1]
                 own.append({"split": "forget", "metric": "forgotten", "value": float(forgotten)})
+            if "retain" in s.raw["ma"]:
+                own += [mean_metric_row("retain", "ma", s.raw["ma"]["retain"], eval_spec.bootstrap, self.seed),
+                        {"split": "retain", "metric": "ppl", "value": float(np.exp(np.mean(s.raw["nll"])))}]
             own += [dict(r) for r in s.raw["utility"]]
             rows.extend({"method": method, **row} for row in own)
         return rows

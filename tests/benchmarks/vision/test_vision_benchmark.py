@@ -171,3 +171,14 @@ def test_a_model_without_an_mlp_to_adapt_exits_2_before_any_work(tmp_path: Path,
     err = capsys.readouterr().err
     assert "has no MLP layers the harness can adapt" in err and str(resnet) in err
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("job, model_type, tokens", [("cifar100_vit_b16", "vit", 197), ("cifar100_vit_l14", "clip", 257),
+                                                      ("cifar100_deit_s", "vit", 197)])
+def test_scale_specs_dry_run_offline_with_a_memory_plan(job: str, model_type: str, tokens: int,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    root = Path(__file__).resolve().parents[3]
+    assert main(["run", str(root / "jobs" / f"{job}.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"({model_type}, " in out and f"images x {tokens} tokens" in out and "fits on 80 GiB" in out
+    assert "MLP layers" in out and "memory per device" in out
