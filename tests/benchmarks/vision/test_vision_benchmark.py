@@ -173,7 +173,8 @@ def test_a_model_without_an_mlp_to_adapt_exits_2_before_any_work(tmp_path: Path,
     assert not (tmp_path / "cache").exists()
 
 
-@pytest.mark.parametrize("job, model_type, tokens", [("cifar100_vit_b16", "vit", 197), ("cifar100_vit_l14", "clip", 257),
+@pytest.mark.parametrize("job, model_type, tokens", [("cifar100_vit_b16", "vit", 197),
+                                                      ("cifar100_vit_l14", "clip", 257),
                                                       ("cifar100_deit_s", "vit", 197)])
 def test_scale_specs_dry_run_offline_with_a_memory_plan(job: str, model_type: str, tokens: int,
                                                         capsys: pytest.CaptureFixture) -> None:
