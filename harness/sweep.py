@@ -308,8 +308,8 @@ def plot_curves(curves: pd.DataFrame, group: str, path: Path) -> Path | None:
 
 
 def plot_tradeoff(table: pd.DataFrame, objectives: list[SweepObjective], group: str, path: Path) -> Path | None:
-    """The two objectives, one point per configuration (mean over seeds) with the seed range as bars, coloured by
-    `group`; the Pareto front of the configuration means marked."""
+    """The two objectives, one panel per `group` value: a point per configuration (mean over seeds) with the seed
+    range as bars; every panel also shows the Pareto front of all configurations' means."""
     from harness.report import plt, save_figure
     from harness.tune import SearchObjective, pareto_front
 
@@ -319,27 +319,32 @@ def plot_tradeoff(table: pd.DataFrame, objectives: list[SweepObjective], group: 
     agg = table.groupby(["job", "method"], sort=False).agg(
         x=(x, "mean"), y=(y, "mean"), xlo=(x, "min"), xhi=(x, "max"), ylo=(y, "min"), yhi=(y, "max"),
         g=(group, "first") if group in table else ("method", "first")).reset_index()
-    fig, ax = plt.subplots(figsize=(7, 5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (value, sub) in enumerate(agg.groupby("g", sort=False)):
-        c = colors[i % len(colors)]
-        ax.errorbar(sub["x"], sub["y"], xerr=[sub["x"] - sub["xlo"], sub["xhi"] - sub["x"]],
-                    yerr=[sub["y"] - sub["ylo"], sub["yhi"] - sub["y"]], fmt="o", color=c, ecolor=c, alpha=0.8,
-                    elinewidth=0.6, capsize=0, label=f"{group} = {value}")
     front = pareto_front(agg.rename(columns={"x": "fx", "y": "fy"}),
                          [SearchObjective(metric="fx", split="", mode=modes[0]),
-                          SearchObjective(metric="fy", split="", mode=modes[1])])
-    if len(front):
-        front = front.sort_values("fx")
-        ax.plot(front["fx"], front["fy"], "k--", linewidth=1, label="Pareto front (means)")
-    arrow = {"max": "↑", "min": "↓"}
-    ax.set_xlabel(f"{x} {arrow[modes[0]]}")
-    ax.set_ylabel(f"{y} {arrow[modes[1]]}")
+                          SearchObjective(metric="fy", split="", mode=modes[1])]).sort_values("fx")
+    groups = list(dict.fromkeys(agg["g"]))
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.8 * len(groups), 3.9), squeeze=False, sharex=True,
+                             sharey=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     xs = agg["x"].to_numpy(dtype=float)
-    if np.all(xs > 0) and np.nanmax(xs) / np.nanmin(xs) > 100:
-        ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("Trade-off per configuration (point: mean over seeds; bars: seed range)")
+    log_x = bool(np.all(xs > 0) and np.nanmax(xs) / np.nanmin(xs) > 100)
+    arrow = {"max": "↑", "min": "↓"}
+    for i, (ax, value) in enumerate(zip(axes[0], groups, strict=True)):
+        sub = agg[agg["g"] == value]
+        c = colors[i % len(colors)]
+        ax.errorbar(sub["x"], sub["y"], xerr=[sub["x"] - sub["xlo"], sub["xhi"] - sub["x"]],
+                    yerr=[sub["y"] - sub["ylo"], sub["yhi"] - sub["y"]], fmt="o", color=c, ecolor=c, alpha=0.85,
+                    elinewidth=0.6, capsize=0, markersize=5)
+        if len(front):
+            ax.plot(front["fx"], front["fy"], "k--", linewidth=0.8, label="Pareto front (all)")
+        ax.set_title(f"{group} = {value}", fontsize=10)
+        ax.set_xlabel(f"{x} {arrow[modes[0]]}")
+        if log_x:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"{y} {arrow[modes[1]]}")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Trade-off per configuration (point: mean over seeds; bars: seed range)")
+    fig.tight_layout()
     save_figure(fig, path)
     return path
