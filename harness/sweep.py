@@ -332,8 +332,11 @@ def plot_tradeoff(table: pd.DataFrame, objectives: list[SweepObjective], group: 
     for i, (ax, value) in enumerate(zip(axes[0], groups, strict=True)):
         sub = agg[agg["g"] == value]
         c = colors[i % len(colors)]
-        ax.errorbar(sub["x"], sub["y"], xerr=[sub["x"] - sub["xlo"], sub["xhi"] - sub["x"]],
-                    yerr=[sub["y"] - sub["ylo"], sub["yhi"] - sub["y"]], fmt="o", color=c, ecolor=c, alpha=0.85,
+        def spread(lo: pd.Series, hi: pd.Series) -> list[np.ndarray]:  # rounding can put a mean outside its range
+            return [np.clip(lo.to_numpy(dtype=float), 0, None), np.clip(hi.to_numpy(dtype=float), 0, None)]
+
+        ax.errorbar(sub["x"], sub["y"], xerr=spread(sub["x"] - sub["xlo"], sub["xhi"] - sub["x"]),
+                    yerr=spread(sub["y"] - sub["ylo"], sub["yhi"] - sub["y"]), fmt="o", color=c, ecolor=c, alpha=0.85,
                     elinewidth=0.6, capsize=0, markersize=5)
         if len(front):
             ax.plot(front["fx"], front["fy"], "k--", linewidth=0.8, label="Pareto front (all)")
