@@ -17,9 +17,17 @@ from harness.adapters import adapter_norm_bound, load_adapter
 from harness.benchmarks import load_benchmark
 from harness.benchmarks.base import Benchmark, ModelScores
 from harness.eval.backend import make_backend
-from harness.objectives import make_objective
+from harness.objectives import make_objective, original_targets
 from harness.reference import References, prepare_references, reference_seed_for, reference_seeds
-from harness.report import plot_metrics, plot_training, summary_stats, summary_table, write_summary
+from harness.report import (
+    pareto_table,
+    plot_metrics,
+    plot_pareto,
+    plot_training,
+    summary_stats,
+    summary_table,
+    write_summary,
+)
 from harness.results import (
     EXAMPLE_COLUMNS,
     GENERATION_COLUMNS,
@@ -116,8 +124,13 @@ def train_requests(spec: JobSpec, bench: Benchmark, refs: dict[int, References])
         for method in spec.methods:
             objective = make_objective(method.objective)
             retain = bench.retain_examples(ref.processor) if method.objective.uses_retain else []
-            requests.append(TrainRequest(method, seed, bench.forget_examples(ref.processor, objective, seed), retain,
-                                         target=ref.target_source))
+            forget = bench.forget_examples(ref.processor, objective, seed)
+            # A preparation pass reads the forget set with its own targets (SalUn's mask: the true labels);
+            # when they are the objective's targets too, the trainer sends the set once (by content hash).
+            original = (bench.forget_examples(ref.processor, original_targets(), seed) if objective.has_prepare
+                        else [])
+            requests.append(TrainRequest(method, seed, forget, retain, target=ref.target_source,
+                                         forget_original=original))
     return requests
 
 
@@ -144,8 +157,12 @@ def _bound_notes(spec: JobSpec, target: torch.nn.Module) -> list[str]:
     for method in spec.methods:
         bound = adapter_norm_bound(target, method.adapter)
         if bound < float("inf"):
-            notes.append(f"{method.name}: bound {method.adapter.bound} caps the adapter norm at {bound:.4g} "
-                         "by construction.")
+            if make_objective(method.objective).moves_start:
+                notes.append(f"{method.name}: bound {method.adapter.bound} caps the adapter norm at {2 * bound:.4g} "
+                             "(twice the bound: FILA's start subtracts delta(B0 A0)).")
+            else:
+                notes.append(f"{method.name}: bound {method.adapter.bound} caps the adapter norm at {bound:.4g} "
+                             "by construction.")
     return notes
 
 
@@ -226,6 +243,12 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
     notes.append(_seeds_note(spec, ref_seeds))
     notes.append("reference models: " + "; ".join(f"seed {s}: target = {r.target_source}, retain = {r.retain_source}"
                                                   for s, r in refs.items()))
+    if len(spec.methods) > 1:
+        pareto = pareto_table(stats, methods, REFERENCE_METHODS)
+        if plot_pareto(pareto, out / "plots" / "pareto.png") is not None:
+            atomic_write_parquet(out / "pareto.parquet", pareto)
+            notes.append("Pareto front of (forget quality, model utility), seed means, among the methods: "
+                         + ", ".join(pareto.loc[pareto["pareto"], "method"]) + " (plots/pareto.png).")
     summary = write_summary(out / "summary.md", f"{spec.name}: {bench.describe()}", table, notes)
     plot_training(train_df, out / "plots" / "training.png")
     plot_metrics(stats, bench.summary_columns, out / "plots" / "metrics.png")

@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from harness.results import atomic_write_bytes, atomic_write_text
@@ -179,5 +180,79 @@ def plot_metrics(stats: pd.DataFrame, columns: Sequence[Column], path: Path) -> 
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Metrics per method (bar: mean over seeds; line: 95% interval; dots: seeds)", fontsize=10)
     fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
+def non_dominated(values: np.ndarray) -> np.ndarray:
+    """Boolean mask of the rows of `values` (higher is better in every column) that no other row dominates
+    (at least as good everywhere, strictly better somewhere)."""
+    values = np.asarray(values, dtype=float)
+    return np.array([not np.any(np.all(values >= row, axis=1) & np.any(values > row, axis=1)) for row in values],
+                    dtype=bool)
+
+
+#: The trade-off plotted for jobs with several methods: (metric on x, metric on y), both higher is better.
+PARETO_METRICS = ("forget_quality", "model_utility")
+
+
+def pareto_table(stats: pd.DataFrame, methods: Sequence[str], references: Sequence[str] = ()) -> pd.DataFrame:
+    """Per method: mean and interval over seeds of forget quality and model utility, whether it is a
+    reference model, and whether its means lie on the Pareto front of the other methods' (references are
+    shown, never on the front). Empty when the benchmark reports neither metric."""
+    x, y = PARETO_METRICS
+    rows = []
+    for method in methods:
+        sub = stats[stats["method"] == method]
+        px, py = sub[sub["metric"] == x], sub[sub["metric"] == y]
+        if px.empty or py.empty or px["n"].iloc[0] == 0 or py["n"].iloc[0] == 0:
+            continue
+        rows.append({"method": method, "reference": method in references,
+                     **{f"{x}_{k}": float(px[k].iloc[0]) for k in ("mean", "ci_low", "ci_high")},
+                     **{f"{y}_{k}": float(py[k].iloc[0]) for k in ("mean", "ci_low", "ci_high")}})
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table["pareto"] = False
+        trained = ~table["reference"]
+        means = table.loc[trained, [f"{x}_mean", f"{y}_mean"]].to_numpy()
+        table.loc[trained, "pareto"] = non_dominated(np.nan_to_num(means, nan=-np.inf))
+    return table
+
+
+def plot_pareto(table: pd.DataFrame, path: Path) -> Path | None:
+    """Forget quality vs model utility, one point per method (mean over seeds, 95% interval as error bars,
+    clipped to the metrics' range [0, 1]), the Pareto front marked and joined; reference models in grey (a
+    `pareto_table`)."""
+    if table.empty:
+        return None
+    x, y = PARETO_METRICS
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    groups = ((table[~table["reference"] & ~table["pareto"]], "tab:blue", "method"),
+              (table[table["pareto"]], "tab:red", "Pareto front"),
+              (table[table["reference"]], "0.5", "reference model"))
+    for sub, color, label in groups:
+        if sub.empty:
+            continue
+        # Both metrics lie in [0, 1]: intervals are drawn clipped to it (two seeds give very wide t intervals).
+        xerr = [(sub[f"{x}_mean"] - sub[f"{x}_ci_low"].clip(lower=sub[f"{x}_mean"] / 10)).clip(lower=0).fillna(0),
+                (sub[f"{x}_ci_high"].clip(upper=1.0) - sub[f"{x}_mean"]).clip(lower=0).fillna(0)]
+        yerr = [(sub[f"{y}_mean"] - sub[f"{y}_ci_low"].clip(lower=0.0)).clip(lower=0).fillna(0),
+                (sub[f"{y}_ci_high"].clip(upper=1.0) - sub[f"{y}_mean"]).clip(lower=0).fillna(0)]
+        ax.errorbar(sub[f"{x}_mean"], sub[f"{y}_mean"], xerr=xerr, yerr=yerr, fmt="o", color=color, label=label,
+                    markersize=5, elinewidth=0.8, capsize=2, zorder=3 if label == "Pareto front" else 2)
+        for _, row in sub.iterrows():
+            ax.annotate(row["method"], (row[f"{x}_mean"], row[f"{y}_mean"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    front = table[table["pareto"]].sort_values(f"{x}_mean")
+    ax.plot(front[f"{x}_mean"], front[f"{y}_mean"], color="tab:red", alpha=0.5, linewidth=1)
+    if (table[f"{x}_mean"] > 0).all():
+        ax.set_xscale("log")
+        ax.set_xlim(float(table[f"{x}_mean"].min()) / 20, 1.5)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("forget quality ↑ (log scale when positive; interval cut at a tenth of the mean)")
+    ax.set_ylabel("model utility ↑")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Forget quality vs model utility (mean over seeds, 95% interval)", fontsize=10)
     save_figure(fig, path)
     return path

@@ -100,7 +100,10 @@ class TrainSpec(StrictModel):
     epochs: float = Field(5.0, gt=0)
     max_steps: int | None = Field(None, ge=1)
     lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW/SGD weight decay on the adapter factors (the only "
+                                "trainable parameters); a stabiliser control")
+    adapter_l2: float = Field(0.0, ge=0, description="weight of an L2 penalty sum_layers ||B A||_F^2 added to the "
+                              "loss (on the product before the bound); a stabiliser control")
     batch_size: int = Field(8, ge=1, description="global micro-batch (forget examples), split over the workers")
     grad_accum: int = Field(1, ge=1)
     max_grad_norm: float | None = Field(None, gt=0, description="clip gradients to this norm; null = off")
@@ -124,6 +127,9 @@ class TrainSpec(StrictModel):
             raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3")
         if self.offload_params and self.zero_stage != 3:
             raise ValueError("offload_params needs zero_stage 3")
+        if self.adapter_l2 > 0 and self.zero_stage == 3:
+            raise ValueError("adapter_l2 needs zero_stage 0-2 (ZeRO-3 partitions the factors outside their layer's "
+                             "forward, where the penalty reads them)")
         return self
 
 
@@ -134,6 +140,15 @@ class MethodSpec(StrictModel):
     adapter: AdapterSpec = AdapterSpec()
     objective: ObjectiveSpec = Field(default_factory=_default_objective)
     train: TrainSpec = TrainSpec()
+
+    @model_validator(mode="after")
+    def _penalty_needs_full_factors(self) -> MethodSpec:
+        from harness.objectives import OBJECTIVES, Objective
+
+        if self.train.zero_stage == 3 and OBJECTIVES.get(self.objective.name).penalty is not Objective.penalty:
+            raise ValueError(f"objective {self.objective.name!r} adds a penalty on the adapted weights, which needs "
+                             "train.zero_stage 0-2 (ZeRO-3 partitions them outside their layer's forward)")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -21,6 +21,7 @@ import json
 import re
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,15 +111,22 @@ def _is_editable(dist: importlib.metadata.Distribution) -> bool:
 def installed_distributions() -> dict[str, tuple[str, str]]:
     """The environment's distributions as `pip freeze --all --exclude-editable` lists them (canonical name keys)."""
     out: dict[str, tuple[str, str]] = {}
-    prefix = Path(sys.prefix).resolve()
-    for dist in importlib.metadata.distributions():
+    for dist in _site_distributions():
         name = dist.metadata["Name"]
-        if not name or _is_editable(dist):
-            continue
-        if not Path(str(dist.locate_file(""))).resolve().is_relative_to(prefix):
-            continue  # metadata beside a checkout on sys.path (a project's *.egg-info), not installed here
-        out.setdefault(canonical(name), (name, dist.version))  # the first on sys.path wins, as for imports
+        if name and not _is_editable(dist):
+            out.setdefault(canonical(name), (name, dist.version))  # the first on the path wins, as for imports
     return out
+
+
+def _site_distributions() -> Iterable[importlib.metadata.Distribution]:
+    """Distributions installed in this environment's site directories.
+
+    Only the install locations count, not everything on `sys.path`: importing setuptools appends its
+    `_vendor` directory (with its own *.dist-info) to `sys.path`, and a checkout on `sys.path` may hold a
+    project's *.egg-info; neither is installed here, and `pip freeze` lists neither.
+    """
+    paths = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    return importlib.metadata.distributions(path=list(paths))
 
 
 @dataclass
@@ -185,7 +193,7 @@ def unmet_requirements(requirements: Mapping[str, Sequence[str]], installed: Map
 def installed_requirements() -> dict[str, list[str]]:
     """`Requires-Dist` of every installed distribution, the editable harness included (canonical name keys)."""
     out: dict[str, list[str]] = {}
-    for dist in importlib.metadata.distributions():
+    for dist in _site_distributions():
         name = dist.metadata["Name"]
         if name:
             out.setdefault(canonical(name), list(dist.requires or []))

@@ -128,7 +128,7 @@ def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
     run = run_unlearning(method, spec, context["target"], context["forget"], context["retain"],
                          trial_dir, seed=spec.seeds[0], callbacks=[TuneReportCallback()],
-                         modality=context["modality"])
+                         modality=context["modality"], forget_original=context["forget_original"])
     final: dict[str, Any] = {"diverged": float(run.diverged), "steps": run.steps}
     proxy = context["proxy"]
     if run.log and proxy in run.log[-1]:  # the proxy's last value stays in the trial's final row
@@ -199,9 +199,10 @@ def pareto_front(frame: pd.DataFrame, objectives: list[SearchObjective]) -> pd.D
     done = frame.dropna(subset=cols)
     if done.empty:
         return done
+    from harness.report import non_dominated
+
     signed = done[cols].to_numpy(dtype=float) * np.array([1.0 if o.mode == "max" else -1.0 for o in objectives])
-    keep = [not np.any(np.all(signed >= row, axis=1) & np.any(signed > row, axis=1)) for row in signed]
-    return done[np.array(keep)].sort_values(cols[0], ascending=objectives[0].mode == "min")
+    return done[non_dominated(signed)].sort_values(cols[0], ascending=objectives[0].mode == "min")
 
 
 def _plot_pareto(frame: pd.DataFrame, front: pd.DataFrame, objectives: list[SearchObjective], path: Path) -> None:
@@ -227,7 +228,7 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
     from ray.tune.search.optuna import OptunaSearch
 
     from harness.benchmarks import load_benchmark
-    from harness.objectives import make_objective
+    from harness.objectives import make_objective, original_targets
     from harness.pipeline import log, resolve_device, score_model
     from harness.reference import prepare_references
     from harness.train.ray_run import ensure_ray
@@ -250,6 +251,8 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
         "spec": spec.model_dump(mode="json"), "method": method_name, "target": refs.target_source,
         "modality": bench.modality,
         "forget": bench.forget_examples(refs.processor, objective, spec.seeds[0]),
+        "forget_original": (bench.forget_examples(refs.processor, original_targets(), spec.seeds[0])
+                            if objective.has_prepare else []),
         "retain": bench.retain_examples(refs.processor) if base.objective.uses_retain else [],
         "retain_scores": retain_scores,
         "objectives": [o.model_dump() for o in space.objectives], "proxy": space.proxy.metric,

@@ -41,7 +41,8 @@ def test_results_contract_files_and_columns(finished_run: tuple[Path, object]) -
     tmp, result = finished_run
     out = result.out_dir
     for name in ("spec.yaml", "env.json", "metrics.parquet", "train_log.parquet", "summary.md", "summary.parquet",
-                 "examples.parquet", "generations.parquet", "plots/training.png", "plots/metrics.png"):
+                 "examples.parquet", "generations.parquet", "plots/training.png", "plots/metrics.png",
+                 "plots/pareto.png", "pareto.parquet"):
         assert (out / name).is_file(), name
     assert not list(out.rglob("*.tmp")), "temporary files left behind"
     for name, cols in (("metrics", METRIC_COLUMNS), ("train_log", TRAIN_LOG_COLUMNS),
@@ -54,6 +55,17 @@ def test_results_contract_files_and_columns(finished_run: tuple[Path, object]) -
             ckpt = out / "checkpoints" / method / f"seed{seed}"
             assert {"adapter_model.safetensors", "adapter_config.json", "bound_config.json"} <= {
                 p.name for p in ckpt.iterdir()}
+
+
+def test_several_methods_get_a_pareto_front_of_forget_quality_and_model_utility(
+        finished_run: tuple[Path, object]) -> None:
+    _, result = finished_run
+    pareto = pd.read_parquet(result.out_dir / "pareto.parquet")
+    assert set(pareto["method"]) == {"target", "retain", "gd_lora", "gd_sine"}  # blowup diverged: not scored
+    assert pareto.loc[pareto["reference"], "method"].tolist() == ["target", "retain"]
+    assert pareto["pareto"].any() and not pareto.loc[pareto["reference"], "pareto"].any()
+    front = ", ".join(pareto.loc[pareto["pareto"], "method"])
+    assert f"among the methods: {front} (plots/pareto.png)" in (result.out_dir / "summary.md").read_text()
 
 
 def test_every_model_gets_every_tofu_metric(finished_run: tuple[Path, object]) -> None:

@@ -67,6 +67,8 @@ def test_unmet_requirements_follow_markers_extras_and_local_versions() -> None:
 
 
 def test_installed_distributions_are_what_pip_freeze_lists() -> None:
+    import setuptools  # noqa: F401  (puts its _vendor directory, full of *.dist-info, on sys.path)
+
     out = subprocess.run([sys.executable, "-m", "pip", "freeze", "--all", "--exclude-editable"], capture_output=True,
                          text=True, check=True).stdout
     frozen = sorted(line for line in out.splitlines() if line and not line.startswith("#"))

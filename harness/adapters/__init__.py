@@ -7,6 +7,7 @@ from harness.adapters.attach import (
                                      adapter_norm_bound,
                                      adapter_norms,
                                      adapter_parameters,
+                                     adapter_product_sq,
                                      adapters_disabled,
                                      attach,
                                      attach_to,
@@ -21,6 +22,7 @@ from harness.adapters.checkpoint import (
                                          save_adapter,
                                          upgrade_adapter,
 )
+from harness.adapters.extras import linear_slope, set_origin, set_update_mask
 from harness.adapters.fused import BoundedLinearFn, bounded_linear, naive_bounded_linear
 from harness.adapters.layer import BoundedLoRALinear
 from harness.adapters.targets import MLP_TARGETS, target_module_names
@@ -35,11 +37,13 @@ __all__ = [
                                      "adapter_norm_bound",
                                      "adapter_norms",
                                      "adapter_parameters",
+                                     "adapter_product_sq",
                                      "adapters_disabled",
                                      "attach",
                                      "attach_to",
                                      "bounded_linear",
                                      "detach",
+                                     "linear_slope",
                                      "load_adapter",
                                      "load_as_peft_model",
                                      "make_bound",
@@ -47,6 +51,8 @@ __all__ = [
                                      "naive_bounded_linear",
                                      "read_bound_config",
                                      "save_adapter",
+                                     "set_origin",
+                                     "set_update_mask",
                                      "target_module_names",
                                      "upgrade_adapter",
 ]

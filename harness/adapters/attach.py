@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from harness.adapters.bounds import make_bound
+from harness.adapters.extras import clear_origin
 from harness.adapters.layer import BoundedLoRALinear, layer_shape
 from harness.adapters.targets import target_module_names
 from harness.spec import AdapterSpec
@@ -72,6 +73,18 @@ def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
     return params
 
 
+def adapter_product_sq(model: nn.Module) -> torch.Tensor:
+    """`sum over layers of ||B A||_F^2` (differentiable), computed as `sum((B^T B) * (A A^T))` in r x r."""
+    total = None
+    for layer in adapted_layers(model).values():
+        a, b = layer.lora_A.weight.float(), layer.lora_B.weight.float()
+        term = ((b.t() @ b) * (a @ a.t())).sum()
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("the model has no bounded adapters")
+    return total
+
+
 @torch.no_grad()
 def adapter_norms(model: nn.Module) -> dict[str, float]:
     """`adapter_norm` = sqrt(sum ||delta W||_F^2) and `adapter_param_norm` = sqrt(sum ||A||^2 + ||B||^2)."""
@@ -108,6 +121,7 @@ def detach(model: nn.Module) -> list[str]:
     """Put the original base layers back and unfreeze what `attach` froze."""
     layers = adapted_layers(model)
     for name, layer in layers.items():
+        clear_origin(layer)  # FILA moved the base weight; give it back
         _set_submodule(model, name, layer.base_layer)
     frozen = set(model.__dict__.pop(_FROZEN_ATTR, []))
     for n, p in model.named_parameters():

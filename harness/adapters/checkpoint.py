@@ -1,8 +1,9 @@
 """Adapter checkpoints in PEFT's LoRA layout plus `bound_config.json` with the bound settings.
 
 Files: `adapter_model.safetensors` (keys `base_model.model.<module>.lora_A.weight` / `.lora_B.weight`),
-`adapter_config.json`, `bound_config.json` (the harness's own record) and, for a bounded adapter, a
-README.md saying how to load it.
+`adapter_config.json`, `bound_config.json` (the harness's own record), for a bounded adapter a README.md
+saying how to load it, and, when a preparation pass set any, `adapter_extras.safetensors` (update masks,
+FILA origins; harness/adapters/extras.py), listed under `extras` in `bound_config.json`.
 
 `adapter_config.json` of bound `none` is a plain PEFT `LoraConfig`: `PeftModel.from_pretrained` loads
 it and computes what the harness computes. A bounded adapter's (format_version 2) is a
@@ -27,6 +28,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from harness.adapters.attach import adapted_layers, attach_to
+from harness.adapters.extras import EXTRAS_NAME, apply_extras, extras_bytes, extras_kinds, read_extras
 from harness.adapters.layer import layer_shape
 from harness.errors import DataError
 from harness.results import atomic_write_bytes, atomic_write_json
@@ -125,7 +127,13 @@ def save_adapter(model: nn.Module, out_dir: str | Path, spec: AdapterSpec, base_
     fan_in_fan_out = any(layer.fan_in_fan_out for layer in layers.values())
     # Serialise in memory and write atomically: safetensors' save_file creates files with mode 0600.
     atomic_write_bytes(out / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
-    atomic_write_json(out / CONFIG_NAME, _peft_config(spec, names, fan_in_fan_out, base_model), sort_keys=True)
+    extras = extras_kinds(layers)
+    if extras:
+        atomic_write_bytes(out / EXTRAS_NAME, extras_bytes(layers))
+    peft_config = _peft_config(spec, names, fan_in_fan_out, base_model)
+    if extras:  # masks and origins change what the factors mean: no plain tool may read them as plain LoRA
+        peft_config.update(peft_type=BOUNDED_PEFT_TYPE, init_lora_weights=BOUNDED_INIT_MARKER, extras=extras)
+    atomic_write_json(out / CONFIG_NAME, peft_config, sort_keys=True)
     atomic_write_json(out / BOUND_CONFIG_NAME, {
         "format_version": FORMAT_VERSION,
         "bound": spec.bound,
@@ -137,6 +145,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, spec: AdapterSpec, base_
         "targets": spec.targets,
         "modules": names,
         "base_model": base_model,
+        "extras": extras,
     }, sort_keys=True)
     if spec.bound != "none":
         atomic_write_bytes(out / README_NAME, _readme(spec).encode())
@@ -274,6 +283,12 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> AdapterSpec:
     check_lora_fits(model, state, adapter_dir, names)
     attach_to(model, names, spec)
     layers = adapted_layers(model)
+    if cfg.get("extras"):
+        extras = read_extras(adapter_dir)
+        if not extras:
+            raise DataError(f"{adapter_dir / BOUND_CONFIG_NAME} lists extras {cfg['extras']} but "
+                            f"{adapter_dir / EXTRAS_NAME} is missing")
+        apply_extras(layers, extras)  # origins first: they set the factors the weights then overwrite
     with torch.no_grad():
         for name in names:
             key_a, key_b = _weight_keys(name)
@@ -311,6 +326,10 @@ def load_as_peft_model(base_model: nn.Module, adapter_dir: str | Path, **kwargs:
 
     adapter_dir = Path(adapter_dir)
     cfg = read_bound_config(adapter_dir)
+    if cfg.get("extras"):
+        raise DataError(f"{adapter_dir}: the adapter carries {', '.join(cfg['extras'])} (see {EXTRAS_NAME}), "
+                        "which PEFT's LoRA layers cannot express; use harness.adapters.load_adapter, or "
+                        "`harness export` for a merged checkpoint")
     check_lora_fits(base_model, read_lora_weights(adapter_dir / WEIGHTS_NAME), adapter_dir, list(cfg["modules"]))
     if cfg["bound"] == "none":
         return PeftModel.from_pretrained(base_model, str(adapter_dir), **kwargs)

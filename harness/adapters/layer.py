@@ -1,10 +1,16 @@
-"""`BoundedLoRALinear`: a PEFT-style LoRA wrapper around a frozen `nn.Linear` or transformers `Conv1D`."""
+"""`BoundedLoRALinear`: a PEFT-style LoRA wrapper around a frozen `nn.Linear` or transformers `Conv1D`.
+
+Two optional pieces of frozen state, set by objectives' preparation passes (harness/adapters/extras.py):
+an elementwise `update_mask` M (SalUn's saliency mask: `W = W0 + M * delta W`) and an origin `(A0, B0)`
+(FILA: the base holds `W0 - delta(B0 A0)`, so the adapter starts from `A0, B0` as a no-op).
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -55,6 +61,11 @@ class BoundedLoRALinear(nn.Module):
         self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         for p in base_layer.parameters():
             p.requires_grad_(False)
+        # Frozen extras (None unless a preparation pass sets them); kept out of state_dict on purpose:
+        # the adapter checkpoint stores them in its own file (harness/adapters/extras.py).
+        self.register_buffer("update_mask", None, persistent=False)
+        self.register_buffer("origin_A", None, persistent=False)
+        self.register_buffer("origin_B", None, persistent=False)
         self.reset_parameters()
 
     @property
@@ -85,13 +96,36 @@ class BoundedLoRALinear(nn.Module):
         w = self.base_layer.weight
         return w.t() if self.fan_in_fan_out else w
 
+    def update(self, a: torch.Tensor | None = None, b: torch.Tensor | None = None) -> torch.Tensor:
+        """What the layer adds to its base weight, `M * delta(B A)` (d_out x d_in; differentiable); other
+        factors `a`, `b` may be given (FILA's origin)."""
+        a = self.lora_A.weight if a is None else a
+        b = self.lora_B.weight if b is None else b
+        delta = self.bound.delta(b @ a)
+        return delta if self.update_mask is None else delta * self.update_mask.to(delta.dtype)
+
     def delta_weight(self) -> torch.Tensor:
-        """The update `delta W` (d_out x d_in, nn.Linear orientation)."""
-        return self.bound.delta(self.lora_B.weight @ self.lora_A.weight)
+        """The change from the target's weight `W0` (d_out x d_in, nn.Linear orientation; differentiable):
+        `M * delta(B A)`, minus the origin's `M * delta(B0 A0)` when FILA moved the start."""
+        delta = self.update()
+        if self.origin_A is not None:
+            delta = delta - self.update(self.origin_A.to(delta.dtype), self.origin_B.to(delta.dtype))
+        return delta
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the forward uses, `base + M * delta(B A)` (nn.Linear orientation; differentiable)."""
+        return self.base_weight() + self.update()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.disabled:
             return self.base_layer(x)
+        if self.update_mask is not None:
+            # Masked updates take plain autograd (the fused kernel has no mask): W = W0 + M * delta(B A).
+            bias = self.base_layer.bias
+            bias = None if bias is None else bias.to(x.dtype)
+            if self.training and isinstance(self.lora_dropout, nn.Dropout):
+                return self.base_layer(x) + F.linear(self.lora_dropout(x), self.update().to(x.dtype))
+            return F.linear(x, self.effective_weight().to(x.dtype), bias)
         if self.bound.low_rank:
             result = self.base_layer(x)
             x = x.to(self.lora_A.weight.dtype)
@@ -109,9 +143,13 @@ class BoundedLoRALinear(nn.Module):
     def merged_linear(self) -> nn.Module:
         """A plain layer of the base type holding `W0 + delta W`, the weight the fused forward uses."""
         base = self.base_layer
-        # The same ops as the fused forward, in the base layer's layout: the merged layer is exact.
-        w = dense_weight(base.weight, self.lora_A.weight, self.lora_B.weight, self.bound,
-                         transposed=self.fan_in_fan_out).to(base.weight.dtype)
+        if self.update_mask is not None:
+            w = self.effective_weight()
+            w = (w.t() if self.fan_in_fan_out else w).to(base.weight.dtype)
+        else:
+            # The same ops as the fused forward, in the base layer's layout: the merged layer is exact.
+            w = dense_weight(base.weight, self.lora_A.weight, self.lora_B.weight, self.bound,
+                             transposed=self.fan_in_fan_out).to(base.weight.dtype)
         has_bias = base.bias is not None
         if self.fan_in_fan_out:
             merged: nn.Module = Conv1D(self.out_features, self.in_features)
@@ -133,4 +171,5 @@ class BoundedLoRALinear(nn.Module):
         b = self.bound
         return (f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.lora_alpha}, "
                 f"bound={self.bound_name}, omega={b.omega}, clip_value={b.clip_value}, "
-                f"disabled={self.disabled}")
+                f"disabled={self.disabled}, masked={self.update_mask is not None}, "
+                f"origin={self.origin_A is not None}")

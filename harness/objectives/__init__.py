@@ -18,12 +18,14 @@ from harness.objectives.base import (
     kl_to_reference,
     make_objective,
     mean_nll,
+    original_targets,
     sequence_logprob,
     unit_logprobs,
 )
+from harness.objectives.prepare import FORGET, RETAIN, PrepareContext, base_weight_gradients
 
-#: The method modules of this package (every module but `base`).
-METHODS = tuple(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base")
+#: The method modules of this package (every module but the shared `base` and `prepare`).
+METHODS = tuple(m.name for m in pkgutil.iter_modules(__path__) if m.name not in ("base", "prepare"))
 for _name in METHODS:
     importlib.import_module(f"{__name__}.{_name}")
 
@@ -33,5 +35,6 @@ def options_models() -> dict[str, type]:
     return {name: OBJECTIVES.get(name).Options for name in OBJECTIVES.names()}
 
 
-__all__ = ["IGNORE", "IMAGE", "METHODS", "OBJECTIVES", "TEXT", "Batch", "ImageBatch", "Objective", "TokenBatch",
-           "kl_to_reference", "make_objective", "mean_nll", "options_models", "sequence_logprob", "unit_logprobs"]
+__all__ = ["FORGET", "IGNORE", "IMAGE", "METHODS", "OBJECTIVES", "RETAIN", "TEXT", "Batch", "ImageBatch", "Objective",
+           "PrepareContext", "TokenBatch", "base_weight_gradients", "kl_to_reference", "make_objective", "mean_nll",
+           "options_models", "original_targets", "sequence_logprob", "unit_logprobs"]

@@ -1,11 +1,16 @@
 """What every unlearning objective is: its options, its forget and retain terms, and the shared loss pieces.
 
-The total loss is `w_forget * L_forget + w_retain * L_retain`. An objective is one class in one file of this
-package, registered with `@OBJECTIVES.register("name")`, with an `Options` model (a subclass of
+The total loss is `w_forget * L_forget + w_retain * L_retain (+ penalty)`. An objective is one class in one
+file of this package, registered with `@OBJECTIVES.register("name")`, with an `Options` model (a subclass of
 `ObjectiveOptions` whose `name` is a Literal) holding its own settings and their reference defaults.
-Losses see model outputs (`.logits`, and `.hidden_states` when asked) through the batch's scored units
-(harness.batch), so one formula serves text and vision. Method modules import heavy modules (adapters,
-models) inside functions: harness/spec.py imports this package to build the options union.
+Losses see model outputs (`.logits`, and `.hidden_states` when `needs_hidden_states`) through the batch's
+scored units (harness.batch), so one formula serves text and vision.
+
+Optional hooks, each used by the methods that need it: `prepare` (a one-time pass before training whose
+tensors are checkpointed with the run; harness/objectives/prepare.py) with `apply_prepared`, `penalty`
+(a regulariser on the adapted weights), `forget_units` (when the forget mean skips some scored units).
+Method modules import heavy modules (adapters, models) inside functions: harness/spec.py imports this
+package to build the options union.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.batch import Batch
+from harness.objectives.prepare import PrepareContext
 from harness.registry import Registry
 from harness.specbase import ObjectiveOptions
 
@@ -68,9 +74,38 @@ class Objective:
     #: True when the forget term averages over units (False: over examples). Data-parallel workers
     #: weight unit averages by their share of the global units so N workers equal one.
     forget_unit_mean: ClassVar[bool] = True
+    #: True when losses read `out.hidden_states` (the loop then asks every forward for them).
+    needs_hidden_states: ClassVar[bool] = False
 
     def __init__(self, options: ObjectiveOptions) -> None:
         self.options = options
+
+    @property
+    def moves_start(self) -> bool:
+        """True when preparation moves the adapter's start away from zero (FILA): the change from the target
+        is `delta(B A) - delta(B0 A0)`, so a bound caps it at twice its usual value."""
+        return False
+
+    @property
+    def has_prepare(self) -> bool:
+        """Whether the objective has a preparation pass (it overrides `prepare`)."""
+        return type(self).prepare is not Objective.prepare
+
+    def prepare(self, ctx: PrepareContext) -> dict[str, torch.Tensor] | None:
+        """One-time pass on every worker before training (collective); the named tensors it returns are
+        checkpointed with the run and given to `apply_prepared` (also when a resumed worker loads them)."""
+        return None
+
+    def apply_prepared(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Put a preparation result into the model (masks, factors) or into the objective (vectors)."""
+
+    def penalty(self, model: torch.nn.Module, progress: float) -> torch.Tensor | None:
+        """A regulariser added to every micro-step's loss (`progress`: the fraction of the run done), or None."""
+        return None
+
+    def forget_units(self, batch: Batch) -> int:
+        """How many units the forget term averages over (for the data-parallel weighting of unit means)."""
+        return batch.n_scored
 
     def forget_loss(self, out: Any, batch: Batch, ref_out: Any | None) -> torch.Tensor:
         """`L_forget` from the model's outputs on the forget batch (and the frozen model's, when needed)."""
@@ -92,6 +127,11 @@ class Objective:
         """Whether the retain term needs the frozen model's outputs on the retain batch."""
         return self.options.retain_loss == "kl"
 
+    @property
+    def retain_unit_mean(self) -> bool:
+        """Whether the retain term averages over units (False: over examples), like `forget_unit_mean`."""
+        return True
+
     def forget_answer(self, record: dict[str, Any], index: int) -> str:
         """Text benchmarks: the answer the forget term trains on (IDK swaps in a refusal)."""
         return record["answer"]
@@ -104,3 +144,9 @@ class Objective:
 def make_objective(options: ObjectiveOptions) -> Objective:
     """Instantiate the objective named by its options."""
     return OBJECTIVES.get(options.name)(options)
+
+
+def original_targets() -> Objective:
+    """An objective-shaped stand-in whose forget targets are the benchmark's own answers and labels (for
+    preparation passes of objectives that train toward other targets)."""
+    return Objective(ObjectiveOptions(name="original"))

@@ -11,21 +11,37 @@ import torch
 from harness.batch import IGNORE, Batch, TokenBatch
 from harness.text import encode_pair
 
-Pair = tuple[str, str]
+#: A context and its continuation, or several continuations of one context (DPO: preferred, rejected).
+Pair = tuple[str, str | tuple[str, ...]]
 Encoded = tuple[list[int], int]
 
 
-def encode_pairs(tokenizer: Any, pairs: Sequence[Pair], max_length: int) -> list[Encoded]:
-    """Token ids and context length of each pair (continuation + EOS scored), cut to `max_length`."""
-    out = []
+def _encode(tokenizer: Any, context: str, continuation: str, max_length: int) -> Encoded:
+    ids, n_ctx = encode_pair(tokenizer, context, continuation, add_eos=True)
+    return ids[:max_length], min(n_ctx, max_length)
+
+
+def encode_pairs(tokenizer: Any, pairs: Sequence[Pair], max_length: int) -> list[Encoded | tuple[Encoded, ...]]:
+    """Token ids and context length of each pair (continuation + EOS scored), cut to `max_length`; a pair
+    with several continuations gives a tuple of them."""
+    out: list[Encoded | tuple[Encoded, ...]] = []
     for context, continuation in pairs:
-        ids, n_ctx = encode_pair(tokenizer, context, continuation, add_eos=True)
-        out.append((ids[:max_length], min(n_ctx, max_length)))
+        if isinstance(continuation, str):
+            out.append(_encode(tokenizer, context, continuation, max_length))
+        else:
+            out.append(tuple(_encode(tokenizer, context, c, max_length) for c in continuation))
     return out
 
 
-def collate(examples: Sequence[Encoded], pad_id: int) -> TokenBatch:
-    """Right-pad a list of encoded pairs into a TokenBatch whose labels cover only the continuations."""
+def collate(examples: Sequence[Encoded | tuple[Encoded, ...]], pad_id: int) -> TokenBatch:
+    """Right-pad a list of encoded pairs into a TokenBatch whose labels cover only the continuations.
+
+    Examples with k continuations give k * B rows, continuation-major: rows `[j*B, (j+1)*B)` hold every
+    example's j-th continuation (DPO's preferred answers, then its rejected ones).
+    """
+    if isinstance(examples[0][1], tuple):
+        k = len(examples[0])
+        examples = [ex[j] for j in range(k) for ex in examples]  # type: ignore[misc]
     width = max(len(ids) for ids, _ in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)

@@ -5,9 +5,10 @@ worker builds a fresh copy of the target model, attaches the bounded adapter, wr
 engine (ZeRO 0-3, fp32/bf16, optional offload) and trains on its slice of each global batch. Telemetry
 is all-reduced so every rank sees the same numbers; NaN/inf stops the run on all ranks together, and
 the next run starts. A run's checkpoints (DeepSpeed engine state + PEFT-format adapter + the step log so
-far) go through `ray.train.report`; its last one is marked `done`. A restarted worker group resumes from
-the latest checkpoint: finished runs are skipped, an unfinished one resumes at its step, so each step's
-telemetry appears exactly once. Rank 0 also streams every step to an optional progress actor.
+far, plus the objective's preparation result) go through `ray.train.report`; its last one is marked `done`.
+A restarted worker group resumes from the latest checkpoint: finished runs are skipped, an unfinished one
+resumes at its step with its preparation loaded, not recomputed, so each step's telemetry appears exactly
+once. Rank 0 also streams every step to an optional progress actor.
 """
 
 from __future__ import annotations
@@ -30,12 +31,20 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 
-from harness.adapters import adapted_layers, adapter_norms, adapter_parameters, adapters_disabled, attach
+from harness.adapters import (
+    adapted_layers,
+    adapter_norms,
+    adapter_parameters,
+    adapter_product_sq,
+    adapters_disabled,
+    attach,
+)
 from harness.adapters.checkpoint import save_adapter
 from harness.batch import Batch
 from harness.modalities import Modality, get_modality
-from harness.objectives import Objective, make_objective
+from harness.objectives import FORGET, RETAIN, Objective, PrepareContext, make_objective
 from harness.spec import MethodSpec, TrainSpec
 from harness.train.data import BatchStream
 from harness.train.schedule import make_scheduler
@@ -43,6 +52,8 @@ from harness.train.schedule import make_scheduler
 STATE_FILE = "state.json"
 ADAPTER_DIR = "adapter"
 ENGINE_TAG = "engine"
+#: The objective's preparation result in a checkpoint (safetensors), loaded by a resumed worker.
+PREPARED_FILE = "prepared.safetensors"
 # Each report names the workers' placement group, so a Tune driver can free it when it stops the trial.
 PLACEMENT_GROUP_KEY = "placement_group"
 #: Models up to this size are kept as a pristine copy in memory between runs; larger ones are re-read.
@@ -114,10 +125,25 @@ def _register_zero3_external_params(model: torch.nn.Module) -> None:
                 deepspeed.zero.register_external_parameter(layer, p)
 
 
-def _reference_outputs(engine: Any, model: torch.nn.Module, batch: Batch) -> Any:
+def _forward(engine: Any, batch: Batch, objective: Objective) -> Any:
+    """The model's outputs on a batch, with hidden states when the objective reads them."""
+    extra = {"output_hidden_states": True} if objective.needs_hidden_states else {}
+    return engine(**batch.model_inputs(), **extra)
+
+
+def _reference_outputs(engine: Any, model: torch.nn.Module, batch: Batch, objective: Objective) -> Any:
     """Outputs of the frozen model (adapters switched off), without building a graph."""
     with torch.no_grad(), adapters_disabled(model):
-        return engine(**batch.model_inputs())
+        return _forward(engine, batch, objective)
+
+
+def _penalty(model: torch.nn.Module, objective: Objective, train: TrainSpec, progress: float) -> torch.Tensor | None:
+    """The objective's regulariser plus the `train.adapter_l2` stabiliser on `sum ||B A||_F^2`, or None."""
+    terms = [objective.penalty(model, progress)]
+    if train.adapter_l2 > 0:
+        terms.append(train.adapter_l2 * adapter_product_sq(model))
+    terms = [p for p in terms if p is not None]
+    return sum(terms[1:], terms[0]) if terms else None
 
 
 def _placement_group_id() -> str | None:
@@ -206,6 +232,19 @@ class _Worker:
         return iter(BatchStream(self._encoded[cache_key], train.batch_size, self.collate, seed, self.rank,
                                 self.world))
 
+    def prepare(self, objective: Objective, model: torch.nn.Module, run: dict[str, Any], train: TrainSpec,
+                use_retain: bool) -> dict[str, torch.Tensor]:
+        """Run the objective's preparation pass on this worker (collective): the model moves to the device and
+        reads fresh seeded streams of the forget set (the benchmark's own targets) and the retain set."""
+        seed = run["seed"]
+        streams = {FORGET: lambda: self.stream(run["prepare_forget"] or run["forget"], train, seed)}
+        if use_retain:
+            streams[RETAIN] = lambda: self.stream(run["retain"], train, seed + 1)
+        n_forget = len(self.config["data"][run["forget"]])
+        ctx = PrepareContext(model.to(self.device), self.device, seed, self.rank, self.world, streams,
+                             epoch_batches=math.ceil(n_forget / train.batch_size))
+        return objective.prepare(ctx) or {}
+
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker entry point: train every run of `config["runs"]`; results go out through reports."""
@@ -221,6 +260,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         gc.collect()
         if worker.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _prepare(worker: _Worker, objective: Objective, model: torch.nn.Module, run: dict[str, Any], train: TrainSpec,
+             use_retain: bool, resume: _Resume | None) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
+    """The objective's preparation result (None when it has none), applied to the model: loaded from the run's
+    checkpoint when resuming, else computed (collective); and its record (`passes`, `loads`, `seconds`)."""
+    if not objective.has_prepare:
+        return None, {"passes": 0, "loads": 0, "seconds": 0.0}
+    if resume is not None:
+        with resume.checkpoint.as_directory() as d:
+            prepared = load_file(str(Path(d) / PREPARED_FILE))
+        info = {**resume.state["prepare"], "loads": resume.state["prepare"]["loads"] + 1}
+    else:
+        began = time.perf_counter()
+        prepared = worker.prepare(objective, model, run, train, use_retain)
+        info = {"passes": 1, "loads": 0, "seconds": time.perf_counter() - began}
+    objective.apply_prepared(model, prepared)
+    return prepared, info
 
 
 def _train_run(worker: _Worker, index: int, resume: _Resume | None) -> None:
@@ -239,6 +296,14 @@ def _train_run(worker: _Worker, index: int, resume: _Resume | None) -> None:
     worker.use_target(run["target"])
     model = worker.fresh_model()
     attach(model, method.adapter, seed=seed)
+    objective: Objective = make_objective(method.objective)
+    w_f, w_r = method.objective.w_forget, method.objective.w_retain
+    use_retain = method.objective.uses_retain and run["retain"] is not None
+    need_ref_retain = objective.retain_needs_reference and use_retain
+
+    # The objective's one-time preparation, before DeepSpeed wraps the model (loaded when resuming).
+    prepared, prepare_info = _prepare(worker, objective, model, run, t, use_retain, resume)
+
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = adapter_parameters(model)
@@ -248,11 +313,6 @@ def _train_run(worker: _Worker, index: int, resume: _Resume | None) -> None:
         lr_scheduler=lambda opt: make_scheduler(opt, t.scheduler, n_steps, t.warmup_ratio))
     if t.zero_stage == 3:
         _register_zero3_external_params(model)
-
-    objective: Objective = make_objective(method.objective)
-    w_f, w_r = method.objective.w_forget, method.objective.w_retain
-    use_retain = method.objective.uses_retain and run["retain"] is not None
-    need_ref_retain = objective.retain_needs_reference and use_retain
     forget = worker.stream(run["forget"], t, seed)
     retain = worker.stream(run["retain"] if use_retain else None, t, seed + 1)
 
@@ -279,7 +339,11 @@ def _train_run(worker: _Worker, index: int, resume: _Resume | None) -> None:
             if rank == 0:
                 save_adapter(model, tmp / ADAPTER_DIR, method.adapter, run["target"])
         if rank == 0:
-            (tmp / STATE_FILE).write_text(json.dumps({"log": log, "run": index, "key": run["key"], **status}))
+            if prepared is not None:
+                save_file({k: v.detach().to("cpu").contiguous() for k, v in prepared.items()},
+                          str(tmp / PREPARED_FILE))
+            (tmp / STATE_FILE).write_text(json.dumps({"log": log, "run": index, "key": run["key"],
+                                                      "prepare": prepare_info, **status}))
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(tmp)))
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -295,21 +359,26 @@ def _train_run(worker: _Worker, index: int, resume: _Resume | None) -> None:
             if micro:
                 engine.step()  # a no-op before the accumulation boundary; DeepSpeed counts micro-steps
             fb = next(forget).to(device)
-            out_f = engine(**fb.model_inputs())
-            ref_f = _reference_outputs(engine, model, fb) if objective.needs_reference else None
+            out_f = _forward(engine, fb, objective)
+            ref_f = _reference_outputs(engine, model, fb, objective) if objective.needs_reference else None
             loss_f = objective.forget_loss(out_f, fb, ref_f)
             if objective.forget_unit_mean:
-                loss_f = loss_f * _token_share(fb.n_scored, world, device)
+                loss_f = loss_f * _token_share(objective.forget_units(fb), world, device)
             loss = w_f * loss_f
             loss_r = torch.zeros((), device=device)
             inputs += fb.n_inputs
             if use_retain:
                 rb = next(retain).to(device)
-                out_r = engine(**rb.model_inputs())
-                ref_r = _reference_outputs(engine, model, rb) if need_ref_retain else None
-                loss_r = objective.retain_loss(out_r, rb, ref_r) * _token_share(rb.n_scored, world, device)
+                out_r = _forward(engine, rb, objective)
+                ref_r = _reference_outputs(engine, model, rb, objective) if need_ref_retain else None
+                loss_r = objective.retain_loss(out_r, rb, ref_r)
+                if objective.retain_unit_mean:
+                    loss_r = loss_r * _token_share(rb.n_scored, world, device)
                 loss = loss + w_r * loss_r
                 inputs += rb.n_inputs
+            penalty = _penalty(model, objective, t, step / n_steps)
+            if penalty is not None:
+                loss = loss + penalty
             engine.backward(loss)
             for i, v in enumerate((loss, loss_f, loss_r)):
                 sums[i] += float(v.detach()) / t.grad_accum

@@ -45,6 +45,9 @@ class TrainRequest:
     forget: Sequence[Any]
     retain: Sequence[Any] = ()
     target: str = ""  #: the model directory (or hub id) it starts from
+    #: The forget set with the benchmark's own targets, for the objective's preparation pass when the
+    #: objective trains toward other targets (SalUn's random labels); empty: `forget`.
+    forget_original: Sequence[Any] = ()
 
     @property
     def key(self) -> str:
@@ -69,6 +72,9 @@ class TrainRun:
     steps: int = 0
     adapter_dir: Path | None = None
     seconds: float = 0.0  #: wall time of the run inside its worker (model copy, engine, steps, checkpoints)
+    #: the objective's preparation: `passes` (times computed: 1, also across resumes), `loads` (times a resumed
+    #: worker group loaded it from a checkpoint) and `seconds` (of the pass)
+    prepare: dict[str, Any] = field(default_factory=lambda: {"passes": 0, "loads": 0, "seconds": 0.0})
 
 
 def ensure_ray(address: str | None = None) -> None:
@@ -103,14 +109,18 @@ def _train_config(requests: Sequence[TrainRequest], spec: JobSpec, modality: str
     for req in requests:
         forget_key = _data_key(req.forget)
         data.setdefault(forget_key, list(req.forget))
-        retain_key = None
+        retain_key = original_key = None
         if req.retain:
             retain_key = _data_key(req.retain)
             data.setdefault(retain_key, list(req.retain))
+        if req.forget_original:
+            original_key = _data_key(req.forget_original)
+            data.setdefault(original_key, list(req.forget_original))
         ds_config = build_deepspeed_config(req.method.train, res.num_workers)
         atomic_write_json(out_dir / "deepspeed" / f"{req.method.name}.json", ds_config)
         runs.append({"key": req.key, "method": req.method.model_dump(mode="json"), "seed": req.seed,
-                     "target": req.target, "forget": forget_key, "retain": retain_key, "deepspeed": ds_config})
+                     "target": req.target, "forget": forget_key, "retain": retain_key,
+                     "prepare_forget": original_key, "deepspeed": ds_config})
     return {"runs": runs, "data": data, "modality": modality,
             "use_gpu": res.use_gpu, "threads": res.cpus_per_worker, "fault": fault}
 
@@ -176,14 +186,14 @@ def _collect(result: Any, requests: Sequence[TrainRequest], out_dir: Path) -> di
             shutil.copytree(Path(d) / ADAPTER_DIR, dest)
         runs[req.key] = TrainRun(method=req.method.name, seed=req.seed, log=state["log"], diverged=state["diverged"],
                                  reason=state["reason"], steps=state["step"], adapter_dir=dest,
-                                 seconds=state.get("seconds", 0.0))
+                                 seconds=state.get("seconds", 0.0), prepare=state["prepare"])
     return runs
 
 
 def run_unlearning(method: MethodSpec, spec: JobSpec, target: str, forget: Sequence[Any], retain: Sequence[Any],
                    out_dir: Path, seed: int = 0, fault: dict[str, Any] | None = None, callbacks: Sequence[Any] = (),
-                   modality: str = "text", progress: bool = False) -> TrainRun:
+                   modality: str = "text", progress: bool = False, forget_original: Sequence[Any] = ()) -> TrainRun:
     """Train one method with one seed (a trainer of its own; used by Tune trials and tests)."""
-    request = TrainRequest(method, seed, forget, retain, target)
+    request = TrainRequest(method, seed, forget, retain, target, forget_original)
     return run_unlearning_many([request], spec, out_dir, modality=modality, fault=fault,
                                callbacks=callbacks, name=method.name, progress=progress)[request.key]

@@ -28,7 +28,7 @@ ARCHS = BUILTIN_MODELS.names()
 BOUND_NAMES = ["sine", "tanh", "clip", "none"]
 VOCAB = 64
 # MLP linears per decoder layer, by builtin
-TARGETS_PER_LAYER = {"tiny-llama": 3}
+TARGETS_PER_LAYER = {"tiny-llama": 3, "small-llama": 3}
 ATTENTION = re.compile(r"attn|attention|self_attn")
 
 

@@ -44,8 +44,13 @@ class Tofu(Benchmark):
     def _pairs(self, records: list[dict], tokenizer: Any,
                answer_for: Callable[[dict, int], str] | None = None) -> list[Pair]:
         fmt = self.spec.prompt_format
-        return [(prompt_for(r["question"], fmt, tokenizer),
-                 answer_text(answer_for(r, i) if answer_for else r["answer"], fmt)) for i, r in enumerate(records)]
+
+        def text(answer: str | tuple[str, ...]) -> str | tuple[str, ...]:
+            # An objective may train on several answers of one question (DPO: preferred, rejected).
+            return answer_text(answer, fmt) if isinstance(answer, str) else tuple(answer_text(a, fmt) for a in answer)
+
+        return [(prompt_for(r["question"], fmt, tokenizer), text(answer_for(r, i) if answer_for else r["answer"]))
+                for i, r in enumerate(records)]
 
     def corpus_texts(self) -> list[str]:
         return corpus_texts(self.data)
