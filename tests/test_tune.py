@@ -68,3 +68,14 @@ def test_results_and_best_specs_are_written(tmp_path: Path) -> None:
     again = validate_spec(yaml.safe_load(best[0].read_text()))
     assert again.methods[0].name.startswith("gd_sine_tuned_")
     assert {m.adapter.bound for m in (load_spec(p).methods[0] for p in best)} == {"sine", "tanh"}
+
+
+def test_trainer_reports_use_no_key_ray_tune_reserves() -> None:
+    # A trial forwards every trainer report to Tune; a reserved key (e.g. `done`) would end the trial early.
+    from ray.tune import result as tune_result
+
+    from harness.train.loop import PLACEMENT_GROUP_KEY, RUN_DONE_KEY
+
+    reserved = {v for k, v in vars(tune_result).items() if k.isupper() and isinstance(v, str)}
+    assert "done" in reserved
+    assert not {RUN_DONE_KEY, PLACEMENT_GROUP_KEY, "run", "run_index"} & reserved

@@ -56,6 +56,9 @@ ENGINE_TAG = "engine"
 PREPARED_FILE = "prepared.safetensors"
 # Each report names the workers' placement group, so a Tune driver can free it when it stops the trial.
 PLACEMENT_GROUP_KEY = "placement_group"
+#: Reported with every metrics row: true on a run's final checkpoint. Not `done`, which Ray Tune reads as
+#: "this trial has finished" when a trial forwards the trainer's reports (TuneReportCallback).
+RUN_DONE_KEY = "run_done"
 #: Models up to this size are kept as a pristine copy in memory between runs; larger ones are re-read.
 KEEP_PRISTINE_BYTES = 2**30
 
@@ -328,7 +331,8 @@ def _train_run(worker: _Worker, index: int, resume: _Resume | None) -> None:
 
     def save_and_report(row: dict[str, Any], status: dict[str, Any] | None) -> None:
         """Checkpoint (status given) or plain metrics report; collective on every rank."""
-        metrics = {**row, "run": run["key"], "run_index": index, "done": bool(status and status.get("done")),
+        metrics = {**row, "run": run["key"], "run_index": index,
+                   RUN_DONE_KEY: bool(status and status.get("done")),
                    PLACEMENT_GROUP_KEY: worker.placement_group}
         if status is None:
             ray.train.report(metrics)

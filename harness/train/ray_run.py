@@ -22,7 +22,7 @@ from harness.errors import HarnessError
 from harness.results import atomic_write_json
 from harness.spec import JobSpec, MethodSpec
 from harness.train.deepspeed_config import build_deepspeed_config
-from harness.train.loop import ADAPTER_DIR, STATE_FILE, train_loop_per_worker
+from harness.train.loop import ADAPTER_DIR, RUN_DONE_KEY, STATE_FILE, train_loop_per_worker
 from harness.train.progress import TrainingProgress
 
 #: How often Ray Train's controller polls its workers (Ray's default is 2 s). Every `ray.train.report`
@@ -173,7 +173,7 @@ def _collect(result: Any, requests: Sequence[TrainRequest], out_dir: Path) -> di
     """Every run's last `done` checkpoint: its log and status, and its adapter copied under `out_dir`."""
     done: dict[str, Any] = {}
     for checkpoint, metrics in result.best_checkpoints or []:
-        if metrics.get("done"):
+        if metrics.get(RUN_DONE_KEY):
             done[metrics["run"]] = checkpoint
     runs: dict[str, TrainRun] = {}
     for req in requests:
