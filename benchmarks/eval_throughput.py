@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the driver")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="device of the naive, hf and lm-eval rows (cpu, cuda)")
+    parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM row")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray worker comparison")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     args = parser.parse_args(argv)
@@ -111,6 +113,7 @@ class NaiveLoop(Backend):
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any) -> None:
         self.model, self.tokenizer = model, tokenizer
+        self.device = next(model.parameters()).device
         self.new_tokens: list[int] = []
 
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[np.ndarray]:
@@ -118,7 +121,7 @@ class NaiveLoop(Backend):
         with torch.inference_mode():
             for req in requests:
                 ids, n_ctx = encode_pair(self.tokenizer, req.context, req.continuation, add_eos=req.add_eos)
-                logits = self.model(input_ids=torch.tensor([ids])).logits[0].float()
+                logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0].float().cpu()
                 lp = logits[n_ctx - 1:len(ids) - 1].log_softmax(-1)
                 out.append(lp.gather(-1, torch.tensor(ids[n_ctx:])[:, None])[:, 0].double().numpy())
         return out
@@ -128,7 +131,7 @@ class NaiveLoop(Backend):
         out, self.new_tokens = [], []
         with torch.inference_mode():
             for req in requests:
-                ids = torch.tensor([self.tokenizer(req.prompt)["input_ids"]])
+                ids = torch.tensor([self.tokenizer(req.prompt)["input_ids"]], device=self.device)
                 seq = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                           max_new_tokens=req.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
                                           eos_token_id=eos, temperature=None, top_p=None, top_k=None)
@@ -170,12 +173,12 @@ def max_abs_diff(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
 
 
 def lm_eval_row(model_dir: str, tokenizer: Any, loglik: list[LoglikRequest], batch_size: int,
-                repeats: int) -> tuple[dict[str, Any], list[float]]:
+                repeats: int, device: str = "cpu") -> tuple[dict[str, Any], list[float]]:
     """Time lm-evaluation-harness's HFLM on the same requests; per request its summed log-prob."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(pretrained=model_dir, backend="causal", batch_size=batch_size, device="cpu", dtype="float32")
+    lm = HFLM(pretrained=model_dir, backend="causal", batch_size=batch_size, device=device, dtype="float32")
     eos = tokenizer.eos_token
     instances = [Instance(request_type="loglikelihood", doc={}, idx=i,
                           arguments=(r.context, r.continuation + (eos if r.add_eos else "")))
@@ -214,10 +217,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{args.max_new_tokens} new tokens; batch {args.batch_size}; driver threads {args.threads}", flush=True)
 
     rows: dict[str, dict[str, Any]] = {}
-    naive = NaiveLoop(model, tokenizer)
+    naive = NaiveLoop(model.to(args.device), tokenizer)
     rows["naive"] = measure(naive, loglik, gens, 1)
     gen_tokens = sum(naive.new_tokens)
-    rows["hf"] = measure(HFBackend(model, tokenizer, batch_size=args.batch_size, device="cpu"), loglik, gens,
+    rows["hf"] = measure(HFBackend(model, tokenizer, batch_size=args.batch_size, device=args.device), loglik, gens,
                          args.repeats)
     ref = rows["hf"]
     checks = {"hf_vs_naive_max_abs_logprob_diff": max_abs_diff(ref["logprobs"], rows["naive"]["logprobs"]),
@@ -226,8 +229,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     notes = []
     with tempfile.TemporaryDirectory(prefix="eval-throughput-") as tmp:
-        save_model(model, tokenizer, tmp)
-        rows["lm-eval hf"], lm_sums = lm_eval_row(tmp, tokenizer, loglik, args.batch_size, args.repeats)
+        save_model(model.cpu(), tokenizer, tmp)
+        rows["lm-eval hf"], lm_sums = lm_eval_row(tmp, tokenizer, loglik, args.batch_size, args.repeats,
+                                                     args.device)
         ours = np.array([float(lp.sum()) for lp in ref["logprobs"]])
         checks["hf_vs_lm_eval_max_abs_sum_logprob_diff"] = float(np.abs(ours - np.array(lm_sums)).max())
         if not args.no_ray:
@@ -246,7 +250,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             notes.append("Ray workers skipped (--no-ray)")
 
-    if importlib.util.find_spec("vllm") is not None:
+    if args.no_vllm:
+        notes.append("vllm skipped (--no-vllm)")
+    elif importlib.util.find_spec("vllm") is not None:
         try:
             vllm_backend = make_backend("vllm", model, tokenizer, args.batch_size, "cpu")
             try:
