@@ -1,8 +1,10 @@
 """Step time and memory of one adapted MLP block: vanilla LoRA vs the fused bounded adapter vs a naive one.
 
 One SwiGLU MLP block (gate/up/down projections, `down(silu(gate(x)) * up(x))`) with an adapter on
-each projection, forward + backward of `x` (tokens x hidden), in three variants measured in one run:
+each projection, forward + backward of `x` (tokens x hidden), in four variants measured in one run:
 
+- `peft`:  PEFT's own LoRA layers (`peft.LoraModel` on a module with the same three `nn.Linear`s, the
+  same weights and factors): the baseline every ratio is taken against;
 - `lora`:  plain LoRA, the low-rank path `x W0^T + s (x A^T) B^T` (bound `none`);
 - `fused`: the sine-bounded adapter through the fused autograd function (`bounded_linear`): it forms
   `W = W0 + s sin(omega B A) / sqrt(d_in)` for one GEMM and recomputes it in backward;
@@ -44,8 +46,10 @@ from harness.adapters.fused import bounded_linear, naive_bounded_linear
 
 MIB = 2**20
 #: (hidden, intermediate, tokens) and dtype used when no argument is given.
-DEFAULTS = {"cuda": ((4096, 14336, 4096), "bfloat16", 20), "cpu": ((1024, 2816, 512), "float32", 5)}
-VARIANTS = ("lora", "fused", "naive")
+DEFAULTS = {"cuda": ((4096, 14336, 4096), "bfloat16", 20), "cpu": ((1024, 2752, 512), "float32", 5)}
+VARIANTS = ("peft", "lora", "fused", "naive")
+#: PEFT-wrapped copies of each block, by `id(block)` (built by `make_block`).
+PEFT_BLOCKS: dict[int, torch.nn.Module] = {}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 Linear = Callable[[torch.Tensor, "Proj"], torch.Tensor]
@@ -97,6 +101,42 @@ def mlp(linear: Linear, x: torch.Tensor, block: dict[str, Proj]) -> torch.Tensor
     return linear(F.silu(linear(x, block["gate"])) * linear(x, block["up"]), block["down"])
 
 
+class MLP(torch.nn.Module):
+    """The same SwiGLU block as plain `nn.Linear`s, for PEFT to wrap."""
+
+    def __init__(self, block: dict[str, Proj]) -> None:
+        super().__init__()
+        for name, p in block.items():
+            layer = torch.nn.Linear(p.w0.shape[1], p.w0.shape[0], bias=False, device=p.w0.device, dtype=p.w0.dtype)
+            layer.weight.data = p.w0  # shares the frozen weight
+            setattr(self, name, layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+def make_peft(block: dict[str, Proj], rank: int) -> torch.nn.Module:
+    """`peft.LoraModel` over `MLP(block)` with r=`rank`, alpha=2*rank (the harness LoRA's scale) and the
+    block's own factors copied into PEFT's `lora_A` / `lora_B`."""
+    from peft import LoraConfig, LoraModel
+
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(block))
+    model = LoraModel(MLP(block), config, "default")
+    with torch.no_grad():
+        for name, p in block.items():
+            layer = getattr(model.model, name)
+            layer.lora_A["default"].weight.copy_(p.a)
+            layer.lora_B["default"].weight.copy_(p.b)
+    return model
+
+
+def forward(variant: str, x: torch.Tensor, block: dict[str, Proj]) -> torch.Tensor:
+    """The block's output in `variant`."""
+    if variant == "peft":
+        return PEFT_BLOCKS[id(block)](x)
+    return mlp(LINEARS[variant], x, block)
+
+
 def make_block(hidden: int, inter: int, rank: int, omega: float, dtype: torch.dtype, device: str,
                seed: int = 0) -> dict[str, Proj]:
     """gate/up (hidden -> intermediate) and down (intermediate -> hidden) projections."""
@@ -106,15 +146,25 @@ def make_block(hidden: int, inter: int, rank: int, omega: float, dtype: torch.dt
             "down": make_proj(inter, hidden, rank, omega, dtype, device, gen)}
 
 
+def make_blocks(hidden: int, inter: int, rank: int, omega: float, dtype: torch.dtype, device: str,
+                seed: int = 0) -> dict[str, Proj]:
+    """`make_block` plus its PEFT twin (registered in `PEFT_BLOCKS`)."""
+    block = make_block(hidden, inter, rank, omega, dtype, device, seed)
+    PEFT_BLOCKS[id(block)] = make_peft(block, rank)
+    return block
+
+
 def _leaves(x: torch.Tensor, block: dict[str, Proj]) -> list[torch.Tensor]:
-    return [x] + [t for p in block.values() for t in (p.a, p.b)]
+    peft = PEFT_BLOCKS.get(id(block))
+    extra = [] if peft is None else [t for t in peft.parameters() if t.requires_grad]
+    return [x] + [t for p in block.values() for t in (p.a, p.b)] + extra
 
 
 def step(variant: str, x: torch.Tensor, block: dict[str, Proj], grad_y: torch.Tensor) -> torch.Tensor:
     """One forward + backward of the block (gradients reset first); returns the output."""
     for t in _leaves(x, block):
         t.grad = None
-    y = mlp(LINEARS[variant], x, block)
+    y = forward(variant, x, block)
     y.backward(grad_y)
     return y
 
@@ -154,7 +204,10 @@ def time_steps(x: torch.Tensor, block: dict[str, Proj], grad_y: torch.Tensor, re
 
 def saved_bytes(variant: str, x: torch.Tensor, block: dict[str, Proj], grad_y: torch.Tensor) -> int:
     """Parameter + input bytes plus every distinct storage saved for backward in one forward."""
-    static = [x] + [t for p in block.values() for t in (p.w0, p.a, p.b)]
+    if variant == "peft":
+        static = [x] + list(PEFT_BLOCKS[id(block)].parameters())
+    else:
+        static = [x] + [t for p in block.values() for t in (p.w0, p.a, p.b)]
     seen = {t.untyped_storage().data_ptr() for t in static}
     total = sum(t.untyped_storage().nbytes() for t in static)
 
@@ -169,7 +222,7 @@ def saved_bytes(variant: str, x: torch.Tensor, block: dict[str, Proj], grad_y: t
     for t in _leaves(x, block):
         t.grad = None
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = mlp(LINEARS[variant], x, block)
+        y = forward(variant, x, block)
     y.backward(grad_y)
     return total
 
@@ -188,11 +241,15 @@ def peak_bytes(variant: str, x: torch.Tensor, block: dict[str, Proj], grad_y: to
 def check_agreement(x: torch.Tensor, block: dict[str, Proj], grad_y: torch.Tensor) -> tuple[bool, float]:
     """Fused vs naive: output and gradients (x, A, B) agree; returns (allclose, max relative error)."""
     results = {}
-    for variant in ("fused", "naive"):
+    for variant in ("fused", "naive", "peft", "lora"):
         y = step(variant, x, block, grad_y)
-        results[variant] = [y.detach().float()] + [t.grad.detach().float() for t in _leaves(x, block)]
+        grads = [] if variant == "peft" else [t.grad.detach().float() for t in _leaves(x, block)[:1 + 2 * len(block)]]
+        results[variant] = [y.detach().float(), *grads]
     tol = 1e-4 if x.dtype == torch.float32 else 3e-2
     worst, ok = 0.0, True
+    # PEFT and the harness LoRA compute the same function (output and x gradient)
+    assert torch.allclose(results["peft"][0], results["lora"][0], rtol=1e-3, atol=1e-3 * float(
+        results["lora"][0].abs().max())), "PEFT LoRA and the harness LoRA disagree"
     for f, n in zip(results["fused"], results["naive"]):
         scale = n.abs().max().clamp_min(1e-30)
         err = float((f - n).abs().max() / scale)
@@ -210,6 +267,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--omega", type=float, default=100.0)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--tokens", default=None, help="comma-separated token counts (overrides the shape's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -217,16 +275,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else shape
     if len(args.shape) != 3:
         parser.error("--shape needs hidden,intermediate,tokens")
+    args.tokens = [int(v) for v in args.tokens.split(",")] if args.tokens else None
     args.dtype = args.dtype or dtype
     args.repeats = args.repeats or repeats
     return args
 
 
-def run(args: argparse.Namespace) -> dict[str, object]:
-    """Measure every variant and print the table; returns the JSON summary."""
-    hidden, inter, tokens = args.shape
+def run_one(args: argparse.Namespace, tokens: int) -> dict[str, object]:
+    """Measure every variant at `tokens` tokens and print its table; returns that shape's summary."""
+    hidden, inter, _ = args.shape
     dtype = DTYPES[args.dtype]
-    block = make_block(hidden, inter, args.rank, args.omega, dtype, args.device, args.seed)
+    block = make_blocks(hidden, inter, args.rank, args.omega, dtype, args.device, args.seed)
     gen = torch.Generator().manual_seed(args.seed + 1)
     x = torch.randn(tokens, hidden, generator=gen).to(dtype=dtype, device=args.device).requires_grad_()
     grad_y = torch.randn(tokens, hidden, generator=gen).to(dtype=dtype, device=args.device)
@@ -235,20 +294,33 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     ms = time_steps(x, block, grad_y, args.repeats)
     mem = {v: (peak_bytes if cuda else saved_bytes)(v, x, block, grad_y) for v in VARIANTS}
     label = "peak MiB" if cuda else "saved MiB"
-    print(f"one MLP block, hidden={hidden} intermediate={inter} tokens={tokens} rank={args.rank} "
-          f"omega={args.omega} {args.dtype} on {args.device} ({args.repeats} repeats, median)")
-    print(f"fused vs naive: allclose={ok} (max relative error {err:.2e})")
-    print(f"{'variant':<8}{'step ms':>10}{'x lora':>8}{label:>12}{'x lora':>8}")
+    print(f"\none MLP block, hidden={hidden} intermediate={inter} tokens={tokens} rank={args.rank} "
+          f"omega={args.omega} {args.dtype} on {args.device} ({args.repeats} repeats, median); "
+          f"fused vs naive: allclose={ok} (max relative error {err:.2e})")
+    print(f"| variant | step ms | x peft | x lora | {label} | x peft | x lora |\n|---|---:|---:|---:|---:|---:|---:|")
     for v in VARIANTS:
-        print(f"{v:<8}{ms[v]:>10.2f}{ms[v] / ms['lora']:>8.2f}{mem[v] / MIB:>12.1f}{mem[v] / mem['lora']:>8.2f}")
-    device_name = torch.cuda.get_device_name() if cuda else "cpu"
-    return {"time_fused_over_lora": round(ms["fused"] / ms["lora"], 4),
-            "time_naive_over_lora": round(ms["naive"] / ms["lora"], 4),
-            "mem_fused_over_lora": round(mem["fused"] / mem["lora"], 4),
-            "mem_naive_over_lora": round(mem["naive"] / mem["lora"], 4),
-            "device": device_name, "shape": [hidden, inter, tokens], "dtype": args.dtype, "rank": args.rank,
-            "mem_metric": "peak_allocated" if cuda else "saved_for_backward_plus_params",
-            "fused_naive_allclose": ok}
+        print(f"| {v} | {ms[v]:.2f} | {ms[v] / ms['peft']:.2f} | {ms[v] / ms['lora']:.2f} | {mem[v] / MIB:.1f} | "
+              f"{mem[v] / mem['peft']:.2f} | {mem[v] / mem['lora']:.2f} |")
+    PEFT_BLOCKS.pop(id(block), None)
+    out: dict[str, object] = {}
+    for v in ("lora", "fused", "naive"):
+        out[f"time_{v}_over_peft"] = round(ms[v] / ms["peft"], 4)
+        out[f"mem_{v}_over_peft"] = round(mem[v] / mem["peft"], 4)
+    for v in ("fused", "naive"):
+        out[f"time_{v}_over_lora"] = round(ms[v] / ms["lora"], 4)
+        out[f"mem_{v}_over_lora"] = round(mem[v] / mem["lora"], 4)
+    return out | {"step_ms": {v: round(ms[v], 3) for v in VARIANTS}, "shape": [hidden, inter, tokens],
+                  "fused_naive_allclose": ok}
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    """Every token count of `--tokens` (or the shape's); the first one's ratios at the top level."""
+    cuda = args.device == "cuda"
+    counts = args.tokens or [args.shape[2]]
+    per = [run_one(args, t) for t in counts]
+    return per[0] | {"by_tokens": {str(t): r for t, r in zip(counts, per, strict=True)},
+                     "device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": args.dtype,
+                     "rank": args.rank, "mem_metric": "peak_allocated" if cuda else "saved_for_backward_plus_params"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Scoring throughput: batched HF backend vs a naive one-at-a-time loop, 1 vs N Ray scoring workers, vLLM vs HF.
+"""Scoring throughput: the HF backend vs lm-evaluation-harness's HFLM, a naive loop, 1 vs N Ray workers, vLLM.
 
 Everything runs in one process on the builtin tiny Llama (4 layers, hidden 128), its matrices re-drawn
 at std 0.1 so greedy generations are context-dependent and rarely stop at once (at the default init
@@ -9,7 +9,12 @@ and greedy answers to the questions.
 Variants, each timed after a small warm-up call (best of `--repeats`):
 
 - `naive`: per request one unpadded forward pass (log-likelihood), per prompt `model.generate` alone;
-- `hf`: `HFBackend` (longest-first batches of `--batch-size`, padded, KV-cached batched generation);
+- `hf`: `HFBackend` (log-likelihood: each shared prompt run once, its continuations on the prompt's
+  KV cache, batches of at most `--batch-size` continuations on a padded-token budget; generation:
+  longest-first batches of `--batch-size`, padded, KV-cached);
+- `lm-eval hf`: lm-evaluation-harness's `HFLM` over the same saved model directory, with its own
+  batching (`--batch-size`), scoring the same (context, continuation + EOS text) pairs through
+  `lm.loglikelihood` on `Instance` requests (log-likelihood only);
 - `ray x1`, `ray xN`: `RayPoolBackend` over 1 and `--workers` `ScoringWorker` actors with
   `--worker-cpus` CPUs (and as many torch threads) each; actor start-up (model load) is not timed;
 - `vllm`: `make_backend("vllm", ...)` when `vllm` is importable (else a note, and null ratios).
@@ -61,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the driver")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="device of the naive, hf and lm-eval rows (cpu, cuda)")
+    parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM row")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray worker comparison")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     args = parser.parse_args(argv)
@@ -106,6 +113,7 @@ class NaiveLoop(Backend):
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any) -> None:
         self.model, self.tokenizer = model, tokenizer
+        self.device = next(model.parameters()).device
         self.new_tokens: list[int] = []
 
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[np.ndarray]:
@@ -113,7 +121,7 @@ class NaiveLoop(Backend):
         with torch.inference_mode():
             for req in requests:
                 ids, n_ctx = encode_pair(self.tokenizer, req.context, req.continuation, add_eos=req.add_eos)
-                logits = self.model(input_ids=torch.tensor([ids])).logits[0].float()
+                logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0].float().cpu()
                 lp = logits[n_ctx - 1:len(ids) - 1].log_softmax(-1)
                 out.append(lp.gather(-1, torch.tensor(ids[n_ctx:])[:, None])[:, 0].double().numpy())
         return out
@@ -123,7 +131,7 @@ class NaiveLoop(Backend):
         out, self.new_tokens = [], []
         with torch.inference_mode():
             for req in requests:
-                ids = torch.tensor([self.tokenizer(req.prompt)["input_ids"]])
+                ids = torch.tensor([self.tokenizer(req.prompt)["input_ids"]], device=self.device)
                 seq = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                           max_new_tokens=req.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
                                           eos_token_id=eos, temperature=None, top_p=None, top_k=None)
@@ -164,6 +172,39 @@ def max_abs_diff(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
     return max((float(np.abs(x - y).max()) if x.shape == y.shape else float("inf")) for x, y in zip(a, b))
 
 
+def lm_eval_row(model_dir: str, tokenizer: Any, loglik: list[LoglikRequest], batch_size: int,
+                repeats: int, device: str = "cpu") -> tuple[dict[str, Any], list[float]]:
+    """Time lm-evaluation-harness's HFLM on the same requests; per request its summed log-prob."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=model_dir, backend="causal", batch_size=batch_size, device=device, dtype="float32")
+    eos = tokenizer.eos_token
+    instances = [Instance(request_type="loglikelihood", doc={}, idx=i,
+                          arguments=(r.context, r.continuation + (eos if r.add_eos else "")))
+                 for i, r in enumerate(loglik)]
+    lm.loglikelihood(instances[:4], disable_tqdm=True)
+    t_ll, out = timed(lambda: lm.loglikelihood(instances, disable_tqdm=True), repeats)
+    return {"loglik_s": t_ll}, [float(lp) for lp, _ in out]
+
+
+def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
+    """Tokens/s per variant and ratios against lm-evaluation-harness (log-likelihood) and the naive loop."""
+    base_ll = rows.get("lm-eval hf", rows["naive"])["loglik_tok_s"]
+    base_name = "lm-eval" if "lm-eval hf" in rows else "naive"
+    lines = [f"| variant | loglik tok/s | loglik vs {base_name} | loglik vs naive | generate tok/s "
+             "| generate vs naive | loglik s | generate s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        gen = r["generate_tok_s"]
+        gen_cells = ("-", "-", "-") if gen is None else (
+            f"{gen:.0f}", f"{gen / rows['naive']['generate_tok_s']:.2f}x", f"{r['generate_s']:.2f}")
+        start = f" (actor start {r['start_s']:.1f}s)" if "start_s" in r else ""
+        lines.append(f"| {name}{start} | {r['loglik_tok_s']:.0f} | {r['loglik_tok_s'] / base_ll:.2f}x | "
+                     f"{r['loglik_tok_s'] / rows['naive']['loglik_tok_s']:.2f}x | {gen_cells[0]} | {gen_cells[1]} | "
+                     f"{r['loglik_s']:.2f} | {gen_cells[2]} |")
+    return "\n" + "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -176,10 +217,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{args.max_new_tokens} new tokens; batch {args.batch_size}; driver threads {args.threads}", flush=True)
 
     rows: dict[str, dict[str, Any]] = {}
-    naive = NaiveLoop(model, tokenizer)
+    naive = NaiveLoop(model.to(args.device), tokenizer)
     rows["naive"] = measure(naive, loglik, gens, 1)
     gen_tokens = sum(naive.new_tokens)
-    rows["hf"] = measure(HFBackend(model, tokenizer, batch_size=args.batch_size, device="cpu"), loglik, gens,
+    rows["hf"] = measure(HFBackend(model, tokenizer, batch_size=args.batch_size, device=args.device), loglik, gens,
                          args.repeats)
     ref = rows["hf"]
     checks = {"hf_vs_naive_max_abs_logprob_diff": max_abs_diff(ref["logprobs"], rows["naive"]["logprobs"]),
@@ -187,11 +228,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                                                    rows["naive"]["texts"])]))}
 
     notes = []
-    if not args.no_ray:
-        from harness.eval.parallel import ScoringPool
+    with tempfile.TemporaryDirectory(prefix="eval-throughput-") as tmp:
+        save_model(model.cpu(), tokenizer, tmp)
+        rows["lm-eval hf"], lm_sums = lm_eval_row(tmp, tokenizer, loglik, args.batch_size, args.repeats,
+                                                     args.device)
+        ours = np.array([float(lp.sum()) for lp in ref["logprobs"]])
+        checks["hf_vs_lm_eval_max_abs_sum_logprob_diff"] = float(np.abs(ours - np.array(lm_sums)).max())
+        if not args.no_ray:
+            from harness.eval.parallel import ScoringPool
 
-        with tempfile.TemporaryDirectory(prefix="eval-throughput-") as tmp:
-            save_model(model, tokenizer, tmp)
             for n in sorted({1, args.workers}):
                 with ScoringPool(n, batch_size=args.batch_size, num_cpus=args.worker_cpus) as pool:
                     t0 = time.perf_counter()
@@ -202,10 +247,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 got = rows[f"ray x{n}"]
                 checks[f"ray_x{n}_identical_to_hf"] = bool(
                     max_abs_diff(got["logprobs"], ref["logprobs"]) == 0.0 and got["texts"] == ref["texts"])
-    else:
-        notes.append("Ray workers skipped (--no-ray)")
+        else:
+            notes.append("Ray workers skipped (--no-ray)")
 
-    if importlib.util.find_spec("vllm") is not None:
+    if args.no_vllm:
+        notes.append("vllm skipped (--no-vllm)")
+    elif importlib.util.find_spec("vllm") is not None:
         try:
             vllm_backend = make_backend("vllm", model, tokenizer, args.batch_size, "cpu")
             try:
@@ -221,13 +268,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         notes.append("vllm is not importable here: vllm vs hf skipped")
 
-    print(f"\n{'variant':<10} {'loglik tok/s':>13} {'generate tok/s':>15} {'loglik s':>9} {'generate s':>11}")
-    for name, r in rows.items():
+    for r in rows.values():
         r["loglik_tok_s"] = ll_tokens / r["loglik_s"]
-        r["generate_tok_s"] = gen_tokens / r["generate_s"]
-        extra = f"  (actor start {r['start_s']:.1f}s)" if "start_s" in r else ""
-        print(f"{name:<10} {r['loglik_tok_s']:>13.0f} {r['generate_tok_s']:>15.0f} {r['loglik_s']:>9.2f} "
-              f"{r['generate_s']:>11.2f}{extra}")
+        r["generate_tok_s"] = gen_tokens / r["generate_s"] if "generate_s" in r else None
+    print(markdown_table(rows))
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in ref["texts"]]
     print(f"\ngenerated {gen_tokens} new tokens (mean {gen_tokens / len(gens):.1f}/prompt; after cutting at stop "
           f"strings {statistics.mean(lengths):.1f}), {len(set(ref['texts']))} distinct of {len(gens)}; "
@@ -238,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"note: {note}")
 
     def ratio(a: str, b: str, kind: str) -> float | None:
-        if a not in rows or b not in rows:
+        if a not in rows or b not in rows or rows[a][f"{kind}_tok_s"] is None or rows[b][f"{kind}_tok_s"] is None:
             return None
         return round(rows[a][f"{kind}_tok_s"] / rows[b][f"{kind}_tok_s"], 3)
 
@@ -248,8 +292,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"workers{args.workers}_over_workers1_loglik": ratio(f"ray x{args.workers}", "ray x1", "loglik"),
         f"workers{args.workers}_over_workers1_generate": ratio(f"ray x{args.workers}", "ray x1", "generate"),
         "vllm_over_hf_loglik": ratio("vllm", "hf", "loglik"),
+        "hf_over_lm_eval_loglik": ratio("hf", "lm-eval hf", "loglik"),
+        "vllm_over_lm_eval_loglik": ratio("vllm", "lm-eval hf", "loglik"),
         "vllm_over_hf_generate": ratio("vllm", "hf", "generate"),
-        "tokens_per_s": {name: {"loglik": round(r["loglik_tok_s"], 1), "generate": round(r["generate_tok_s"], 1)}
+        "tokens_per_s": {name: {"loglik": round(r["loglik_tok_s"], 1),
+                                "generate": None if r["generate_tok_s"] is None else round(r["generate_tok_s"], 1)}
                          for name, r in rows.items()},
         "checks": checks,
         "settings": {k: v for k, v in vars(args).items() if k != "quick"} | {"quick": args.quick},

@@ -39,6 +39,10 @@ class Bound:
     def delta_and_grad(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def delta_(self, m: torch.Tensor) -> torch.Tensor:
+        """`delta(m)` written into `m` where the bound allows (not differentiable; for fused kernels)."""
+        return self.delta(m)
+
     def max_abs(self) -> float:
         """Largest possible |delta W| of one element (inf when unbounded)."""
         raise NotImplementedError
@@ -58,7 +62,11 @@ class SineBound(Bound):
 
     def delta_and_grad(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.omega * m
-        return self.scale * torch.sin(z), (self.scale * self.omega) * torch.cos(z)
+        grad = torch.cos(z).mul_(self.scale * self.omega)
+        return z.sin_().mul_(self.scale), grad
+
+    def delta_(self, m: torch.Tensor) -> torch.Tensor:
+        return m.mul_(self.omega).sin_().mul_(self.scale)
 
     def max_abs(self) -> float:
         return abs(self.scale)
@@ -78,7 +86,11 @@ class TanhBound(Bound):
 
     def delta_and_grad(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.tanh(self.omega * m)
-        return self.scale * t, (self.scale * self.omega) * (1 - t * t)
+        grad = (t * t).neg_().add_(1).mul_(self.scale * self.omega)
+        return t.mul_(self.scale), grad
+
+    def delta_(self, m: torch.Tensor) -> torch.Tensor:
+        return m.mul_(self.omega).tanh_().mul_(self.scale)
 
     def max_abs(self) -> float:
         return abs(self.scale)

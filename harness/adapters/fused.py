@@ -22,9 +22,9 @@ def dense_weight(w0: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, boun
                  transposed: bool = False) -> torch.Tensor:
     """`W0 + bound.delta(B @ A)` (or its transpose when `transposed`), a fresh tensor in `a`'s dtype."""
     m = a.t() @ b.t() if transposed else b @ a
-    w = bound.delta(m)
+    w = bound.delta_(m)  # m is fresh: delta written in place, one d_out x d_in buffer in all
     if w0 is not None:
-        w = w.add_(w0.to(w.dtype))
+        w = w.add_(w0 if w0.dtype == w.dtype else w0.to(w.dtype))
     return w
 
 
@@ -78,7 +78,7 @@ class BoundedLinearFn(torch.autograd.Function):
 
         grad_x = grad_w0 = grad_bias = grad_a = grad_b = None
         if need_x:
-            w = delta if w0 is None else delta.add_(w0.to(dtype))
+            w = delta if w0 is None else delta.add_(w0 if w0.dtype == dtype else w0.to(dtype))
             grad_x = grad_y @ (w.t() if tr else w)
             del w
         del delta

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,10 @@ from harness.eval.backend import (
     encode_loglik_request,
     resolve_device,
 )
+from harness.eval.loglik_plan import Unit, plan_loglik
+
+#: Default padded-token budget of one log-likelihood batch, per `batch_size` row.
+TOKENS_PER_ROW = 128
 
 
 def _batches(order: list[int], batch_size: int) -> Iterator[list[int]]:
@@ -45,11 +50,13 @@ class HFBackend(Backend):
     language models; batched classification for image classifiers (whose processor comes as `tokenizer`)."""
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16,
-                 device: str | torch.device | None = "auto") -> None:
+                 device: str | torch.device | None = "auto", max_batch_tokens: int | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        #: padded tokens of one log-likelihood batch (both passes); `batch_size` caps its continuations
+        self.max_batch_tokens = max_batch_tokens or batch_size * TOKENS_PER_ROW
         if getattr(model, "hf_device_map", None) is None:
             model = model.to(resolve_device(device))
         self.model = model
@@ -57,6 +64,7 @@ class HFBackend(Backend):
         # a tokenizer for language models; an image classifier's processor has no pad token
         self.pad_id = self._pad_id() if hasattr(tokenizer, "pad_token_id") else None
         self.max_length = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def _pad_id(self) -> int:
         """The tokenizer's pad id, else its EOS id (many causal LMs ship no pad token)."""
@@ -82,33 +90,70 @@ class HFBackend(Backend):
         return encode_loglik_request(self.tokenizer, req, self.max_length)
 
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[np.ndarray]:
-        """Per request, float64 log-probs of its continuation tokens; one forward pass per batch."""
+        """Per request, float64 log-probs of its continuation tokens.
+
+        Requests sharing a context are scored together (`plan_loglik`): per batch one forward pass over
+        the distinct prompts, then one over all their continuations on the prompts' KV cache.
+        """
         encoded = [self._encode_loglik(r) for r in requests]
+        batches, empty = plan_loglik(encoded, self.batch_size, self.max_batch_tokens)
         results: list[np.ndarray | None] = [None] * len(encoded)
-        order = _longest_first([len(ids) for ids, _ in encoded])
-        with self._eval_mode(), _progress(len(order), "loglikelihood") as bar:
-            for idx in _batches(order, self.batch_size):
-                for i, logprobs in zip(idx, self._score_batch([encoded[i] for i in idx]), strict=True):
-                    results[i] = logprobs
-                bar.update(len(idx))
+        for i in empty:
+            results[i] = np.zeros(0, dtype=np.float64)
+        with self._eval_mode(), _progress(len(encoded), "loglikelihood") as bar:
+            for batch in batches:
+                for members, logprobs in zip((m for u in batch.units for m in u.members),
+                                             self._score_units(batch.units), strict=True):
+                    for i in members:
+                        results[i] = logprobs
+                bar.update(len(batch.requests))
         return results  # type: ignore[return-value]
 
-    def _score_batch(self, batch: list[tuple[list[int], int]]) -> list[np.ndarray]:
-        """Right-pad, run one forward pass, gather continuation log-probs (log_softmax in float32)."""
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (ids, _) in enumerate(batch):
-            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, :len(ids)] = 1
-        logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
-        out = []
-        for row, (ids, n_ctx) in enumerate(batch):
-            # position t predicts token t+1: tokens n_ctx..len-1 come from positions n_ctx-1..len-2
-            pred = logits[row, n_ctx - 1:len(ids) - 1].float().log_softmax(-1)
-            target = input_ids[row, n_ctx:len(ids)].to(pred.device)
-            out.append(pred.gather(-1, target[:, None])[:, 0].double().cpu().numpy())
-        return out
+    def _score_units(self, units: list[Unit]) -> list[np.ndarray]:
+        """Log-probs of every continuation of `units`, in unit then continuation order.
+
+        Prompt pass: the prompts left-padded, position ids counted from each prompt's first token; the
+        last position predicts every continuation's first token. Continuation pass: each continuation but
+        its last token, right-padded, on the prompt cache repeated per continuation, at positions
+        `n_ctx + t` and attending over its prompt's unpadded tokens.
+        """
+        dev = self.device
+        wp = max(len(u.context) for u in units)
+        p_ids = torch.full((len(units), wp), self.pad_id, dtype=torch.long)
+        p_mask = torch.zeros((len(units), wp), dtype=torch.long)
+        for row, u in enumerate(units):
+            p_ids[row, wp - len(u.context):] = torch.tensor(u.context, dtype=torch.long)
+            p_mask[row, wp - len(u.context):] = 1
+        p_pos = (p_mask.cumsum(-1) - 1).clamp_(min=0)
+        extra = {"logits_to_keep": 1} if self._keeps_logits else {}
+        out = self.model(input_ids=p_ids.to(dev), attention_mask=p_mask.to(dev), position_ids=p_pos.to(dev),
+                         use_cache=True, **extra)
+        first = out.logits[:, -1].float().log_softmax(-1)  # (units, vocab)
+        conts = [(row, c) for row, u in enumerate(units) for c in u.continuations]
+        unit_of = torch.tensor([row for row, _ in conts], dtype=torch.long)
+        first_tok = torch.tensor([c[0] for _, c in conts], dtype=torch.long)
+        lp_first = first[unit_of.to(first.device), first_tok.to(first.device)].double().cpu().numpy()
+        wc = max(len(c) for _, c in conts) - 1
+        if wc == 0:
+            return [lp_first[j:j + 1] for j in range(len(conts))]
+        c_ids = torch.full((len(conts), wc), self.pad_id, dtype=torch.long)
+        target = torch.zeros((len(conts), wc), dtype=torch.long)
+        c_mask = torch.zeros((len(conts), wc), dtype=torch.long)
+        for j, (_, c) in enumerate(conts):
+            n = len(c) - 1
+            c_ids[j, :n] = torch.tensor(c[:-1], dtype=torch.long)
+            target[j, :n] = torch.tensor(c[1:], dtype=torch.long)
+            c_mask[j, :n] = 1
+        n_ctx = torch.tensor([len(units[row].context) for row, _ in conts], dtype=torch.long)
+        c_pos = n_ctx[:, None] + torch.arange(wc)[None, :]
+        cache = out.past_key_values
+        cache.reorder_cache(unit_of.to(dev))
+        mask = torch.cat([p_mask[unit_of], c_mask], dim=1)
+        logits = self.model(input_ids=c_ids.to(dev), attention_mask=mask.to(dev), position_ids=c_pos.to(dev),
+                            past_key_values=cache, use_cache=True).logits
+        lp = logits.float().log_softmax(-1).gather(-1, target.to(logits.device)[..., None])[..., 0]
+        lp = lp.double().cpu().numpy()
+        return [np.concatenate([lp_first[j:j + 1], lp[j, :len(c) - 1]]) for j, (_, c) in enumerate(conts)]
 
     # ---- generation -----------------------------------------------------------------------------
 

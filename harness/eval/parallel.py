@@ -6,8 +6,9 @@ Three pieces:
   ONCE in its constructor and serves `loglikelihood` / `generate` through a registered backend
   (`hf`, `vllm`, ...). Run as a Ray actor (`ray.remote(ScoringWorker)`); unlike lm-evaluation-harness's
   data-parallel vLLM path, nothing is rebuilt per call.
-- `RayPoolBackend`: a `Backend` whose calls are split over N such actors. Requests are ordered
-  longest first (as `HFBackend` orders them), cut into the backend's batches, and each worker gets a
+- `RayPoolBackend`: a `Backend` whose calls are split over N such actors. Requests are cut into the
+  batches `HFBackend` runs (log-likelihood: `plan_loglik`'s shared-prompt batches; generation and
+  classification: longest-first batches of `batch_size`), and each worker gets a
   contiguous run of whole batches, the runs balanced by estimated cost (padded tokens for
   log-likelihood; prompt width plus new tokens for generation). Each worker therefore runs exactly
   the batches a single in-process `HFBackend` would run, so results are identical to a one-worker
@@ -38,7 +39,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
-from harness.eval.backend import Backend, ClassifyRequest, GenRequest, LoglikRequest
+from harness.eval.backend import Backend, ClassifyRequest, GenRequest, LoglikRequest, encode_loglik_request
+from harness.eval.hf_backend import TOKENS_PER_ROW
+from harness.eval.loglik_plan import plan_loglik
 from harness.text import encode_pair
 
 T = TypeVar("T")
@@ -160,6 +163,19 @@ def shard_requests(lengths: Sequence[int], batch_size: int, n_workers: int,
     return [[i for batch in batches[run.start:run.stop] for i in batch] for run in runs]
 
 
+def loglik_shards(tokenizer: Any, requests: Sequence[LoglikRequest], batch_size: int, max_length: int | None,
+                  n_workers: int) -> list[list[int]]:
+    """Request indices per worker: contiguous runs of the batches `HFBackend` plans (`plan_loglik`),
+    balanced by padded tokens; requests with nothing to score go with the first worker."""
+    encoded = [encode_loglik_request(tokenizer, r, max_length) for r in requests]
+    batches, empty = plan_loglik(encoded, batch_size, batch_size * TOKENS_PER_ROW)
+    runs = plan_shards([b.cost() for b in batches], n_workers)
+    shards = [[i for b in batches[run.start:run.stop] for i in b.requests] for run in runs]
+    if empty:
+        shards = [empty + shards[0], *shards[1:]] if shards else [empty]
+    return shards
+
+
 # ---- the pooled backend -----------------------------------------------------------------------------
 
 
@@ -183,9 +199,9 @@ class RayPoolBackend(Backend):
 
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[np.ndarray]:
         if self.tokenizer is not None:
-            lengths = [loglik_length(self.tokenizer, r, self.max_length) for r in requests]
-        else:
-            lengths = [len(r.context) + len(r.continuation) for r in requests]
+            shards = loglik_shards(self.tokenizer, requests, self.batch_size, self.max_length, len(self.actors))
+            return self._submit("loglikelihood", requests, shards)
+        lengths = [len(r.context) + len(r.continuation) for r in requests]
         # one forward pass over the padded batch: rows x width (the first row is the longest)
         return self._run("loglikelihood", requests, lengths, lambda b: len(b) * lengths[b[0]])
 
@@ -206,10 +222,13 @@ class RayPoolBackend(Backend):
 
     def _run(self, method: str, requests: Sequence[Any], lengths: list[int],
              cost: Callable[[list[int]], float]) -> list[Any]:
-        """Submit one shard per worker, gather with `ray.wait` (progress per finished shard), reorder."""
+        """Shard longest-first batches of `batch_size` by `cost` and submit them."""
+        return self._submit(method, requests, shard_requests(lengths, self.batch_size, len(self.actors), cost))
+
+    def _submit(self, method: str, requests: Sequence[Any], shards: list[list[int]]) -> list[Any]:
+        """Send shard k to worker k, gather with `ray.wait` (progress per finished shard), reorder."""
         import ray
 
-        shards = shard_requests(lengths, self.batch_size, len(self.actors), cost)
         pending = {getattr(actor, method).remote([requests[i] for i in shard]): shard
                    for actor, shard in zip(self.actors, shards, strict=False)}
         results: list[Any] = [None] * len(requests)

@@ -37,7 +37,8 @@ from harness.errors import HarnessError
 from harness.eval.backend import BACKENDS, Backend, GenRequest, LoglikRequest, cut_at_stop, encode_loglik_request
 
 #: Engine arguments used unless the caller passes its own (`dtype` and `enforce_eager` depend on the platform).
-ENGINE_DEFAULTS: dict[str, Any] = {"seed": 0, "generation_config": "vllm"}
+#: Prefix caching is on (vLLM skips reading it for prompt-log-prob requests, so it helps generation only).
+ENGINE_DEFAULTS: dict[str, Any] = {"seed": 0, "generation_config": "vllm", "enable_prefix_caching": True}
 #: On the CPU platform `gpu_memory_utilization` is the share of host RAM vLLM reserves (weights + KV cache).
 CPU_MEMORY_UTILIZATION = 0.2
 
