@@ -30,6 +30,8 @@ from harness.train.progress import TrainingProgress
 #: How often Ray Train's controller polls its workers (Ray's default is 2 s). Every `ray.train.report`
 #: waits for that poll, and so does the worker group's start, so a short interval cuts both.
 HEALTH_CHECK_INTERVAL_S = "0.2"
+#: Whether this process started the Ray instance it uses (its `ray.shutdown` then stops every worker).
+_local_instance = False
 
 
 class TrainingError(HarnessError):
@@ -86,10 +88,12 @@ def ensure_ray(address: str | None = None) -> None:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
     if ray.is_initialized():
         return
+    global _local_instance
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
+        _local_instance = True
         # Worker logs stay in Ray's session logs; failures come back with their traceback in the result.
         # The dashboard serves the State API, which Ray Train's PlacementGroupCleaner polls: without it, a
         # trainer whose controller is killed (a Tune trial stopped by ASHA) leaks its workers' placement
@@ -107,6 +111,8 @@ def stop_ray() -> None:
 
         if ray.is_initialized():
             ray.shutdown()
+    global _local_instance
+    _local_instance = False
 
 
 def _trainer_class() -> type:
@@ -126,16 +132,22 @@ def _trainer_class() -> type:
         def _register_sigint_handler(self, controller: Any) -> None:
             self.controller = controller
 
-        def abort(self) -> None:
-            """Stop the run's controller and its worker group (after Ctrl-C)."""
+        def abort(self, graceful: bool = True) -> None:
+            """Stop the run's controller, and with it its worker group (after Ctrl-C).
+
+            `graceful`: let the controller abort its workers and placement group first (seconds; on a
+            cluster, where nothing else would); else kill it at once (a local instance's shutdown stops
+            the rest).
+            """
             import ray
 
             if self.controller is None:
                 return
-            try:
-                ray.get(self.controller.abort.remote(), timeout=60)
-            except Exception:  # noqa: BLE001, S110 - abort ends the actor, so its call fails by design
-                pass
+            if graceful:
+                try:
+                    ray.get(self.controller.abort.remote(), timeout=60)
+                except Exception:  # noqa: BLE001, S110 - abort ends the actor, so its call fails by design
+                    pass
             try:
                 ray.kill(self.controller, no_restart=True)
             except Exception:  # noqa: BLE001, S110 - already gone
@@ -156,7 +168,7 @@ def fit_keeping_sigint(trainer: Any) -> Any:
 
         with sigint_deferred():
             if hasattr(trainer, "abort"):
-                trainer.abort()
+                trainer.abort(graceful=not _local_instance)
         raise
     finally:
         if main and previous is not None:
