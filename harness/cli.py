@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from harness.pipeline import run_job
 
-    result = run_job(spec)
+    result = run_job(spec, overwrite=args.overwrite)
     print(result.summary)
     print(f"results: {result.out_dir}")
     return 0
@@ -98,7 +98,7 @@ def _data_synth(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from harness.submit import job_status, submit_job
 
-    job_id = submit_job(args.spec, args.address, args.set, wait=args.wait, out=args.out)
+    job_id = submit_job(args.spec, args.address, args.set, wait=args.wait, out=args.out, overwrite=args.overwrite)
     if not args.wait:
         return 0
     return 0 if job_status(args.address, job_id).status == "SUCCEEDED" else 1
@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                      help="override a spec field by its dotted path (repeatable)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan without loading weights")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace a finished run's results in the out dir (kept until the new run finishes)")
     run.set_defaults(func=_run)
 
     export = sub.add_parser("export", help="write a run's method as a plain merged Hugging Face checkpoint")
@@ -188,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a spec field by its dotted path (repeatable)")
     submit.add_argument("--out", help="results directory on the cluster (passed to `harness run --out`)")
+    submit.add_argument("--overwrite", action="store_true", help="pass --overwrite to `harness run`")
     submit.add_argument("--wait", action="store_true", help="follow the logs until the job ends; exit 1 unless it "
                         "succeeded")
     submit.set_defaults(func=_submit)
@@ -227,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted (Ctrl-C): harness {args.command} stopped", file=sys.stderr, flush=True)
         return 130
 
 

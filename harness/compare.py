@@ -31,6 +31,7 @@ from harness.results import (
     read_json_file,
     read_parquet_file,
 )
+from harness.run_dir import require_finished
 
 REFERENCE_METHODS = ("target", "retain")
 _CURVES = [("loss", "total loss", False), ("loss_forget", "forget loss", False), ("loss_retain", "retain loss", False),
@@ -65,6 +66,7 @@ def load_run(path: str | Path, label: str | None = None) -> RunData:
     A damaged file (a truncated parquet, invalid JSON or YAML) is a DataError naming it.
     """
     path = Path(path)
+    require_finished(path)
     metrics_path = path / "metrics.parquet"
     if not metrics_path.is_file():
         raise DataError(f"{path} is not a finished run: {metrics_path.name} is missing")

@@ -38,10 +38,12 @@ from harness.results import (
     atomic_write_text,
     environment,
     frame,
+    read_parquet_file,
 )
+from harness.run_dir import RunDirectory, require_finished, sigint_deferred
 from harness.run_record import record_models
 from harness.spec import JobSpec, dump_spec
-from harness.train.ray_run import TrainRequest, TrainRun, run_key, run_unlearning_many
+from harness.train.ray_run import TrainRequest, TrainRun, run_key, run_unlearning_many, stop_ray
 
 REFERENCE_METHODS = ("target", "retain")
 
@@ -166,19 +168,47 @@ def _bound_notes(spec: JobSpec, target: torch.nn.Module) -> list[str]:
     return notes
 
 
-def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
-    """Run a whole job and write the results contract (DESIGN.md section 4) under its out dir."""
+def run_job(spec: JobSpec, progress: bool = True, overwrite: bool = False) -> JobResult:
+    """Run a whole job and write the results contract (DESIGN.md section 4) under its out dir.
+
+    Bad input (spec, model, data, an out dir that cannot take the results) fails before anything is
+    written. The run stages its files beside the out dir and replaces the out dir only once it has
+    finished (harness.run_dir); an out dir with a finished run's results is refused unless `overwrite`.
+    Ctrl-C stops the run's Ray workers, marks the out dir interrupted and re-raises KeyboardInterrupt.
+    """
     from harness.plan import preflight
 
     started = dt.datetime.now(dt.UTC)
-    t0 = time.perf_counter()
-    preflight(spec)
-    out = spec.out_dir()
+    preflight(spec, overwrite)
     device = resolve_device(spec.resources.device)
     if spec.resources.threads:
         torch.set_num_threads(spec.resources.threads)
     log(f"job {spec.name}: loading benchmark {spec.benchmark.name} ({spec.benchmark.source})")
     bench = load_benchmark(spec.benchmark)  # bad data fails here, before anything is written
+    with RunDirectory(spec.out_dir(), overwrite) as run_dir:
+        try:
+            summary, env, diverged = _run_in(run_dir.staging, spec, bench, device, started, progress)
+        except KeyboardInterrupt:
+            kept = f"; the earlier results in {run_dir.out} are kept" if run_dir.keeps_results else \
+                f"; {run_dir.out} is marked interrupted"
+            log(f"run interrupted (Ctrl-C): stopping its Ray workers{kept}")
+            with sigint_deferred():
+                stop_ray()
+            raise
+        except BaseException as err:
+            if run_dir.keeps_results:
+                log(f"run failed ({type(err).__name__}); the earlier results in {run_dir.out} are kept")
+            raise
+        out = run_dir.commit()
+    log(f"done in {env['duration_s']:.1f}s; results in {out}")
+    return JobResult(out, summary, diverged)
+
+
+def _run_in(out: Path, spec: JobSpec, bench: Benchmark, device: torch.device, started: dt.datetime,
+            progress: bool) -> tuple[str, dict[str, Any], dict[str, bool]]:
+    """Every phase of a job, writing into `out` (the staging directory); its summary, env.json and
+    which methods diverged."""
+    t0 = time.perf_counter()
     atomic_write_text(out / "spec.yaml", dump_spec(spec))
     atomic_write_json(out / "env.json", environment(spec.seeds, str(device), started))
     timings: dict[str, float] = {}
@@ -259,9 +289,7 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
     env["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     env["run_seconds"] = {key: round(run.seconds, 2) for key, run in runs.items()}
     atomic_write_json(out / "env.json", env)
-    log(f"done in {env['duration_s']:.1f}s; results in {out}")
-    any_diverged = {name: k > 0 for name, (k, _) in diverged.items()}
-    return JobResult(out, summary, any_diverged)
+    return summary, env, {name: k > 0 for name, (k, _) in diverged.items()}
 
 
 def _seeds_note(spec: JobSpec, ref_seeds: list[int]) -> str:
@@ -275,5 +303,6 @@ def _seeds_note(spec: JobSpec, ref_seeds: list[int]) -> str:
 
 
 def read_metrics(out_dir: str | Path) -> pd.DataFrame:
-    """The metrics.parquet of a finished run."""
-    return pd.read_parquet(Path(out_dir) / "metrics.parquet")
+    """The metrics.parquet of a finished run (DataError naming the run when it did not finish)."""
+    require_finished(out_dir)
+    return read_parquet_file(Path(out_dir) / "metrics.parquet", "metrics file")

@@ -29,16 +29,17 @@ def _config(spec: JobSpec) -> PretrainedConfig:
     return load_config(spec.model.name, spec.model.trust_remote_code)
 
 
-def preflight(spec: JobSpec) -> None:
+def preflight(spec: JobSpec, overwrite: bool = False) -> None:
     """Fail before any work when the job cannot run: its model's config is unreadable (ModelError), a method's
-    adapter finds no MLP layer to wrap (ModelError naming the model), or the out dir is not writable."""
+    adapter finds no MLP layer to wrap (ModelError naming the model), or the out dir cannot take the results
+    (OutputError naming it: not writable, or holding a finished run's results and not `overwrite`)."""
     from harness.adapters.targets import adapted_mlp_names
-    from harness.results import ensure_writable_dir
+    from harness.run_dir import check_out_dir
 
     model = meta_model(_config(spec))
     for method in spec.methods:
         adapted_mlp_names(model, spec.model.name, method.adapter.targets)
-    ensure_writable_dir(spec.out_dir())
+    check_out_dir(spec.out_dir(), overwrite)
 
 
 def _gib(n_bytes: float) -> str:

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.errors import DataError
 from harness.results import atomic_write_json
+from harness.run_dir import require_finished
 
 RECORD_NAME = "models.json"
 RECORD_VERSION = 2
@@ -211,6 +212,7 @@ def load_finished_run(run_dir: str | Path) -> FinishedRun:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"run directory {run_dir} does not exist")
+    require_finished(run_dir)
     env_path = run_dir / "env.json"
     if not env_path.is_file() or not (run_dir / "spec.yaml").is_file():
         raise DataError(f"{run_dir} is not a run directory (no env.json / spec.yaml)")

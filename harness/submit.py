@@ -177,11 +177,14 @@ def project_root(start: Path | None = None) -> Path:
                       "run harness submit from the repository")
 
 
-def build_entrypoint(spec_rel: str, overrides: Sequence[str] = (), out: str | None = None) -> str:
+def build_entrypoint(spec_rel: str, overrides: Sequence[str] = (), out: str | None = None,
+                     overwrite: bool = False) -> str:
     """The shell command the job runs on the cluster (in the uploaded project directory)."""
     argv = ["python", "-m", "harness.cli", "run", spec_rel]
     if out:
         argv += ["--out", out]
+    if overwrite:
+        argv.append("--overwrite")
     for o in overrides:
         argv += ["--set", o]
     return shlex.join(argv)
@@ -198,7 +201,8 @@ def build_runtime_env(root: Path) -> dict[str, Any]:
 
 
 def submit_job(spec_path: str | Path, address: str | None, overrides: Sequence[str] = (), wait: bool = False,
-               out: str | None = None, stream: TextIO | None = None, poll_s: float = 2.0) -> str:
+               out: str | None = None, stream: TextIO | None = None, poll_s: float = 2.0,
+               overwrite: bool = False) -> str:
     """Validate a job spec here, submit `harness run SPEC [--set ...]` to the cluster, return the job id.
 
     `out` is the results directory on the cluster (`harness run --out`); a relative one lands in the
@@ -219,7 +223,7 @@ def submit_job(spec_path: str | Path, address: str | None, overrides: Sequence[s
     if not os.path.isabs(os.path.expanduser(results)):
         print(f"note: results go to {results!r} relative to the job's temporary working directory on the "
               "cluster; pass --out with a shared or absolute path to keep them", file=stream)
-    entrypoint = build_entrypoint(spec_rel, overrides, out)
+    entrypoint = build_entrypoint(spec_rel, overrides, out, overwrite)
     job_id = f"harness-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     # A job that scores on `cuda` needs its driver on a GPU node (a head node often has none).
     gpus = 1 if spec.resources.device == "cuda" else None

@@ -40,7 +40,8 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from harness.errors import SpecError
-from harness.results import atomic_write_parquet, atomic_write_text
+from harness.results import atomic_write_parquet, atomic_write_text, read_parquet_file
+from harness.run_dir import require_finished
 from harness.spec import JobSpec, apply_override, error_lines, validate_spec
 from harness.specbase import StrictModel
 
@@ -191,8 +192,9 @@ def sweep_jobs(base: JobSpec, sweep: SweepSpec) -> list[tuple[JobSpec, dict[str,
 
 def _final_rows(out: Path, spec: JobSpec, named: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """One row per (configuration, seed): its settings, every final metric, and its telemetry maxima."""
-    metrics = pd.read_parquet(out / "metrics.parquet")
-    log = pd.read_parquet(out / "train_log.parquet")
+    require_finished(out)
+    metrics = read_parquet_file(out / "metrics.parquet", "metrics file")
+    log = read_parquet_file(out / "train_log.parquet", "training log")
     rows = []
     for method, config in named.items():
         for seed in spec.seeds:
@@ -219,9 +221,10 @@ def run_sweep(base: JobSpec, sweep: SweepSpec, out: Path, progress: bool = True)
     frames, logs = [], []
     for spec, named in jobs:
         job_out = out / spec.name
-        run_job(spec.model_copy(update={"out": str(job_out)}), progress=progress)
+        # The job dirs belong to the sweep: a rerun of the sweep into its out dir replaces them.
+        run_job(spec.model_copy(update={"out": str(job_out)}), progress=progress, overwrite=True)
         frames.append(_final_rows(job_out, spec, named))
-        logs.append(pd.read_parquet(job_out / "train_log.parquet").assign(job=spec.name))
+        logs.append(read_parquet_file(job_out / "train_log.parquet", "training log").assign(job=spec.name))
     table = pd.concat(frames, ignore_index=True)
     curves = pd.concat(logs, ignore_index=True)
     atomic_write_parquet(out / "sweep.parquet", table)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -36,24 +34,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def damaged_copy(model_dir: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(model_dir, tmp_path / "model"))
-
-
-@pytest.fixture
-def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    """A directory nobody can write in: mode 0555, and immutable when running as root (root ignores modes)."""
-    path = tmp_path / "read-only"
-    path.mkdir()
-    path.chmod(0o555)
-    immutable = os.geteuid() == 0
-    if immutable and subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-        path.chmod(0o755)
-        pytest.skip("running as root without chattr +i: no directory is read-only for this user")
-    try:
-        yield path
-    finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(path)], check=True)
-        path.chmod(0o755)
 
 
 # ---- model weights, tokenizers, adapters ------------------------------------------------------------

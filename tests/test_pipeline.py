@@ -156,3 +156,16 @@ def test_second_run_reuses_cached_reference_models(finished_run: tuple[Path, obj
     assert env["timings_s"]["references_s"] < first["timings_s"]["references_s"]
     assert len(list((tmp / "cache").glob("builtin-tiny-llama-*"))) == 2
     assert yaml.safe_load((tmp / "out2" / "spec.yaml").read_text())["methods"][0]["name"] == "gd_sine"
+
+
+def test_the_run_moved_from_its_staging_directory_into_the_out_dir(finished_run: tuple[Path, object]) -> None:
+    from harness.run_dir import read_status
+    from harness.run_record import load_finished_run
+
+    tmp, result = finished_run
+    assert read_status(result.out_dir)["state"] == "finished"
+    assert [p.name for p in tmp.iterdir() if p.name.startswith(".out.") and not p.name.endswith(".lock")] == []
+    run = load_finished_run(result.out_dir)  # models.json's adapter paths point into the out dir, not the staging
+    adapter = run.method_model("gd_sine", 1).adapter
+    assert adapter is not None and Path(adapter) == result.out_dir / "checkpoints" / "gd_sine" / "seed1"
+    assert (Path(adapter) / "adapter_model.safetensors").is_file()

@@ -169,18 +169,22 @@ def _load_hf(name: str, src: ModelSource) -> tuple[torch.nn.Module, Any]:
 
 def _load_peft(src: ModelSource) -> tuple[torch.nn.Module, Any]:
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     from harness.adapters.checkpoint import WEIGHTS_NAME, check_lora_fits, read_lora_weights
 
     path = Path(src.path)
     config = _adapter_config(path) or {}
     model, tokenizer = _load_hf(_base_of(src, config.get("base_model_name_or_path"), "PEFT adapter"), src)
-    if str(config.get("peft_type", "")).upper() == "LORA":
-        check_lora_fits(model, read_lora_weights(path / WEIGHTS_NAME), f"PEFT adapter {path}")
+    lora = str(config.get("peft_type", "")).upper() == "LORA"
+    if lora or (path / WEIGHTS_NAME).is_file():  # a damaged file: a DataError naming it, not PEFT's raw error
+        weights = read_lora_weights(path / WEIGHTS_NAME)
+        if lora:
+            check_lora_fits(model, weights, f"PEFT adapter {path}")
     try:
         peft_model = PeftModel.from_pretrained(model, str(path))
         merged = peft_model.merge_and_unload()
-    except (KeyError, ValueError, RuntimeError, OSError) as err:
+    except (KeyError, ValueError, RuntimeError, OSError, SafetensorError) as err:
         raise DataError(f"model {src.name!r}: PEFT cannot load adapter {path} over {src.base or 'its base'}: "
                         f"{type(err).__name__}: {err}") from None
     return merged, tokenizer

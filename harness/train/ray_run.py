@@ -13,6 +13,8 @@ import json
 import os
 import pickle
 import shutil
+import signal
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,8 @@ from harness.train.progress import TrainingProgress
 #: How often Ray Train's controller polls its workers (Ray's default is 2 s). Every `ray.train.report`
 #: waits for that poll, and so does the worker group's start, so a short interval cuts both.
 HEALTH_CHECK_INTERVAL_S = "0.2"
+#: Whether this process started the Ray instance it uses (its `ray.shutdown` then stops every worker).
+_local_instance = False
 
 
 class TrainingError(HarnessError):
@@ -84,15 +88,91 @@ def ensure_ray(address: str | None = None) -> None:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
     if ray.is_initialized():
         return
+    global _local_instance
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
+        _local_instance = True
         # Worker logs stay in Ray's session logs; failures come back with their traceback in the result.
         # The dashboard serves the State API, which Ray Train's PlacementGroupCleaner polls: without it, a
         # trainer whose controller is killed (a Tune trial stopped by ASHA) leaks its workers' placement
         # group and the next trainer waits for those CPUs forever.
         ray.init(include_dashboard=True, log_to_driver=False, configure_logging=False)
+
+
+def stop_ray() -> None:
+    """Disconnect from Ray (a local instance started here stops, with every worker; a cluster's drops the
+    actors this driver owns). Nothing when Ray was never started."""
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    global _local_instance
+    _local_instance = False
+
+
+def _trainer_class() -> type:
+    """`TorchTrainer` without Ray Train's own SIGINT handler.
+
+    Ray Train (ray/train/v2/api/data_parallel_trainer.py, `_register_sigint_handler`) installs a handler
+    during `fit` that aborts the run on Ctrl-C and returns as if training had ended (the driver then
+    exits 1 with no message), and leaves that handler in place afterwards, so later Ctrl-Cs (while
+    scoring) are swallowed. This subclass keeps the controller instead, so Ctrl-C raises
+    KeyboardInterrupt as anywhere else and `abort` stops the workers.
+    """
+    from ray.train.torch import TorchTrainer
+
+    class Trainer(TorchTrainer):  # type: ignore[misc]
+        controller: Any = None
+
+        def _register_sigint_handler(self, controller: Any) -> None:
+            self.controller = controller
+
+        def abort(self, graceful: bool = True) -> None:
+            """Stop the run's controller, and with it its worker group (after Ctrl-C).
+
+            `graceful`: let the controller abort its workers and placement group first (seconds; on a
+            cluster, where nothing else would); else kill it at once (a local instance's shutdown stops
+            the rest).
+            """
+            import ray
+
+            if self.controller is None:
+                return
+            if graceful:
+                try:
+                    ray.get(self.controller.abort.remote(), timeout=60)
+                except Exception:  # noqa: BLE001, S110 - abort ends the actor, so its call fails by design
+                    pass
+            try:
+                ray.kill(self.controller, no_restart=True)
+            except Exception:  # noqa: BLE001, S110 - already gone
+                pass
+
+    return Trainer
+
+
+def fit_keeping_sigint(trainer: Any) -> Any:
+    """`trainer.fit()`; the SIGINT handler in place before it is in place after it (Ray Train installs its
+    own); on Ctrl-C the trainer's workers are stopped and KeyboardInterrupt propagates."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        return trainer.fit()
+    except KeyboardInterrupt:
+        from harness.run_dir import sigint_deferred
+
+        with sigint_deferred():
+            if hasattr(trainer, "abort"):
+                trainer.abort(graceful=not _local_instance)
+        raise
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _data_key(examples: Sequence[Any]) -> str:
@@ -136,7 +216,7 @@ def run_unlearning_many(requests: Sequence[TrainRequest], spec: JobSpec, out_dir
     `callbacks` are Ray Train callbacks (Tune passes its `TuneReportCallback` to see each report).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     keys = [r.key for r in requests]
     if len(set(keys)) != len(keys):
@@ -151,7 +231,7 @@ def run_unlearning_many(requests: Sequence[TrainRequest], spec: JobSpec, out_dir
     if res.use_gpu:
         worker_resources["GPU"] = 1
     with TrainingProgress(keys, enabled=progress) as bars:
-        trainer = TorchTrainer(
+        trainer = _trainer_class()(
             train_loop_per_worker,
             train_loop_config={**config, "progress": bars.sink},
             scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
@@ -163,7 +243,7 @@ def run_unlearning_many(requests: Sequence[TrainRequest], spec: JobSpec, out_dir
             torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
         )
         try:
-            result = trainer.fit()
+            result = fit_keeping_sigint(trainer)
         except Exception as err:  # Ray wraps worker failures in several error types
             raise TrainingError(f"training {', '.join(keys)} failed: {err}") from err
     return _collect(result, requests, out_dir)
