@@ -46,6 +46,11 @@ def _eval(args: argparse.Namespace) -> int:
         models.append(adapter_source(args.adapter))
     data = read_spec_data(args.spec, overrides)
     data["models"] = [*(data.get("models") or []), *(m.model_dump(exclude_defaults=True) for m in models)]
+    if not data["models"]:
+        from harness.errors import SpecError
+
+        raise SpecError(f"{args.spec}: no model to score: pass --model NAME=SOURCE or --adapter DIR, or list "
+                        "`models:` in the spec")
     spec = validate_spec(data, args.spec)
     spec = spec.model_copy(update={"out": args.out or f"{spec.out}-eval"})
     result = eval_job(spec)

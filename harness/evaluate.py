@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from harness.errors import DataError, SpecError
+from harness.adapters.checkpoint import CONFIG_NAME, read_json
+from harness.errors import DataError, ModelError, SpecError
 from harness.eval.model_source import ModelSource, load_scoring_model, resolve_sources
 from harness.pipeline import (
     JobContext,
@@ -51,8 +52,6 @@ def _named_base(src: ModelSource) -> str | None:
 
         return read_bound_config(src.path).get("base_model")
     if src.kind == "peft":
-        from harness.adapters.checkpoint import CONFIG_NAME, read_json
-
         return read_json(Path(src.path) / CONFIG_NAME).get("base_model_name_or_path")
     return None
 
@@ -64,6 +63,30 @@ def _needs_job_base(src: ModelSource) -> bool:
         return False
     named = _named_base(src)  # reads the adapter's config: a damaged one fails here, before any work
     return not named or is_builtin(named)
+
+
+def precheck(src: ModelSource, spec: JobSpec) -> None:
+    """Cheap checks of a resolved source before any work: no damaged file (JSON, safetensors headers), and an
+    adapter's LoRA weights fit its base model's layer shapes (built on the meta device, no weights read)."""
+    from harness.adapters.checkpoint import WEIGHTS_NAME, check_lora_fits, read_bound_config, read_lora_weights
+    from harness.memory import meta_model
+    from harness.models import damaged_file, is_builtin, load_config
+    from harness.plan import _config
+
+    path = Path(src.path)
+    if path.is_dir():
+        problem = damaged_file(path)
+        if problem:
+            raise ModelError(f"model {src.name!r}: {problem}")
+    if src.kind not in ("harness", "peft") or not (path / WEIGHTS_NAME).is_file():
+        return
+    if src.kind == "peft" and str(read_json(path / CONFIG_NAME).get("peft_type", "")).upper() != "LORA":
+        return
+    state = read_lora_weights(path / WEIGHTS_NAME)
+    base = src.base or _named_base(src)
+    config = load_config(base, src.trust_remote_code) if base and not is_builtin(base) else _config(spec)
+    modules = list(read_bound_config(path)["modules"]) if src.kind == "harness" else None
+    check_lora_fits(meta_model(config), state, f"model {src.name!r}: adapter {path}", modules)
 
 
 def _check_out_dir(out: Path, given: list[ModelSource]) -> None:
@@ -147,6 +170,8 @@ def eval_job(spec: JobSpec, models: list[ModelSource] | None = None, progress: b
     resolved = resolve_sources(given, seed_in_name=False)
     seeds_of = {id(s): [s.seed] if s.seed is not None else list(spec.seeds) for s in resolved}
     job_base = [_needs_job_base(s) for s in resolved]
+    for src in resolved:
+        precheck(src, spec)
     spec = spec.model_copy(update={"models": given})
     ctx = start_job(spec, progress, extra_ref_seeds=[reference_seed_for(spec, seed) for s in resolved
                                                      for seed in seeds_of[id(s)]])
