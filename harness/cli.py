@@ -31,6 +31,34 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from harness.eval.model_source import parse_model_arg
+    from harness.evaluate import adapter_source, eval_job
+    from harness.spec import read_spec_data, validate_spec
+
+    overrides = list(args.set)
+    if args.backend:
+        overrides.append(f"eval.backend={args.backend}")
+    if args.workers:
+        overrides.append(f"eval.workers={args.workers}")
+    models = [parse_model_arg(text) for text in args.model]
+    if args.adapter:
+        models.append(adapter_source(args.adapter))
+    data = read_spec_data(args.spec, overrides)
+    data["models"] = [*(data.get("models") or []), *(m.model_dump(exclude_defaults=True) for m in models)]
+    if not data["models"]:
+        from harness.errors import SpecError
+
+        raise SpecError(f"{args.spec}: no model to score: pass --model NAME=SOURCE or --adapter DIR, or list "
+                        "`models:` in the spec")
+    spec = validate_spec(data, args.spec)
+    spec = spec.model_copy(update={"out": args.out or f"{spec.out}-eval"})
+    result = eval_job(spec, overwrite=args.overwrite)
+    print(result.summary)
+    print(f"results: {result.out_dir}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from harness.export import export_method
 
@@ -145,6 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true",
                      help="replace a finished run's results in the out dir (kept until the new run finishes)")
     run.set_defaults(func=_run)
+
+    ev = sub.add_parser("eval", help="score models without training (HF models, PEFT or harness adapters, a "
+                        "finished run's methods) against the job's reference models; same results as run")
+    ev.add_argument("spec", help="job spec (YAML): benchmark, model, reference models and eval settings")
+    ev.add_argument("--model", action="append", default=[], metavar="NAME=SOURCE[,key=value...]",
+                    help="a model to score (repeatable): a HF model dir or hub id, a PEFT or harness adapter dir "
+                    "(base=DIR), or a finished run dir (method=NAME); see harness/eval/model_source.py")
+    ev.add_argument("--adapter", metavar="DIR", help="an adapter directory to score over the job's target model")
+    ev.add_argument("--backend", choices=["hf", "vllm"], help="scoring backend (overrides eval.backend)")
+    ev.add_argument("--workers", type=int, help="Ray scoring workers per model (overrides eval.workers)")
+    ev.add_argument("--out", help="output directory (default: the spec's `out` with -eval appended)")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="override a spec field by its dotted path (repeatable)")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="replace a finished run's results in the out dir (kept until the new run finishes)")
+    ev.set_defaults(func=_eval)
 
     export = sub.add_parser("export", help="write a run's method as a plain merged Hugging Face checkpoint")
     export.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (harness run --out)")

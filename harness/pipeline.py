@@ -6,6 +6,7 @@ import copy
 import datetime as dt
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import torch
 from harness.adapters import adapter_norm_bound, load_adapter
 from harness.benchmarks import load_benchmark
 from harness.benchmarks.base import Benchmark, ModelScores
+from harness.errors import SpecError
 from harness.eval.backend import make_backend
 from harness.objectives import make_objective, original_targets
 from harness.reference import References, prepare_references, reference_seed_for, reference_seeds
@@ -83,7 +85,19 @@ def score_model(bench: Benchmark, model: torch.nn.Module, processor: Any, spec: 
     return bench.score(backend, processor, spec.eval)
 
 
-def _in_memory_model(name: str, refs: References, adapter_dir: Path | None) -> torch.nn.Module:
+@dataclass
+class ScoredModel:
+    """A model to score: where it is (model dir or hub id + adapter dir: what Ray scoring workers load and
+    models.json records), how this process loads it (`load`, default: the reference target with the adapter
+    attached), and its processor (default: the references')."""
+
+    source: str
+    adapter: str | Path | None = None
+    load: Callable[[], tuple[torch.nn.Module, Any]] | None = None
+    processor: Any = None
+
+
+def _in_memory_model(name: str, refs: References, adapter_dir: str | Path | None) -> torch.nn.Module:
     if name == "target":
         return refs.target
     if name == "retain":
@@ -94,27 +108,40 @@ def _in_memory_model(name: str, refs: References, adapter_dir: Path | None) -> t
     return model.eval()
 
 
-def score_all(bench: Benchmark, refs: dict[int, References], sources: dict[ModelKey, tuple[str, Path | None]],
+def score_all(bench: Benchmark, refs: dict[int, References],
+              sources: Mapping[ModelKey, ScoredModel | tuple[str, str | Path | None]],
               spec: JobSpec, device: torch.device) -> dict[ModelKey, ModelScores]:
-    """Score every model ((name, seed) -> (model dir, adapter dir or None)).
+    """Score every model ((name, seed) -> ScoredModel, or (model dir, adapter dir or None)).
 
     With `eval.workers` > 1 the models are scored together on Ray: each gets a group of long-lived
     scoring workers that load it once (harness.eval.parallel); otherwise one after another here.
     """
-    processor = next(iter(refs.values())).processor
+    models = {key: src if isinstance(src, ScoredModel) else ScoredModel(*src) for key, src in sources.items()}
+    default = next(iter(refs.values())).processor
     if spec.eval.workers > 1:
         from harness.eval.parallel import ScoringPool
 
-        named = {run_key(*key): src for key, src in sources.items()}
+        scores: dict[ModelKey, ModelScores] = {}
+        groups: dict[int, list[ModelKey]] = {}  # one pool call per processor (the score function takes one)
+        for key, src in models.items():
+            groups.setdefault(id(src.processor), []).append(key)
         with ScoringPool.from_spec(spec, device) as pool:
-            scored = pool.score_models(named, lambda backend: bench.score(backend, processor, spec.eval))
-        return {key: scored[run_key(*key)] for key in sources}
+            for keys in groups.values():
+                processor = models[keys[0]].processor or default
+                named = {run_key(*key): (models[key].source, models[key].adapter) for key in keys}
+                scored = pool.score_models(named, lambda backend, p=processor: bench.score(backend, p, spec.eval))
+                scores.update({key: scored[run_key(*key)] for key in keys})
+        return scores
     scores = {}
-    for (name, seed), (_, adapter_dir) in sources.items():
+    for (name, seed), src in models.items():
         log(f"scoring {run_key(name, seed)}")
-        ref = refs[reference_seed_for(spec, seed)] if name not in REFERENCE_METHODS else refs[seed]
-        model = _in_memory_model(name, ref, adapter_dir).to(device)
-        scores[(name, seed)] = score_model(bench, model, processor, spec, device)
+        if src.load is not None:
+            model, processor = src.load()
+        else:
+            ref = refs[reference_seed_for(spec, seed)] if name not in REFERENCE_METHODS else refs[seed]
+            model, processor = _in_memory_model(name, ref, src.adapter), src.processor
+        scores[(name, seed)] = score_model(bench, model.to(device), processor or default, spec, device)
+        del model
     return scores
 
 
@@ -136,10 +163,12 @@ def train_requests(spec: JobSpec, bench: Benchmark, refs: dict[int, References])
     return requests
 
 
-def aggregate_all(bench: Benchmark, scores: dict[ModelKey, ModelScores], spec: JobSpec,
-                  ref_seeds: list[int]) -> list[dict[str, Any]]:
-    """Metric rows with their seed: the references once per reference seed, then each method per job seed,
-    each compared with the references of its own reference seed."""
+def aggregate_all(bench: Benchmark, scores: dict[ModelKey, ModelScores], spec: JobSpec, ref_seeds: list[int],
+                  names: Sequence[str] | None = None, seeds: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Metric rows with their seed: the references once per reference seed, then each scored model per seed
+    (default: the spec's methods and seeds), each compared with the references of its own reference seed."""
+    names = [m.name for m in spec.methods] if names is None else list(names)
+    seeds = spec.seeds if seeds is None else list(seeds)
     rows: list[dict[str, Any]] = []
 
     def refs_of(seed: int) -> dict[str, ModelScores]:
@@ -147,9 +176,11 @@ def aggregate_all(bench: Benchmark, scores: dict[ModelKey, ModelScores], spec: J
 
     for seed in ref_seeds:
         rows += [{**r, "seed": seed} for r in bench.aggregate(refs_of(seed), spec.eval)]
-    for seed in spec.seeds:
-        group = {**refs_of(reference_seed_for(spec, seed)),
-                 **{m.name: scores[(m.name, seed)] for m in spec.methods if (m.name, seed) in scores}}
+    for seed in seeds:
+        mine = {n: scores[(n, seed)] for n in names if (n, seed) in scores}
+        if not mine:
+            continue
+        group = {**refs_of(reference_seed_for(spec, seed)), **mine}
         rows += [{**r, "seed": seed} for r in bench.aggregate(group, spec.eval) if r["method"] not in REFERENCE_METHODS]
     return rows
 
@@ -168,8 +199,29 @@ def _bound_notes(spec: JobSpec, target: torch.nn.Module) -> list[str]:
     return notes
 
 
-def run_job(spec: JobSpec, progress: bool = True, overwrite: bool = False) -> JobResult:
-    """Run a whole job and write the results contract (DESIGN.md section 4) under its out dir.
+@dataclass
+class JobContext:
+    """A started job: its spec, the directory it writes into (the staging directory), device, benchmark,
+    reference models per reference seed, timings."""
+
+    spec: JobSpec
+    out: Path
+    device: torch.device
+    bench: Benchmark
+    refs: dict[int, References]
+    started: dt.datetime
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ref_seeds(self) -> list[int]:
+        """The reference seeds with their own pair of reference models."""
+        return sorted(self.refs)
+
+
+def staged_job(spec: JobSpec, work: Callable[[JobContext], JobResult], progress: bool = True,
+               overwrite: bool = False, extra_ref_seeds: Sequence[int] = ()) -> JobResult:
+    """Start a job and run `work` on it (train and/or score, write the results contract), in a staging
+    directory; shared by `harness run` and `harness eval`.
 
     Bad input (spec, model, data, an out dir that cannot take the results) fails before anything is
     written. The run stages its files beside the out dir and replaces the out dir only once it has
@@ -187,7 +239,8 @@ def run_job(spec: JobSpec, progress: bool = True, overwrite: bool = False) -> Jo
     bench = load_benchmark(spec.benchmark)  # bad data fails here, before anything is written
     with RunDirectory(spec.out_dir(), overwrite) as run_dir:
         try:
-            summary, env, diverged = _run_in(run_dir.staging, spec, bench, device, started, progress)
+            ctx = start_job(spec, run_dir.staging, bench, device, started, progress, extra_ref_seeds)
+            result = work(ctx)
         except KeyboardInterrupt:
             kept = f"; the earlier results in {run_dir.out} are kept" if run_dir.keeps_results else \
                 f"; {run_dir.out} is marked interrupted"
@@ -200,80 +253,86 @@ def run_job(spec: JobSpec, progress: bool = True, overwrite: bool = False) -> Jo
                 log(f"run failed ({type(err).__name__}); the earlier results in {run_dir.out} are kept")
             raise
         out = run_dir.commit()
-    log(f"done in {env['duration_s']:.1f}s; results in {out}")
-    return JobResult(out, summary, diverged)
+    log(f"done in {(dt.datetime.now(dt.UTC) - started).total_seconds():.1f}s; results in {out}")
+    return JobResult(out, result.summary, result.diverged)
 
 
-def _run_in(out: Path, spec: JobSpec, bench: Benchmark, device: torch.device, started: dt.datetime,
-            progress: bool) -> tuple[str, dict[str, Any], dict[str, bool]]:
-    """Every phase of a job, writing into `out` (the staging directory); its summary, env.json and
-    which methods diverged."""
+def start_job(spec: JobSpec, out: Path, bench: Benchmark, device: torch.device, started: dt.datetime,
+              progress: bool = True, extra_ref_seeds: Sequence[int] = ()) -> JobContext:
+    """Write spec.yaml and a first env.json into `out`, prepare the reference models (trained and cached,
+    or loaded) for `reference_seeds(spec)` plus `extra_ref_seeds`."""
     t0 = time.perf_counter()
     atomic_write_text(out / "spec.yaml", dump_spec(spec))
     atomic_write_json(out / "env.json", environment(spec.seeds, str(device), started))
-    timings: dict[str, float] = {}
-    ref_seeds = reference_seeds(spec)
+    ref_seeds = sorted({*reference_seeds(spec), *extra_ref_seeds})
     refs = {seed: prepare_references(spec, bench, device, progress, seed) for seed in ref_seeds}
-    timings["references_s"] = time.perf_counter() - t0
-    log(f"reference models ready in {timings['references_s']:.1f}s (seeds {ref_seeds})")
+    ctx = JobContext(spec, out, device, bench, refs, started)
+    ctx.timings["references_s"] = time.perf_counter() - t0
+    log(f"reference models ready in {ctx.timings['references_s']:.1f}s (seeds {ref_seeds})")
+    return ctx
 
+
+def reference_sources(ctx: JobContext) -> dict[ModelKey, ScoredModel]:
+    """The reference models to score: target (and retain, when there is one) per reference seed."""
+    sources: dict[ModelKey, ScoredModel] = {}
+    for seed, ref in ctx.refs.items():
+        sources[("target", seed)] = ScoredModel(ref.target_source)
+        if ref.retain is not None and ref.retain_source is not None:
+            sources[("retain", seed)] = ScoredModel(ref.retain_source)
+    return sources
+
+
+@dataclass
+class Training:
+    """What training adds to a job's results: diverged rows, the training log, divergence counts, run times."""
+
+    metric_rows: list[dict[str, Any]] = field(default_factory=list)
+    log_rows: list[dict[str, Any]] = field(default_factory=list)
+    diverged: dict[str, tuple[int, int]] = field(default_factory=dict)
+    run_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def score_and_write(ctx: JobContext, sources: dict[ModelKey, ScoredModel], names: Sequence[str],
+                    seeds: Sequence[int], notes: list[str], training: Training | None = None,
+                    copies: Mapping[ModelKey, ModelKey] | None = None) -> JobResult:
+    """Score `sources` (the references and the models `names`), aggregate per seed and write the results
+    contract (DESIGN.md section 4) under the job's out dir; shared by `harness run` and `harness eval`.
+
+    `copies` maps extra (name, seed) keys to a scored key whose scores they reuse (one model reported under
+    several seeds, each compared with its own seed's references).
+    """
+    spec, bench, out, refs = ctx.spec, ctx.bench, ctx.out, ctx.refs
+    training = training or Training()
+    record_models(out, {key: (src.source, src.adapter) for key, src in sources.items()})
     t0 = time.perf_counter()
-    requests = train_requests(spec, bench, refs)
-    log(f"training {len(requests)} run(s) ({len(spec.methods)} method(s) x {len(spec.seeds)} seed(s)) "
-        f"on {spec.resources.num_workers} worker(s)")
-    runs: dict[str, TrainRun] = run_unlearning_many(requests, spec, out, modality=bench.modality, progress=progress)
-    timings["train_s"] = time.perf_counter() - t0
+    scores = score_all(bench, refs, sources, spec, ctx.device)
+    scores.update({key: scores[of] for key, of in (copies or {}).items()})
+    ctx.timings["score_s"] = time.perf_counter() - t0
 
-    notes: list[str] = []
-    sources: dict[ModelKey, tuple[str, Path | None]] = {}
-    for seed in ref_seeds:
-        sources[("target", seed)] = (refs[seed].target_source, None)
-        if refs[seed].retain is not None and refs[seed].retain_source is not None:
-            sources[("retain", seed)] = (refs[seed].retain_source, None)
-    for req in requests:
-        run = runs[req.key]
-        if run.diverged:
-            notes.append(f"{req.key} diverged ({run.reason}); it is not scored.")
-            log(f"{req.key} diverged: {run.reason}")
-        else:
-            sources[(req.method.name, req.seed)] = (req.target, run.adapter_dir)
-
-    record_models(out, sources)
-    t0 = time.perf_counter()
-    scores = score_all(bench, refs, sources, spec, device)
-    timings["score_s"] = time.perf_counter() - t0
-
-    metric_rows = aggregate_all(bench, scores, spec, ref_seeds)
-    for req in requests:
-        metric_rows.append({"method": req.method.name, "seed": req.seed, "split": "train", "metric": "diverged",
-                            "value": float(runs[req.key].diverged)})
+    metric_rows = aggregate_all(bench, scores, spec, ctx.ref_seeds, names, seeds) + training.metric_rows
     for row in metric_rows:
         row.setdefault("benchmark", bench.name)
     examples = [{"method": m, "seed": s, "benchmark": bench.name, **r} for (m, s), sc in scores.items()
                 for r in sc.examples]
     generations = [{"method": m, "seed": s, "benchmark": bench.name, **r} for (m, s), sc in scores.items()
                    for r in sc.generations]
-    train_rows = [row for req in requests for row in runs[req.key].log]
 
     metrics_df = frame(metric_rows, METRIC_COLUMNS)
-    train_df = frame(train_rows, TRAIN_LOG_COLUMNS)
+    train_df = frame(training.log_rows, TRAIN_LOG_COLUMNS)
     atomic_write_parquet(out / "metrics.parquet", metrics_df)
     atomic_write_parquet(out / "train_log.parquet", train_df)
     examples_df = frame(examples, EXAMPLE_COLUMNS)
     atomic_write_parquet(out / "examples.parquet", examples_df)
     atomic_write_parquet(out / "generations.parquet", frame(generations, GENERATION_COLUMNS))
 
-    methods = [m for m in REFERENCE_METHODS if any(k[0] == m for k in scores)] + [m.name for m in spec.methods]
+    methods = [m for m in REFERENCE_METHODS if any(k[0] == m for k in scores)] + list(names)
     stats = summary_stats(metrics_df, train_df, bench.summary_columns, methods)
     atomic_write_parquet(out / "summary.parquet", stats)
-    diverged = {m.name: (sum(runs[run_key(m.name, s)].diverged for s in spec.seeds), len(spec.seeds))
-                for m in spec.methods}
-    table = summary_table(stats, methods, diverged)
-    notes += _bound_notes(spec, next(iter(refs.values())).target)
-    notes.append(_seeds_note(spec, ref_seeds))
-    notes.append("reference models: " + "; ".join(f"seed {s}: target = {r.target_source}, retain = {r.retain_source}"
-                                                  for s, r in refs.items()))
-    if len(spec.methods) > 1:
+    table = summary_table(stats, methods, training.diverged)
+    notes = [*notes, _seeds_note(spec, ctx.ref_seeds),
+             "reference models: " + "; ".join(f"seed {s}: target = {r.target_source}, retain = {r.retain_source}"
+                                              for s, r in refs.items())]
+    if len(names) > 1:
         pareto = pareto_table(stats, methods, REFERENCE_METHODS)
         if plot_pareto(pareto, out / "plots" / "pareto.png") is not None:
             atomic_write_parquet(out / "pareto.parquet", pareto)
@@ -285,11 +344,52 @@ def _run_in(out: Path, spec: JobSpec, bench: Benchmark, device: torch.device, st
     bench.plots(examples_df, methods, out / "plots")
 
     finished = dt.datetime.now(dt.UTC)
-    env = environment(spec.seeds, str(device), started, finished)
-    env["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
-    env["run_seconds"] = {key: round(run.seconds, 2) for key, run in runs.items()}
+    env = environment(spec.seeds, str(ctx.device), ctx.started, finished)
+    env["timings_s"] = {k: round(v, 2) for k, v in ctx.timings.items()}
+    env["run_seconds"] = {key: round(s, 2) for key, s in training.run_seconds.items()}
     atomic_write_json(out / "env.json", env)
-    return summary, env, {name: k > 0 for name, (k, _) in diverged.items()}
+    any_diverged = {name: k > 0 for name, (k, _) in training.diverged.items()}
+    return JobResult(out, summary, any_diverged)
+
+
+def run_job(spec: JobSpec, progress: bool = True, overwrite: bool = False) -> JobResult:
+    """Run a whole job (references, training, scoring) and write the results contract (DESIGN.md section 4)
+    under its out dir; see `staged_job` for the out dir's life cycle."""
+    if not spec.methods:
+        raise SpecError("methods: `harness run` trains at least one method; to score the spec's `models:` "
+                        "without training, use `harness eval`")
+    return staged_job(spec, lambda ctx: _train_and_score(ctx, progress), progress, overwrite)
+
+
+def _train_and_score(ctx: JobContext, progress: bool) -> JobResult:
+    """Train every (method, seed) run of the started job, then score and write everything."""
+    spec = ctx.spec
+    t0 = time.perf_counter()
+    requests = train_requests(spec, ctx.bench, ctx.refs)
+    log(f"training {len(requests)} run(s) ({len(spec.methods)} method(s) x {len(spec.seeds)} seed(s)) "
+        f"on {spec.resources.num_workers} worker(s)")
+    runs: dict[str, TrainRun] = run_unlearning_many(requests, spec, ctx.out, modality=ctx.bench.modality,
+                                                    progress=progress)
+    ctx.timings["train_s"] = time.perf_counter() - t0
+
+    notes: list[str] = []
+    sources = reference_sources(ctx)
+    for req in requests:
+        run = runs[req.key]
+        if run.diverged:
+            notes.append(f"{req.key} diverged ({run.reason}); it is not scored.")
+            log(f"{req.key} diverged: {run.reason}")
+        else:
+            sources[(req.method.name, req.seed)] = ScoredModel(req.target, run.adapter_dir)
+    training = Training(
+        metric_rows=[{"method": req.method.name, "seed": req.seed, "split": "train", "metric": "diverged",
+                      "value": float(runs[req.key].diverged)} for req in requests],
+        log_rows=[row for req in requests for row in runs[req.key].log],
+        diverged={m.name: (sum(runs[run_key(m.name, s)].diverged for s in spec.seeds), len(spec.seeds))
+                  for m in spec.methods},
+        run_seconds={key: run.seconds for key, run in runs.items()})
+    notes += _bound_notes(spec, next(iter(ctx.refs.values())).target)
+    return score_and_write(ctx, sources, [m.name for m in spec.methods], spec.seeds, notes, training)
 
 
 def _seeds_note(spec: JobSpec, ref_seeds: list[int]) -> str:

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from harness.errors import SpecError
+from harness.eval.model_source import ModelSource
 from harness.specbase import BENCHMARK_OPTIONS, BenchmarkOptions, ObjectiveOptions, StrictModel, tagged_union
 
 
@@ -232,7 +233,10 @@ class JobSpec(StrictModel):
     adapter: AdapterSpec = AdapterSpec()
     objective: ObjectiveSpec = Field(default_factory=_default_objective)
     train: TrainSpec = TrainSpec()
-    methods: list[MethodSpec] = Field(min_length=1)
+    methods: list[MethodSpec] = Field([], description="what `harness run` trains (at least one, unless the "
+                                      "spec only lists `models` for `harness eval`)")
+    models: list[ModelSource] = Field([], description="models `harness eval` scores without training (see "
+                                      "harness/eval/model_source.py); `harness run` ignores them")
     eval: EvalSpec = EvalSpec()
     resources: ResourcesSpec = ResourcesSpec()
 
@@ -300,6 +304,12 @@ class JobSpec(StrictModel):
             if modality not in objective.modalities:
                 raise ValueError(f"methods.{i}.objective.name: {m.objective.name!r} does not apply to "
                                  f"{self.benchmark.name} ({modality}) benchmarks")
+        return self
+
+    @model_validator(mode="after")
+    def _methods_or_models(self) -> JobSpec:
+        if not self.methods and not self.models:
+            raise ValueError("methods: a job needs at least one method (or, for `harness eval`, `models`)")
         return self
 
     @model_validator(mode="after")
@@ -397,6 +407,11 @@ def validate_spec(data: Any, source: str = "") -> JobSpec:
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     """Read a YAML job spec, apply `--set` overrides, and validate it."""
+    return validate_spec(read_spec_data(path, overrides), str(path))
+
+
+def read_spec_data(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The raw data of a YAML job spec with `--set` overrides applied, not yet validated."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"job spec {path} does not exist")
@@ -408,7 +423,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
         raise SpecError(f"invalid job spec {path}: expected a mapping at the top level")
     for assignment in overrides or []:
         data = apply_override(data, assignment)
-    return validate_spec(data, str(path))
+    return data
 
 
 def dump_spec(spec: JobSpec) -> str:

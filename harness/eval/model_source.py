@@ -11,8 +11,9 @@ A source is one of (detected from its files, or named with `kind=`):
 - `run`: a finished run directory: every method it scored (or only `method=`), each over the base
   recorded in its `models.json`.
 
-Options: `base=DIR|HUB_ID`, `kind=hf|peft|harness|run`, `method=NAME` (runs), `dtype=float32|bfloat16|float16`,
-`revision=REV`, `trust_remote_code=true`. Paths may not contain commas.
+Options: `base=DIR|HUB_ID`, `kind=hf|peft|harness|run`, `method=NAME` and `seed=N` (runs),
+`dtype=float32|bfloat16|float16`, `revision=REV`, `trust_remote_code=true`. Paths may not contain commas.
+In a job spec's `models:` list each entry has the same fields (`source:` or `path:` for the source).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.errors import DataError, ModelError, SpecError
 
@@ -38,10 +39,11 @@ class ModelSource(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    path: str
+    path: str = Field(validation_alias=AliasChoices("path", "source"))
     kind: SourceKind | None = None
     base: str | None = None
     method: str | None = None
+    seed: int | None = Field(None, description="a run's method: only this seed (default: every seed it ran)")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     revision: str | None = None
     trust_remote_code: bool = False
@@ -112,10 +114,12 @@ def detect_kind(path: str) -> SourceKind:
                     "nor a run directory (models.json)")
 
 
-def resolve_sources(sources: list[ModelSource]) -> list[ModelSource]:
-    """Each source with its kind set; a run source becomes one `harness` source per method (`NAME.METHOD`).
+def resolve_sources(sources: list[ModelSource], seed_in_name: bool = True) -> list[ModelSource]:
+    """Each source with its kind set; a run source becomes one `harness` source per method (`NAME.METHOD`)
+    and seed (`seed` set; the name ends in `.seedN` when the method ran several seeds, unless
+    `seed_in_name` is False: then the seed tells them apart).
 
-    Raises SpecError when two resolved sources share a name.
+    Raises SpecError when two resolved sources share a name (and seed).
     """
     from harness.run_record import load_finished_run
 
@@ -130,15 +134,16 @@ def resolve_sources(sources: list[ModelSource]) -> list[ModelSource]:
         if not methods:
             raise DataError(f"run {src.path} recorded no scored method")
         for method in methods:
-            seeds = sorted(run.models.methods.get(method, {})) or [None]
+            seeds = [src.seed] if src.seed is not None else sorted(run.models.methods.get(method, {})) or [None]
             for seed in seeds:
                 entry = run.method_model(method, seed)
                 name = src.name if src.method else f"{src.name}.{method}"
-                name += f".seed{entry.seed}" if len(seeds) > 1 else ""
+                name += f".seed{entry.seed}" if len(seeds) > 1 and seed_in_name else ""
                 out.append(src.model_copy(update={"name": name, "kind": "harness", "path": entry.adapter,
-                                                  "base": src.base or entry.base, "method": method}))
-    names = [s.name for s in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+                                                  "base": src.base or entry.base, "method": method,
+                                                  "seed": entry.seed}))
+    keys = [(s.name, None if seed_in_name else s.seed) for s in out]
+    dupes = sorted({n for n, seed in keys if keys.count((n, seed)) > 1})
     if dupes:
         raise SpecError(f"scored model names must be unique; repeated: {', '.join(dupes)}")
     return out
