@@ -149,6 +149,8 @@ class RunDirectory:
 
     def __init__(self, out: str | Path, overwrite: bool = False) -> None:
         self.out = Path(out).expanduser().absolute()
+        if self.out.is_symlink():  # the renames replace the directory it points to, not the link
+            self.out = self.out.resolve()
         self.overwrite = overwrite
         self.staging = self.out.with_name(f".{self.out.name}.staging-{os.getpid()}")
         self.started = _now()
