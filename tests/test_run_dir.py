@@ -56,10 +56,12 @@ def earlier_run(hand_made_run: Any, tmp_path: Path) -> Path:
     return Path(shutil.copytree(hand_made_run.run_dir, tmp_path / "run"))
 
 
-def _finish_at_once(out: Path, spec: Any, *args: Any) -> tuple[str, dict[str, Any], dict[str, bool]]:
-    (out / "metrics.parquet").write_bytes(b"new metrics")
-    (out / "spec.yaml").write_text(f"name: {spec.name}\n")
-    return "the new table", {"duration_s": 0.0}, {}
+def _finish_at_once(ctx: Any, progress: bool) -> harness.pipeline.JobResult:
+    (ctx.out / "metrics.parquet").write_bytes(b"new metrics")
+    (ctx.out / "spec.yaml").write_text(f"name: {ctx.spec.name}\n")
+    for name in ("env.json", "models.json"):
+        (ctx.out / name).unlink(missing_ok=True)
+    return harness.pipeline.JobResult(ctx.out, "the new table")
 
 
 # ---- the lifecycle ------------------------------------------------------------------------------------
@@ -185,7 +187,7 @@ def test_an_interrupted_fresh_run_is_marked_interrupted_and_the_sigint_handler_i
 def test_overwrite_replaces_the_results_when_the_rerun_finishes(earlier_run: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(harness.pipeline, "prepare_references", lambda *a, **k: None)
-    monkeypatch.setattr(harness.pipeline, "_run_in", _finish_at_once)
+    monkeypatch.setattr(harness.pipeline, "_train_and_score", _finish_at_once)
     result = harness.pipeline.run_job(load_spec(_job(tmp_path, earlier_run)), overwrite=True)
     assert result.out_dir == earlier_run and result.summary == "the new table"
     assert sorted(p.name for p in earlier_run.iterdir()) == ["metrics.parquet", "spec.yaml", STATUS_NAME]
