@@ -259,9 +259,25 @@ def run_job(spec: JobSpec, progress: bool = True) -> JobResult:
     env["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     env["run_seconds"] = {key: round(run.seconds, 2) for key, run in runs.items()}
     atomic_write_json(out / "env.json", env)
+    _track(spec, out, metrics_df, train_df)
     log(f"done in {env['duration_s']:.1f}s; results in {out}")
     any_diverged = {name: k > 0 for name, (k, _) in diverged.items()}
     return JobResult(out, summary, any_diverged)
+
+
+def _track(spec: JobSpec, out: Path, metrics: pd.DataFrame, train_log: pd.DataFrame) -> None:
+    """Log the written results to MLflow (harness.tracking); a failure is a warning, the files stand."""
+    if spec.tracking is None:
+        return
+    from harness.tracking import log_job, resolve_uri, warn_failed
+
+    try:
+        ids = log_job(spec, out, metrics, train_log)
+    except Exception as err:  # noqa: BLE001 - tracking must not fail a finished run
+        warn_failed(f"job {spec.name}", err)
+        return
+    log(f"MLflow: {len(ids)} run(s) in experiment {spec.tracking.experiment or spec.name!r} at "
+        f"{resolve_uri(spec.tracking, out)}")
 
 
 def _seeds_note(spec: JobSpec, ref_seeds: list[int]) -> str:

@@ -219,6 +219,10 @@ def run_sweep(base: JobSpec, sweep: SweepSpec, out: Path, progress: bool = True)
     frames, logs = [], []
     for spec, named in jobs:
         job_out = out / spec.name
+        if spec.tracking is not None:  # one MLflow store and experiment for the whole sweep
+            from harness.tracking import resolve_uri, with_store
+
+            spec = with_store(spec, resolve_uri(spec.tracking, out), f"sweep-{base.name}")
         run_job(spec.model_copy(update={"out": str(job_out)}), progress=progress)
         frames.append(_final_rows(job_out, spec, named))
         logs.append(pd.read_parquet(job_out / "train_log.parquet").assign(job=spec.name))
