@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 a failed run, 2 bad input (spec, data, model).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 
@@ -161,10 +162,16 @@ def _cluster_check(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `harness` argument parser."""
-    parser = argparse.ArgumentParser(prog="harness", description="Bounded parameter-efficient unlearning harness")
+    # `--verbose` works before or after the command (`harness --verbose run x.yaml`, `harness run x.yaml -v`).
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="show library warnings, progress bars and Ray Tune tables (hidden by default)")
+    parser = argparse.ArgumentParser(prog="harness", description="Bounded parameter-efficient unlearning harness",
+                                     parents=[verbose])
     sub = parser.add_subparsers(dest="command", required=True)
+    command = functools.partial(sub.add_parser, parents=[verbose])
 
-    run = sub.add_parser("run", help="run a job spec: unlearn with each method, score, write results")
+    run = command("run", help="run a job spec: unlearn with each method, score, write results")
     run.add_argument("spec", help="job spec (YAML)")
     run.add_argument("--out", help="output directory (overrides the spec's `out`)")
     run.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -174,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace a finished run's results in the out dir (kept until the new run finishes)")
     run.set_defaults(func=_run)
 
-    ev = sub.add_parser("eval", help="score models without training (HF models, PEFT or harness adapters, a "
+    ev = command("eval", help="score models without training (HF models, PEFT or harness adapters, a "
                         "finished run's methods) against the job's reference models; same results as run")
     ev.add_argument("spec", help="job spec (YAML): benchmark, model, reference models and eval settings")
     ev.add_argument("--model", action="append", default=[], metavar="NAME=SOURCE[,key=value...]",
@@ -190,14 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="replace a finished run's results in the out dir (kept until the new run finishes)")
     ev.set_defaults(func=_eval)
 
-    export = sub.add_parser("export", help="write a run's method as a plain merged Hugging Face checkpoint")
+    export = command("export", help="write a run's method as a plain merged Hugging Face checkpoint")
     export.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (harness run --out)")
     export.add_argument("--method", required=True, help="the method to export (a name in the run's spec)")
     export.add_argument("--seed", type=int, help="which seed's run of the method (default: the first)")
     export.add_argument("--out", required=True, help="new output directory")
     export.set_defaults(func=_export)
 
-    tune = sub.add_parser("tune", help="search a method's settings with Ray Tune (Optuna + ASHA)")
+    tune = command("tune", help="search a method's settings with Ray Tune (Optuna + ASHA)")
     tune.add_argument("spec", help="job spec (YAML)")
     tune.add_argument("--space", required=True, help="search space (YAML, see tune_spaces/)")
     tune.add_argument("--trials", type=int, help="number of trials (overrides the space's num_samples)")
@@ -206,19 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--resume", action="store_true", help="resume an interrupted search in --out")
     tune.set_defaults(func=_tune)
 
-    sweep = sub.add_parser("sweep", help="a grid (or random) sweep over spec fields: every configuration x seed")
+    sweep = command("sweep", help="a grid (or random) sweep over spec fields: every configuration x seed")
     sweep.add_argument("spec", help="job spec (YAML)")
     sweep.add_argument("--space", required=True, help="sweep file (YAML, see harness/sweep.py and sweeps/)")
     sweep.add_argument("--out", help="output directory (default results/sweep-<job name>)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec field")
     sweep.set_defaults(func=_sweep)
 
-    report = sub.add_parser("report", help="compare finished runs side by side (report.md + report.html)")
+    report = command("report", help="compare finished runs side by side (report.md + report.html)")
     report.add_argument("dirs", nargs="+", metavar="DIR", help="run directories (each with metrics.parquet)")
     report.add_argument("--out", help="output directory (default: report/ under the runs' common parent)")
     report.set_defaults(func=_report)
 
-    nightly = sub.add_parser("nightly", help="run a suite, compare with the baseline; exit 1 on a regression")
+    nightly = command("nightly", help="run a suite, compare with the baseline; exit 1 on a regression")
     nightly.add_argument("suite", help="suite spec (YAML), e.g. jobs/nightly.yaml")
     nightly.add_argument("--history", help="history parquet (overrides the suite's `history`)")
     nightly.add_argument("--baseline", metavar="RUN_ID", help="pin the baseline to this run id ('latest': the last)")
@@ -227,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     nightly.add_argument("--out", help="output directory (overrides the suite's `out`)")
     nightly.set_defaults(func=_nightly)
 
-    submit = sub.add_parser("submit", help="run a job spec on a Ray cluster through the Ray Jobs API")
+    submit = command("submit", help="run a job spec on a Ray cluster through the Ray Jobs API")
     submit.add_argument("spec", help="job spec (YAML) inside the project directory, which is uploaded")
     submit.add_argument("--address", help="Jobs API address, e.g. http://HEAD:8265 "
                         "(default: RAY_API_SERVER_ADDRESS or RAY_ADDRESS)")
@@ -239,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "succeeded")
     submit.set_defaults(func=_submit)
 
-    jobs = sub.add_parser("jobs", help="status, logs or stop of a submitted job")
+    jobs = command("jobs", help="status, logs or stop of a submitted job")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
     for name, text in (("status", "show a job's status"), ("logs", "print a job's logs"), ("stop", "stop a job")):
         j = jobs_sub.add_parser(name, help=text)
@@ -247,14 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
         j.add_argument("--address", help="Jobs API address (default: RAY_API_SERVER_ADDRESS or RAY_ADDRESS)")
         j.set_defaults(func=_jobs)
 
-    cluster = sub.add_parser("cluster", help="Ray cluster utilities")
+    cluster = command("cluster", help="Ray cluster utilities")
     cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
     check = cluster_sub.add_parser("check", help="validate a cluster config (Ray's schema) and that the jobs fit")
     check.add_argument("config", help="Ray cluster launcher config, e.g. cluster.yaml")
     check.add_argument("--jobs", help="directory of job specs to check (default: jobs/ beside the config)")
     check.set_defaults(func=_cluster_check)
 
-    data = sub.add_parser("data", help="benchmark data utilities")
+    data = command("data", help="benchmark data utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     synth = data_sub.add_parser("synth", help="write a synthetic benchmark set as files")
     synth.add_argument("benchmark", choices=["tofu", "muse", "tdec", "cifar100"])
@@ -268,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `harness` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from harness.console import configure_console
+
+    configure_console(getattr(args, "verbose", False))
     try:
         return args.func(args)
     except HarnessError as err:

@@ -37,6 +37,7 @@ from harness.results import ensure_writable_dir, read_json_file, read_parquet_fi
 from harness.run_dir import require_finished
 from harness.spec import JobSpec, load_spec
 from harness.specbase import StrictModel
+from harness.tracking import TrackingSpec
 
 Glob = str | list[str]
 Direction = Literal["higher_is_better", "lower_is_better", "both"]
@@ -149,6 +150,9 @@ class SuiteSpec(StrictModel):
     baseline: BaselineSpec = BaselineSpec()
     rules: list[Rule] = []
     use_default_rules: bool = Field(True, description="after the suite's rules, apply default_rules()")
+    tracking: TrackingSpec | None = Field(TrackingSpec(), description="MLflow: one run per nightly run (default "
+                                          "store <out>/mlflow.db, shared by the runs), and the jobs' runs there "
+                                          "unless a job names its own URI; null = the nightly run is not logged")
 
     @field_validator("rules")
     @classmethod
@@ -455,8 +459,14 @@ def run_suite(suite: SuiteSpec | str | Path, history_path: str | Path | None = N
     history_path = Path(history_path or suite.history).expanduser()
     started = dt.datetime.now(dt.UTC)
     run_id = new_run_id(started)
-    run_dir = Path(out or suite.out).expanduser() / run_id
+    suite_out = Path(out or suite.out).expanduser()
+    run_dir = suite_out / run_id
     jobs = resolve_jobs(suite, run_dir, overrides)
+    if suite.tracking is not None:
+        from harness.tracking import resolve_uri, with_store
+
+        store = resolve_uri(suite.tracking, suite_out)
+        jobs = [(name, with_store(spec, store)) for name, spec in jobs]
     ensure_writable_dir(history_path.parent, "nightly history directory")
     ensure_writable_dir(run_dir, "nightly run directory")
 
@@ -496,6 +506,13 @@ def run_suite(suite: SuiteSpec | str | Path, history_path: str | Path | None = N
     full = append_history(history_path, current)
     report = write_nightly_report(run_dir, suite, run_id, description, comparison, full, failures)
     result = SuiteResult(run_id, run_dir, report, comparison, description, outs, failures)
+    if suite.tracking is not None:
+        from harness.tracking import log_nightly, warn_failed
+
+        try:
+            log_nightly(suite.tracking, suite_out, suite.name, run_id, description, comparison, run_dir, failures)
+        except Exception as err:  # noqa: BLE001 - tracking must not fail a finished suite
+            warn_failed(f"nightly run {run_id}", err)
     if progress:
         log(f"nightly {suite.name}: {len(result.regressions)} regression(s); report {report}")
     return result

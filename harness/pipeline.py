@@ -253,6 +253,7 @@ def staged_job(spec: JobSpec, work: Callable[[JobContext], JobResult], progress:
                 log(f"run failed ({type(err).__name__}); the earlier results in {run_dir.out} are kept")
             raise
         out = run_dir.commit()
+    _track(spec, out)
     log(f"done in {(dt.datetime.now(dt.UTC) - started).total_seconds():.1f}s; results in {out}")
     return JobResult(out, result.summary, result.diverged)
 
@@ -390,6 +391,22 @@ def _train_and_score(ctx: JobContext, progress: bool) -> JobResult:
         run_seconds={key: run.seconds for key, run in runs.items()})
     notes += _bound_notes(spec, next(iter(ctx.refs.values())).target)
     return score_and_write(ctx, sources, [m.name for m in spec.methods], spec.seeds, notes, training)
+
+
+def _track(spec: JobSpec, out: Path) -> None:
+    """Log a finished run's results (in its final out dir) to MLflow (harness.tracking); a failure is a
+    warning, the files stand."""
+    if spec.tracking is None:
+        return
+    from harness.tracking import log_job, resolve_uri, warn_failed
+
+    try:
+        ids = log_job(spec, out, pd.read_parquet(out / "metrics.parquet"), pd.read_parquet(out / "train_log.parquet"))
+    except Exception as err:  # noqa: BLE001 - tracking must not fail a finished run
+        warn_failed(f"job {spec.name}", err)
+        return
+    log(f"MLflow: {len(ids)} run(s) in experiment {spec.tracking.experiment or spec.name!r} at "
+        f"{resolve_uri(spec.tracking, out)}")
 
 
 def _seeds_note(spec: JobSpec, ref_seeds: list[int]) -> str:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_valid
 from harness.errors import SpecError
 from harness.eval.model_source import ModelSource
 from harness.specbase import BENCHMARK_OPTIONS, BenchmarkOptions, ObjectiveOptions, StrictModel, tagged_union
+from harness.tracking import TrackingSpec
 
 
 class ModelSpec(StrictModel):
@@ -239,6 +240,8 @@ class JobSpec(StrictModel):
                                       "harness/eval/model_source.py); `harness run` ignores them")
     eval: EvalSpec = EvalSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    tracking: TrackingSpec | None = Field(TrackingSpec(), description="MLflow tracking of the finished runs "
+                                          "(harness.tracking); null = off")
 
     @model_validator(mode="before")
     @classmethod
@@ -377,9 +380,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> dict[str, Any]:
                 raise SpecError(f"--set {path}: {where} is not an index of a list of {len(node)}")
             node = node[int(key)]
         elif isinstance(node, dict):
-            node = node.setdefault(key, {})
-            if node is None:
-                node = {}
+            if node.get(key) is None:  # a missing or null section (`tracking: null`) becomes one
+                node[key] = {}
+            node = node[key]
         else:
             raise SpecError(f"--set {path}: {where} is not a section")
     last = keys[-1]

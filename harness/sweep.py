@@ -221,6 +221,10 @@ def run_sweep(base: JobSpec, sweep: SweepSpec, out: Path, progress: bool = True)
     frames, logs = [], []
     for spec, named in jobs:
         job_out = out / spec.name
+        if spec.tracking is not None:  # one MLflow store and experiment for the whole sweep
+            from harness.tracking import resolve_uri, with_store
+
+            spec = with_store(spec, resolve_uri(spec.tracking, out), f"sweep-{base.name}")
         # The job dirs belong to the sweep: a rerun of the sweep into its out dir replaces them.
         run_job(spec.model_copy(update={"out": str(job_out)}), progress=progress, overwrite=True)
         frames.append(_final_rows(job_out, spec, named))

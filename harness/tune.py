@@ -193,6 +193,61 @@ def _release_callback() -> Any:
     return ReleaseTrainerWorkers()
 
 
+def _progress_callback(total: int) -> Any:
+    """A Tune callback printing one line per trial as it starts and ends, and its latest trainer report at
+    most every `TRIAL_LINE_EVERY_S` seconds: the per-trial progress in place of Tune's status tables."""
+    import time
+
+    from ray import tune
+
+    from harness.pipeline import log
+
+    class TrialProgress(tune.Callback):
+        def __init__(self) -> None:
+            self.last: dict[str, float] = {}
+            self.ended = 0
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.last[trial.trial_id] = time.monotonic()
+            settings = ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
+            log(f"trial {trial.trial_id} ({len(trials)} of {total}) started: {settings}")
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            now = time.monotonic()
+            if now - self.last.get(trial.trial_id, 0.0) < TRIAL_LINE_EVERY_S or "step" not in result:
+                return
+            self.last[trial.trial_id] = now
+            log(f"trial {trial.trial_id}: step {int(result['step']) + 1}, " + _values(result, ("loss", "loss_retain",
+                                                                                               "grad_norm")))
+
+        def _ended(self, trial: Any, how: str) -> None:
+            self.ended += 1
+            result = trial.last_result or {}
+            log(f"trial {trial.trial_id} {how} ({self.ended} of {total} ended): "
+                + _values(result, ("forget_quality", "model_utility", "loss_retain", "steps")))
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            scored = "diverged" in (trial.last_result or {})
+            self._ended(trial, "finished" if scored else "stopped early (ASHA)")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._ended(trial, "failed")
+
+    return TrialProgress()
+
+
+#: Seconds between two progress lines of one running trial.
+TRIAL_LINE_EVERY_S = 15.0
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _values(result: dict[str, Any], keys: tuple[str, ...]) -> str:
+    return ", ".join(f"{k} {_short(result[k])}" for k in keys if k in result) or "no metrics"
+
+
 def pareto_front(frame: pd.DataFrame, objectives: list[SearchObjective]) -> pd.DataFrame:
     """Rows not dominated by any other (every objective at least as good, one strictly better)."""
     cols = [o.metric for o in objectives]
@@ -228,9 +283,11 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
     from ray.tune.search.optuna import OptunaSearch
 
     from harness.benchmarks import load_benchmark
+    from harness.console import is_verbose
     from harness.objectives import make_objective, original_targets
     from harness.pipeline import log, resolve_device, score_model
     from harness.reference import prepare_references
+    from harness.tracking import tune_callback
     from harness.train.ray_run import ensure_ray
 
     method_name = space.method or spec.methods[0].name
@@ -268,6 +325,11 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
         tuner = tune.Tuner.restore(str(out.resolve() / "tune"), trainable=trainable, resume_unfinished=True,
                                    restart_errored=True)
     else:
+        n_trials = trials or space.num_samples
+        callbacks = [_release_callback(), _progress_callback(n_trials)]
+        mlflow_callback = tune_callback(spec, out, method_name)
+        if mlflow_callback is not None:  # one MLflow run per trial
+            callbacks.append(mlflow_callback)
         search = OptunaSearch(metric=[o.metric for o in space.objectives], mode=[o.mode for o in space.objectives],
                               seed=space.seed)
         scheduler = (ASHAScheduler(metric=space.proxy.metric, mode=space.proxy.mode, max_t=space.asha.max_t,
@@ -276,9 +338,10 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
         tuner = tune.Tuner(
             trainable,
             param_space={path: _domain(dist) for path, dist in space.params.items()},
-            tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=trials or space.num_samples,
+            tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=n_trials,
                                         max_concurrent_trials=space.max_concurrent),
-            run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=1, callbacks=[_release_callback()]),
+            run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=1 if is_verbose() else 0,
+                                      callbacks=callbacks),
         )
     grid = tuner.fit()
     frame = grid.get_dataframe()

@@ -1,5 +1,6 @@
 """Training progress a person can follow: rank 0 of the workers streams each step to a small Ray actor, and
-the driver draws one bar per run from it (or logs one line per finished run when stderr is not a terminal).
+the driver draws one bar per run from it. When stderr is not a terminal (CI logs, pipes) it logs lines
+instead: one per finished run, and one per running run every `line_every_s` seconds.
 
 Ray Train's own reports cost about a second each (they wait for the controller's poll), so they stay
 sparse; the actor call is fire-and-forget and costs well under a millisecond per step.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,11 +44,14 @@ class TrainingProgress:
     """
 
     def __init__(self, keys: Sequence[str], enabled: bool = True, log: Callable[[str], None] | None = None,
-                 interval_s: float = 0.5) -> None:
+                 interval_s: float = 0.5, line_every_s: float = 30.0) -> None:
         self.keys = list(keys)
         self.enabled = enabled
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.interval_s = interval_s
+        self.line_every_s = line_every_s
+        self._last_line: dict[str, float] = {}
+        self._started = time.monotonic()
         self.sink: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -103,3 +108,8 @@ class TrainingProgress:
                 note = " (diverged)" if finished[key] else ""
                 if not tty:
                     self.log(f"trained {key}: {done}/{total} steps, loss {loss:.4g}, grad norm {grad_norm:.4g}{note}")
+            elif not tty and key not in finished:
+                now = time.monotonic()
+                if now - self._last_line.get(key, self._started) >= self.line_every_s:
+                    self._last_line[key] = now
+                    self.log(f"training {key}: {done}/{total} steps, loss {loss:.4g}, grad norm {grad_norm:.4g}")

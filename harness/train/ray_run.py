@@ -85,10 +85,13 @@ def ensure_ray(address: str | None = None) -> None:
     """Connect to `address` (or RAY_ADDRESS), or start a local Ray instance, once per process."""
     import ray
 
+    from harness.console import quiet_libraries
+
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
     if ray.is_initialized():
         return
     global _local_instance
+    quiet_libraries()  # Ray's token notice at init (unless verbose)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
@@ -98,7 +101,9 @@ def ensure_ray(address: str | None = None) -> None:
         # The dashboard serves the State API, which Ray Train's PlacementGroupCleaner polls: without it, a
         # trainer whose controller is killed (a Tune trial stopped by ASHA) leaks its workers' placement
         # group and the next trainer waits for those CPUs forever.
-        ray.init(include_dashboard=True, log_to_driver=False, configure_logging=False)
+        # Each worker process hides the library noise the driver hides (harness.console) before it runs a task.
+        ray.init(include_dashboard=True, log_to_driver=False, configure_logging=False,
+                 runtime_env={"worker_process_setup_hook": "harness.console.quiet_libraries"})
 
 
 def stop_ray() -> None:
