@@ -193,7 +193,26 @@ def load_pretrained(name: str, dtype: torch.dtype = torch.float32, trust_remote_
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return own_aligned(model), tokenizer
+
+
+#: Byte alignment of fresh torch CPU allocations (c10's `gAlignment`).
+_ALIGNMENT = 64
+
+
+def own_aligned(model: torch.nn.Module) -> torch.nn.Module:
+    """Copy every parameter and buffer that is not `_ALIGNMENT`-byte aligned into fresh storage, in place.
+
+    `from_pretrained` returns tensors that view the memory-mapped safetensors file at 8-byte offsets, while a
+    built, trained or deep-copied model owns aligned storage. CPU GEMM/attention kernels take different
+    (unaligned) code paths on such weights, so the same model scored from disk and from memory differs in the
+    last bits. Tied weights are one `Parameter`, so they stay tied.
+    """
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.device.type == "cpu" and t.numel() and t.data_ptr() % _ALIGNMENT:
+                t.data = t.data.clone(memory_format=torch.contiguous_format)
+    return model
 
 
 @contextlib.contextmanager
@@ -220,7 +239,7 @@ def load_image_model(name: str, dtype: torch.dtype = torch.float32, trust_remote
     with _loading(name, source, revision):
         model = AutoModelForImageClassification.from_pretrained(
             source, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision, use_safetensors=True)
-    return model, load_preprocessor_config(source)
+    return own_aligned(model), load_preprocessor_config(source)
 
 
 #: Published config.json files of the models the shipped job specs name, for offline `--dry-run` plans.
