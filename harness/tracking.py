@@ -57,6 +57,14 @@ def local_store_uri(out: str | Path) -> str:
     return f"sqlite:///{(Path(out).expanduser() / LOCAL_STORE).resolve()}"
 
 
+def _sqlite_artifacts(uri: str) -> str | None:
+    """The artifact location beside a `sqlite:///PATH` store's database file (None for any other URI)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    return (Path(uri[len(prefix):]).expanduser().resolve().parent / LOCAL_ARTIFACTS).as_uri()
+
+
 def resolve_uri(tracking: TrackingSpec, out: str | Path) -> str:
     """`tracking.mlflow_uri`, else `MLFLOW_TRACKING_URI`, else the local store of `out`."""
     return tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_store_uri(out)
@@ -121,9 +129,9 @@ class Tracker:
         if found is not None:
             self.experiment_id = found.experiment_id
         else:
-            # The local store keeps its artifacts beside it; a server decides for itself.
-            location = ((Path(out).expanduser() / LOCAL_ARTIFACTS).resolve().as_uri()
-                        if uri == local_store_uri(out) else None)
+            # A SQLite store (the local default, or one a sweep or suite shares) keeps its artifacts beside
+            # its database file, not in the working directory; a server decides for itself.
+            location = _sqlite_artifacts(uri)
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
 
     def log_run(self, name: str, tags: Mapping[str, str], params: Mapping[str, str],
