@@ -119,7 +119,7 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 class Tracker:
     """One MLflow experiment through `MlflowClient`: create runs and log metrics, params, tags, artifacts."""
 
-    def __init__(self, uri: str, experiment: str, out: str | Path) -> None:
+    def __init__(self, uri: str, experiment: str) -> None:
         _quiet_mlflow()
         from mlflow.tracking import MlflowClient
 
@@ -192,7 +192,7 @@ def log_job(spec: JobSpec, out: Path, metrics: pd.DataFrame, train_log: pd.DataF
         return {}
     from harness.train.ray_run import run_key
 
-    tracker = Tracker(resolve_uri(spec.tracking, out), spec.tracking.experiment or spec.name, out)
+    tracker = Tracker(resolve_uri(spec.tracking, out), spec.tracking.experiment or spec.name)
     env = json.loads((out / "env.json").read_text()) if (out / "env.json").is_file() else {}
     shared = {**flatten(_job_params(spec)), **flatten(env, "env.")}
     artifacts = [out / name for name in JOB_ARTIFACTS if (out / name).is_file()]
@@ -219,7 +219,7 @@ def log_nightly(tracking: TrackingSpec, out: Path, suite: str, run_id: str, base
                 comparison: pd.DataFrame, run_dir: Path, failures: Mapping[str, str]) -> str:
     """One MLflow run for a nightly run: each compared metric's new value and delta, the status counts,
     and the report as artifacts. `out` is the suite's out dir (the local store lives there)."""
-    tracker = Tracker(resolve_uri(tracking, out), tracking.experiment or f"nightly-{suite}", out)
+    tracker = Tracker(resolve_uri(tracking, out), tracking.experiment or f"nightly-{suite}")
     counts = comparison["status"].value_counts().to_dict()
     entries = [(f"status/{s}", float(counts.get(s, 0)), 0)
                for s in ("regression", "missing", "improvement", "new", "ok", "unchecked")]
@@ -249,7 +249,7 @@ def tune_callback(spec: JobSpec, out: Path, method: str) -> Any:
 
     uri = resolve_uri(spec.tracking, out)
     experiment = spec.tracking.experiment or f"tune-{spec.name}"
-    Tracker(uri, experiment, out)
+    Tracker(uri, experiment)
     return MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment,
                                 tags={"harness.job": spec.name, "harness.kind": "trial", "harness.method": method})
 
