@@ -22,6 +22,7 @@ from harness.eval.backend import make_backend
 from harness.objectives import make_objective, original_targets
 from harness.reference import References, prepare_references, reference_seed_for, reference_seeds
 from harness.report import (
+    Column,
     pareto_table,
     plot_metrics,
     plot_pareto,
@@ -116,6 +117,9 @@ def score_all(bench: Benchmark, refs: dict[int, References],
     With `eval.workers` > 1 the models are scored together on Ray: each gets a group of long-lived
     scoring workers that load it once (harness.eval.parallel); otherwise one after another here.
     """
+    if _lm_eval_tasks(spec) and bench.modality != "text":
+        raise SpecError(f"eval.lm_eval_tasks: lm-evaluation-harness tasks score language models; benchmark "
+                        f"{bench.name!r} is {bench.modality}")
     models = {key: src if isinstance(src, ScoredModel) else ScoredModel(*src) for key, src in sources.items()}
     default = next(iter(refs.values())).processor
     if spec.eval.workers > 1:
@@ -131,18 +135,55 @@ def score_all(bench: Benchmark, refs: dict[int, References],
                 named = {run_key(*key): (models[key].source, models[key].adapter) for key in keys}
                 scored = pool.score_models(named, lambda backend, p=processor: bench.score(backend, p, spec.eval))
                 scores.update({key: scored[run_key(*key)] for key in keys})
+        if _lm_eval_tasks(spec):  # lm-eval runs its own model classes: on each model loaded here
+            for key, src in models.items():
+                model, processor = _driver_model(key, src, refs, spec)
+                scores[key].metric_rows = _lm_eval_rows(key, model.to(device), processor or default, spec, device)
+                del model
         return scores
     scores = {}
-    for (name, seed), src in models.items():
-        log(f"scoring {run_key(name, seed)}")
-        if src.load is not None:
-            model, processor = src.load()
-        else:
-            ref = refs[reference_seed_for(spec, seed)] if name not in REFERENCE_METHODS else refs[seed]
-            model, processor = _in_memory_model(name, ref, src.adapter), src.processor
-        scores[(name, seed)] = score_model(bench, model.to(device), processor or default, spec, device)
+    for key, src in models.items():
+        log(f"scoring {run_key(*key)}")
+        model, processor = _driver_model(key, src, refs, spec)
+        model = model.to(device)
+        scores[key] = score_model(bench, model, processor or default, spec, device)
+        scores[key].metric_rows = _lm_eval_rows(key, model, processor or default, spec, device)
         del model
     return scores
+
+
+def _driver_model(key: ModelKey, src: ScoredModel, refs: dict[int, References],
+                  spec: JobSpec) -> tuple[torch.nn.Module, Any]:
+    """A model to score loaded in this process, and its processor (None: the references')."""
+    name, seed = key
+    if src.load is not None:
+        return src.load()
+    ref = refs[reference_seed_for(spec, seed)] if name not in REFERENCE_METHODS else refs[seed]
+    if name in REFERENCE_METHODS or src.source == ref.target_source:
+        return _in_memory_model(name, ref, src.adapter), src.processor
+    from harness.modalities import get_modality
+    from harness.models import torch_dtype
+
+    model, processor = get_modality("text").load(src.source, torch_dtype(spec.model.dtype),
+                                                 spec.model.trust_remote_code)
+    if src.adapter is not None:
+        load_adapter(model, src.adapter)
+    return model.eval(), src.processor or processor
+
+
+def _lm_eval_tasks(spec: JobSpec) -> bool:
+    return spec.eval.lm_eval_tasks is not None and bool(spec.eval.lm_eval_tasks.tasks)
+
+
+def _lm_eval_rows(key: ModelKey, model: torch.nn.Module, processor: Any, spec: JobSpec,
+                  device: torch.device) -> list[dict[str, Any]]:
+    """`eval.lm_eval_tasks` on one in-memory model: lm-evaluation-harness's metric rows (none when unset)."""
+    if not _lm_eval_tasks(spec):
+        return []
+    from harness.eval.lm_eval_tasks import run_lm_eval_tasks
+
+    log(f"lm-evaluation-harness tasks {spec.eval.lm_eval_tasks.tasks} on {run_key(*key)}")
+    return run_lm_eval_tasks(model, processor, spec.eval.lm_eval_tasks, device=str(device))
 
 
 def train_requests(spec: JobSpec, bench: Benchmark, refs: dict[int, References]) -> list[TrainRequest]:
@@ -174,15 +215,26 @@ def aggregate_all(bench: Benchmark, scores: dict[ModelKey, ModelScores], spec: J
     def refs_of(seed: int) -> dict[str, ModelScores]:
         return {name: scores[(name, seed)] for name in REFERENCE_METHODS if (name, seed) in scores}
 
+    def extra(group: dict[str, ModelScores], seed: int) -> list[dict[str, Any]]:
+        return [{**r, "method": name, "seed": seed} for name, sc in group.items() for r in sc.metric_rows]
+
     for seed in ref_seeds:
-        rows += [{**r, "seed": seed} for r in bench.aggregate(refs_of(seed), spec.eval)]
+        rows += [{**r, "seed": seed} for r in bench.aggregate(refs_of(seed), spec.eval)] + extra(refs_of(seed), seed)
     for seed in seeds:
         mine = {n: scores[(n, seed)] for n in names if (n, seed) in scores}
         if not mine:
             continue
         group = {**refs_of(reference_seed_for(spec, seed)), **mine}
         rows += [{**r, "seed": seed} for r in bench.aggregate(group, spec.eval) if r["method"] not in REFERENCE_METHODS]
+        rows += extra(mine, seed)
     return rows
+
+
+def extra_columns(metric_rows: Sequence[dict[str, Any]], benchmark: str) -> list[Column]:
+    """Summary columns for the metric rows of other benchmarks than the job's (lm-evaluation-harness tasks)."""
+    seen = dict.fromkeys((r["benchmark"], r["split"], r["metric"]) for r in metric_rows
+                         if r.get("benchmark", benchmark) != benchmark)
+    return [Column(split, metric, f"{split} {metric}") for _, split, metric in seen]
 
 
 def _bound_notes(spec: JobSpec, target: torch.nn.Module) -> list[str]:
@@ -327,7 +379,8 @@ def score_and_write(ctx: JobContext, sources: dict[ModelKey, ScoredModel], names
     atomic_write_parquet(out / "generations.parquet", frame(generations, GENERATION_COLUMNS))
 
     methods = [m for m in REFERENCE_METHODS if any(k[0] == m for k in scores)] + list(names)
-    stats = summary_stats(metrics_df, train_df, bench.summary_columns, methods)
+    columns = bench.summary_columns + extra_columns(metric_rows, bench.name)
+    stats = summary_stats(metrics_df, train_df, columns, methods)
     atomic_write_parquet(out / "summary.parquet", stats)
     table = summary_table(stats, methods, training.diverged)
     notes = [*notes, _seeds_note(spec, ctx.ref_seeds),
@@ -341,7 +394,7 @@ def score_and_write(ctx: JobContext, sources: dict[ModelKey, ScoredModel], names
                          + ", ".join(pareto.loc[pareto["pareto"], "method"]) + " (plots/pareto.png).")
     summary = write_summary(out / "summary.md", f"{spec.name}: {bench.describe()}", table, notes)
     plot_training(train_df, out / "plots" / "training.png")
-    plot_metrics(stats, bench.summary_columns, out / "plots" / "metrics.png")
+    plot_metrics(stats, columns, out / "plots" / "metrics.png")
     bench.plots(examples_df, methods, out / "plots")
 
     finished = dt.datetime.now(dt.UTC)

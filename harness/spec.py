@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from harness.errors import SpecError
+from harness.eval.lm_eval_tasks import LmEvalSpec
 from harness.eval.model_source import ModelSource
 from harness.specbase import BENCHMARK_OPTIONS, BenchmarkOptions, ObjectiveOptions, StrictModel, tagged_union
 from harness.tracking import TrackingSpec
@@ -207,6 +208,9 @@ class EvalSpec(StrictModel):
     max_examples: int | None = Field(None, ge=1, description="cap per split; null = all")
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for confidence intervals; 0 = off")
     workers: int = Field(1, ge=1)
+    lm_eval_tasks: LmEvalSpec | None = Field(None, description="lm-evaluation-harness tasks run on every scored "
+                                             "model (a task list, or harness/eval/lm_eval_tasks.py's LmEvalSpec); "
+                                             "their metrics are rows with benchmark `lm_eval`")
 
 
 class ResourcesSpec(StrictModel):

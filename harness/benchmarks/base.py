@@ -36,6 +36,8 @@ class ModelScores:
     examples: list[dict[str, Any]] = field(default_factory=list)
     generations: list[dict[str, Any]] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
+    #: finished metric rows scored beside the benchmark (lm-evaluation-harness tasks), without method and seed
+    metric_rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Benchmark(ABC):

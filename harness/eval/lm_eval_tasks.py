@@ -12,7 +12,8 @@ The metric is lm-eval's name when its filter is `none` (`acc`, `acc_norm`, `exac
 `<metric>_<filter>` in snake case (`exact_match_strict_match`); the interval is
 `value +- 1.96 * stderr` with lm-eval's standard error (missing when lm-eval gives none).
 
-Needs the `lm-eval` extra (`pip install 'harness[lm-eval]'`); importing this module does not.
+A job's `eval.lm_eval_tasks` (an `LmEvalSpec`) runs this on every model it scores (harness.pipeline). lm-eval is
+a base dependency of the harness; importing this module does not import it.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def _import_lm_eval() -> Any:
     try:
         import lm_eval
     except ImportError as err:
-        raise HarnessError("eval.lm_eval_tasks needs lm-evaluation-harness: pip install 'harness[lm-eval]' "
+        raise HarnessError("eval.lm_eval_tasks needs lm-evaluation-harness: pip install 'lm-eval>=0.4.8,<0.5' "
                            f"(import failed: {err})") from None
     return lm_eval
 

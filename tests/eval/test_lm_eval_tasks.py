@@ -183,3 +183,56 @@ def test_result_rows_names_and_intervals() -> None:
     strict = got[("gsm", "exact_match_strict_match")]
     assert (strict["ci_low"], strict["ci_high"]) == pytest.approx((0.25 - Z_95 * 0.1, 0.25 + Z_95 * 0.1))
     assert math.isnan(got[("gsm", "exact_match_flexible_extract")]["ci_low"])
+
+
+def test_harness_eval_stores_lm_eval_metrics_per_scored_model(scored: dict[str, Any], hand_made_run: Any,
+                                                              tmp_path: Path) -> None:
+    """`eval.lm_eval_tasks` in a job: metric rows (benchmark `lm_eval`) for the references and the scored model,
+    equal to the expected values computed here, and a summary column per task metric."""
+    import pandas as pd
+    import yaml
+
+    from harness.cli import main
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "lm", "out": str(tmp_path / "out"), "model": {"name": "builtin:tiny-llama"},
+        "benchmark": {"name": "tofu", "data_dir": str(tmp_path / "data")},
+        "reference": {"mode": "load", "target": str(hand_made_run.target_dir),
+                      "retain": str(hand_made_run.retain_dir)},
+        "eval": {"max_new_tokens": 4, "max_examples": 2, "bootstrap": 0,
+                 "lm_eval_tasks": scored["spec"].model_dump()}}))
+    assert main(["eval", str(spec), "--model", f"sine={hand_made_run.run_dir},method=gd_sine",
+                 "--out", str(tmp_path / "out")]) == 0
+    metrics = pd.read_parquet(tmp_path / "out" / "metrics.parquet")
+    lm = metrics[metrics["benchmark"] == "lm_eval"]
+    assert set(lm["method"]) == {"target", "retain", "sine"} and set(lm["split"]) == {"toy_mc", "toy_gen"}
+    sine = lm[lm["method"] == "sine"]
+    _assert_expected(sine.to_dict("records"), scored["correct"])
+    assert (metrics["benchmark"] == "tofu").any()  # beside the benchmark's own metrics
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "toy_mc acc" in summary and "toy_gen exact_match" in summary
+
+
+def test_lm_eval_tasks_field_and_vision_refused() -> None:
+    from harness.spec import validate_spec
+
+    spec = validate_spec({"models": [{"name": "m", "source": "/x"}], "eval": {"lm_eval_tasks": ["a", "b"]}})
+    assert spec.eval.lm_eval_tasks is not None and spec.eval.lm_eval_tasks.tasks == ["a", "b"]
+    with pytest.raises(SpecError, match="eval.lm_eval_tasks"):
+        validate_spec({"models": [{"name": "m", "source": "/x"}], "eval": {"lm_eval_tasks": {"tasks": ["a"],
+                                                                                             "shots": 2}}})
+
+
+def test_a_model_scored_on_workers_is_loaded_here_for_lm_eval(scored: dict[str, Any], hand_made_run: Any) -> None:
+    """With `eval.workers` > 1 the lm-eval pass loads each (model dir, adapter dir) in the driver."""
+    from types import SimpleNamespace
+
+    from harness.pipeline import ScoredModel, _driver_model
+    from harness.spec import validate_spec
+
+    spec = validate_spec({"models": [{"name": "m", "source": "/x"}]})
+    refs: Any = {0: SimpleNamespace(target_source="elsewhere")}
+    adapter = hand_made_run.run_dir / "checkpoints" / "gd_sine"
+    model, processor = _driver_model(("sine", 0), ScoredModel(str(hand_made_run.target_dir), adapter), refs, spec)
+    _assert_expected(run_lm_eval_tasks(model, processor, scored["spec"]), scored["correct"])
