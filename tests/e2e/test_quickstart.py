@@ -1,10 +1,11 @@
 """The demo as a user runs it, `harness run jobs/quickstart.yaml` (two of its seeds, half its steps to keep the
-suite short), twice: the second run reuses the cached references."""
+suite short; the `demo` fixture of tests/e2e/conftest.py), and again: the second run reuses the cached references."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -12,20 +13,7 @@ import pytest
 
 from harness.cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("demo")
-    args = ["run", str(ROOT / "jobs/quickstart.yaml"), "--out", str(tmp / "run1"),
-            "--set", f"reference.cache_dir={tmp / 'cache'}", "--set", f"benchmark.data_dir={tmp / 'data'}",
-            "--set", "seeds=[0, 1]", "--set", "train.max_steps=50"]
-    assert main(args) == 0
-    # The second run only has to show the cached references are reused and score the same.
-    assert main([*args[:3], str(tmp / "run2"), *args[4:], "--set", "train.max_steps=2", "--set", "seeds=[0]"]) == 0
-    return tmp
 
 
 def test_table_compares_both_methods_and_references(demo: Path) -> None:
@@ -54,7 +42,10 @@ def test_the_bounds_hold_and_lora_grows_past_them(demo: Path) -> None:
         assert peak[("gd_lora", seed)] > cap  # in every seed
 
 
-def test_second_run_skips_reference_training_and_matches(demo: Path) -> None:
+def test_second_run_skips_reference_training_and_matches(demo: Path,
+                                                          demo_args: Callable[[Path, str], list[str]]) -> None:
+    args = demo_args(demo, "run2")
+    assert main([*args, "--set", "train.max_steps=2", "--set", "seeds=[0]"]) == 0
     first = json.loads((demo / "run1" / "env.json").read_text())["timings_s"]["references_s"]
     second = json.loads((demo / "run2" / "env.json").read_text())["timings_s"]["references_s"]
     assert second < first / 5
