@@ -68,3 +68,20 @@ def test_resumed_search_restores_the_finished_trials(tuned: Path) -> None:
     again = pd.read_parquet(tuned / "res" / "trials.parquet").sort_values("trial_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(first[["trial_id", "forget_quality", "model_utility"]],
                                   again[["trial_id", "forget_quality", "model_utility"]])
+
+
+def test_one_mlflow_run_per_trial_with_its_config(tuned: Path) -> None:
+    """Ray's MLflow integration: each trial is one MLflow run (its name the trial's), the resume adds none."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tuned / 'res' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tune-tiny")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    trials = pd.read_parquet(tuned / "res" / "trials.parquet")
+    names = sorted(r.data.tags["trial_name"] for r in runs)
+    assert len(names) == len(trials) == 2
+    for trial in trials.to_dict("records"):
+        (run,) = [r for r in runs if r.data.tags["trial_name"].endswith(str(trial["trial_id"]))]
+        assert run.data.tags["harness.kind"] == "trial"
+        assert run.data.params["adapter.bound"] == trial["config/adapter.bound"]
