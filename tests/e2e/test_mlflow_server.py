@@ -17,8 +17,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.cli import main
-
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 NOISE = ("Setting accelerator to CPU", "Token authentication is enabled", "Writing model shards")
@@ -66,7 +64,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def tracked(server: str, demo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A 5-step demo run (the demo's cached references) logged to the server, its console captured at fd level."""
+    """A 5-step demo run (the demo's cached references) logged to the server, with its console output."""
     tmp = tmp_path_factory.mktemp("tracked")
     out = tmp / "run"
     log = tmp / "console.txt"
@@ -74,20 +72,11 @@ def tracked(server: str, demo: Path, tmp_path_factory: pytest.TempPathFactory) -
             "--set", f"reference.cache_dir={demo / 'cache'}", "--set", f"benchmark.data_dir={demo / 'data'}",
             "--set", "seeds=[0, 1]", "--set", "train.max_steps=5", "--set", "train.report_every=1",
             "--set", f"tracking.mlflow_uri={server}"]
-    saved = [os.dup(1), os.dup(2)]
-    with open(log, "w") as f:
-        os.dup2(f.fileno(), 1)
-        os.dup2(f.fileno(), 2)
-        try:
-            code = main(args)
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-    assert code == 0, log.read_text()
+    # A separate process, as a user runs it: its console is exactly what they would see.
+    done = subprocess.run([str(Path(sys.executable).with_name("harness")), *args], capture_output=True, text=True,
+                          timeout=900)
+    log.write_text(done.stdout + done.stderr)
+    assert done.returncode == 0, log.read_text()
     return {"url": server, "out": out, "console": log.read_text()}
 
 
