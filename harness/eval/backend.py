@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from harness.registry import Registry
-from harness.text import encode_pair
+from harness.text import encode_pair, encode_pairs
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,23 @@ def encode_loglik_request(tokenizer: Any, req: LoglikRequest, max_length: int | 
     left, and a continuation that alone does not fit is an error.
     """
     ids, n_ctx = encode_pair(tokenizer, req.context, req.continuation, add_eos=req.add_eos)
+    return _fit_window(tokenizer, req, ids, n_ctx, max_length)
+
+
+def encode_loglik_requests(tokenizer: Any, requests: Sequence[LoglikRequest],
+                           max_length: int | None) -> list[tuple[list[int], int]]:
+    """`encode_loglik_request` of every request, tokenised in batches (`encode_pairs`): the same ids."""
+    out: list[tuple[list[int], int] | None] = [None] * len(requests)
+    for add_eos in (True, False):
+        idx = [i for i, r in enumerate(requests) if r.add_eos == add_eos]
+        encoded = encode_pairs(tokenizer, [(requests[i].context, requests[i].continuation) for i in idx], add_eos)
+        for i, (ids, n_ctx) in zip(idx, encoded, strict=True):
+            out[i] = _fit_window(tokenizer, requests[i], ids, n_ctx, max_length)
+    return out  # type: ignore[return-value]
+
+
+def _fit_window(tokenizer: Any, req: LoglikRequest, ids: list[int], n_ctx: int,
+                max_length: int | None) -> tuple[list[int], int]:
     if n_ctx == 0:
         prefix = tokenizer.bos_token_id
         prefix = tokenizer.eos_token_id if prefix is None else prefix

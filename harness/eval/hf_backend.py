@@ -19,7 +19,7 @@ from harness.eval.backend import (
     GenRequest,
     LoglikRequest,
     cut_at_stop,
-    encode_loglik_request,
+    encode_loglik_requests,
     resolve_device,
 )
 from harness.eval.loglik_plan import Unit, plan_loglik
@@ -86,16 +86,13 @@ class HFBackend(Backend):
 
     # ---- log-likelihood -------------------------------------------------------------------------
 
-    def _encode_loglik(self, req: LoglikRequest) -> tuple[list[int], int]:
-        return encode_loglik_request(self.tokenizer, req, self.max_length)
-
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[np.ndarray]:
         """Per request, float64 log-probs of its continuation tokens.
 
         Requests sharing a context are scored together (`plan_loglik`): per batch one forward pass over
         the distinct prompts, then one over all their continuations on the prompts' KV cache.
         """
-        encoded = [self._encode_loglik(r) for r in requests]
+        encoded = encode_loglik_requests(self.tokenizer, requests, self.max_length)
         batches, empty = plan_loglik(encoded, self.batch_size, self.max_batch_tokens)
         results: list[np.ndarray | None] = [None] * len(encoded)
         for i in empty:

@@ -39,7 +39,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
-from harness.eval.backend import Backend, ClassifyRequest, GenRequest, LoglikRequest, encode_loglik_request
+from harness.eval.backend import Backend, ClassifyRequest, GenRequest, LoglikRequest, encode_loglik_requests
 from harness.eval.hf_backend import TOKENS_PER_ROW
 from harness.eval.loglik_plan import plan_loglik
 from harness.text import encode_pair
@@ -167,7 +167,7 @@ def loglik_shards(tokenizer: Any, requests: Sequence[LoglikRequest], batch_size:
                   n_workers: int) -> list[list[int]]:
     """Request indices per worker: contiguous runs of the batches `HFBackend` plans (`plan_loglik`),
     balanced by padded tokens; requests with nothing to score go with the first worker."""
-    encoded = [encode_loglik_request(tokenizer, r, max_length) for r in requests]
+    encoded = encode_loglik_requests(tokenizer, requests, max_length)
     batches, empty = plan_loglik(encoded, batch_size, batch_size * TOKENS_PER_ROW)
     runs = plan_shards([b.cost() for b in batches], n_workers)
     shards = [[i for b in batches[run.start:run.stop] for i in b.requests] for run in runs]

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
-from harness.eval.backend import BACKENDS, Backend, GenRequest, LoglikRequest, cut_at_stop, encode_loglik_request
+from harness.eval.backend import BACKENDS, Backend, GenRequest, LoglikRequest, cut_at_stop, encode_loglik_requests
 
 #: Engine arguments used unless the caller passes its own (`dtype` and `enforce_eager` depend on the platform).
 #: Prefix caching is on (vLLM skips reading it for prompt-log-prob requests, so it helps generation only).
@@ -240,9 +240,6 @@ class VLLMBackend(Backend):
 
     # ---- log-likelihood -------------------------------------------------------------------------
 
-    def _encode_loglik(self, req: LoglikRequest) -> tuple[list[int], int]:
-        return encode_loglik_request(self.tokenizer, req, self.max_length)
-
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[np.ndarray]:
         """Per request, float64 log-probs of its continuation tokens, read from vLLM's log-probs.
 
@@ -254,7 +251,7 @@ class VLLMBackend(Backend):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        encoded = [self._encode_loglik(r) for r in requests]
+        encoded = encode_loglik_requests(self.tokenizer, requests, self.max_length)
         results: list[np.ndarray] = [np.zeros(0, dtype=np.float64) for _ in encoded]
         todo = [i for i, (ids, n_ctx) in enumerate(encoded) if len(ids) > n_ctx]
         prompts = [TokensPrompt(prompt_token_ids=encoded[i][0][:-1]) for i in todo]

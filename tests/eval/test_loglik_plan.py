@@ -96,3 +96,16 @@ def test_pool_shards_reproduce_in_process_results_exactly(model, tokenizer) -> N
             got = backend.loglikelihood([reqs[i] for i in shard])
             for i, lp in zip(shard, got, strict=True):
                 assert np.array_equal(lp, want[i])
+
+
+def test_batched_encoding_gives_the_per_request_ids(tokenizer: PreTrainedTokenizerFast) -> None:
+    """`encode_loglik_requests` (batched, each distinct text once) == `encode_loglik_request` per request, with
+    empty contexts and continuations, no-EOS requests and left truncation to the window."""
+    from harness.eval.backend import encode_loglik_requests
+
+    reqs = [*tofu_requests(), LoglikRequest("Who wrote", " it", add_eos=False), LoglikRequest("", "", add_eos=False),
+            LoglikRequest("word " * 40, " Paris.")]
+    for max_length in (None, 40):
+        assert encode_loglik_requests(tokenizer, reqs, max_length) == [
+            encode_loglik_request(tokenizer, r, max_length) for r in reqs]
+    assert encode_loglik_requests(tokenizer, [], None) == []

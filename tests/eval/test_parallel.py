@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from harness.adapters import adapted_layers, attach, save_adapter
-from harness.eval.backend import GenRequest, LoglikRequest
+from harness.eval.backend import GenRequest, LoglikRequest, encode_loglik_request
 from harness.eval.hf_backend import HFBackend
 from harness.eval.parallel import (
     ScoringWorker,
@@ -134,11 +134,11 @@ def test_shard_requests_are_whole_batches_of_the_global_order() -> None:
 
 def test_driver_lengths_match_hf_backend(saved: dict[str, Path]) -> None:
     backend = reference(saved, adapter=False)
-    tok = backend.tokenizer
+    tok, window = backend.tokenizer, backend.max_length
     for req in REQUESTS:
-        assert loglik_length(tok, req, backend.max_length) == len(backend._encode_loglik(req)[0])
+        assert loglik_length(tok, req, window) == len(encode_loglik_request(tok, req, window)[0])
     long = LoglikRequest("word " * 400, " end")
-    assert loglik_length(tok, long, backend.max_length) == len(backend._encode_loglik(long)[0]) == 512
+    assert loglik_length(tok, long, window) == len(encode_loglik_request(tok, long, window)[0]) == 512
     for req in GEN_REQUESTS:
         assert prompt_length(tok, req) == len(tok(req.prompt)["input_ids"])
 
