@@ -1,13 +1,15 @@
 """Step time and memory of one adapted MLP block: vanilla LoRA vs the fused bounded adapter vs a naive one.
 
 One SwiGLU MLP block (gate/up/down projections, `down(silu(gate(x)) * up(x))`) with an adapter on
-each projection, forward + backward of `x` (tokens x hidden), in four variants measured in one run:
+each projection, forward + backward of `x` (tokens x hidden), in five variants measured in one run:
 
 - `peft`:  PEFT's own LoRA layers (`peft.LoraModel` on a module with the same three `nn.Linear`s, the
   same weights and factors): the baseline every ratio is taken against;
 - `lora`:  plain LoRA, the low-rank path `x W0^T + s (x A^T) B^T` (bound `none`);
 - `fused`: the sine-bounded adapter through the fused autograd function (`bounded_linear`): it forms
   `W = W0 + s sin(omega B A) / sqrt(d_in)` for one GEMM and recomputes it in backward;
+- `fused_keep`: the fused function with `keep=True` (`AdapterSpec.keep_dense`): sin and cos in one
+  forward pass, `W` and `d delta / dM` kept for backward (no recomputation, two dense matrices more);
 - `naive`: the same bounded adapter in plain autograd (`naive_bounded_linear`), which stores the
   dense `omega B A` and `W` of every layer for backward.
 
@@ -47,7 +49,7 @@ from harness.adapters.fused import bounded_linear, naive_bounded_linear
 MIB = 2**20
 #: (hidden, intermediate, tokens) and dtype used when no argument is given.
 DEFAULTS = {"cuda": ((4096, 14336, 4096), "bfloat16", 20), "cpu": ((1024, 2752, 512), "float32", 5)}
-VARIANTS = ("peft", "lora", "fused", "naive")
+VARIANTS = ("peft", "lora", "fused", "fused_keep", "naive")
 #: PEFT-wrapped copies of each block, by `id(block)` (built by `make_block`).
 PEFT_BLOCKS: dict[int, torch.nn.Module] = {}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -88,12 +90,18 @@ def fused_linear(x: torch.Tensor, p: Proj) -> torch.Tensor:
     return bounded_linear(x, p.w0, None, p.a, p.b, p.sine)
 
 
+def fused_keep_linear(x: torch.Tensor, p: Proj) -> torch.Tensor:
+    """The fused function keeping the dense weight and derivative from forward (`AdapterSpec.keep_dense`)."""
+    return bounded_linear(x, p.w0, None, p.a, p.b, p.sine, keep=True)
+
+
 def naive_linear(x: torch.Tensor, p: Proj) -> torch.Tensor:
     """Sine-bounded adapter in plain autograd (stores the dense intermediates)."""
     return naive_bounded_linear(x, p.w0, None, p.a, p.b, p.sine)
 
 
-LINEARS: dict[str, Linear] = {"lora": lora_linear, "fused": fused_linear, "naive": naive_linear}
+LINEARS: dict[str, Linear] = {"lora": lora_linear, "fused": fused_linear, "fused_keep": fused_keep_linear,
+                              "naive": naive_linear}
 
 
 def mlp(linear: Linear, x: torch.Tensor, block: dict[str, Proj]) -> torch.Tensor:
@@ -239,9 +247,9 @@ def peak_bytes(variant: str, x: torch.Tensor, block: dict[str, Proj], grad_y: to
 
 
 def check_agreement(x: torch.Tensor, block: dict[str, Proj], grad_y: torch.Tensor) -> tuple[bool, float]:
-    """Fused vs naive: output and gradients (x, A, B) agree; returns (allclose, max relative error)."""
+    """Fused (both modes) vs naive: output and gradients (x, A, B) agree; returns (allclose, max relative error)."""
     results = {}
-    for variant in ("fused", "naive", "peft", "lora"):
+    for variant in ("fused", "fused_keep", "naive", "peft", "lora"):
         y = step(variant, x, block, grad_y)
         grads = [] if variant == "peft" else [t.grad.detach().float() for t in _leaves(x, block)[:1 + 2 * len(block)]]
         results[variant] = [y.detach().float(), *grads]
@@ -250,7 +258,7 @@ def check_agreement(x: torch.Tensor, block: dict[str, Proj], grad_y: torch.Tenso
     # PEFT and the harness LoRA compute the same function (output and x gradient)
     assert torch.allclose(results["peft"][0], results["lora"][0], rtol=1e-3, atol=1e-3 * float(
         results["lora"][0].abs().max())), "PEFT LoRA and the harness LoRA disagree"
-    for f, n in zip(results["fused"], results["naive"]):
+    for f, n in [*zip(results["fused"], results["naive"]), *zip(results["fused_keep"], results["naive"])]:
         scale = n.abs().max().clamp_min(1e-30)
         err = float((f - n).abs().max() / scale)
         worst = max(worst, err)
@@ -303,10 +311,10 @@ def run_one(args: argparse.Namespace, tokens: int) -> dict[str, object]:
               f"{mem[v] / mem['peft']:.2f} | {mem[v] / mem['lora']:.2f} |")
     PEFT_BLOCKS.pop(id(block), None)
     out: dict[str, object] = {}
-    for v in ("lora", "fused", "naive"):
+    for v in ("lora", "fused", "fused_keep", "naive"):
         out[f"time_{v}_over_peft"] = round(ms[v] / ms["peft"], 4)
         out[f"mem_{v}_over_peft"] = round(mem[v] / mem["peft"], 4)
-    for v in ("fused", "naive"):
+    for v in ("fused", "fused_keep", "naive"):
         out[f"time_{v}_over_lora"] = round(ms[v] / ms["lora"], 4)
         out[f"mem_{v}_over_lora"] = round(mem[v] / mem["lora"], 4)
     return out | {"step_ms": {v: round(ms[v], 3) for v in VARIANTS}, "shape": [hidden, inter, tokens],

@@ -49,6 +49,9 @@ class AdapterSpec(StrictModel):
     clip_value: float = Field(0.01, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     targets: list[str] | None = None
+    keep_dense: bool = Field(False, description="bounded adapters: keep the dense weight and d delta/dM from the "
+                             "forward for the backward (2 d_out x d_in tensors per layer more memory, no "
+                             "recomputation); false recomputes them (harness/adapters/fused.py)")
 
     @field_validator("bound")
     @classmethod

@@ -22,3 +22,4 @@ def test_bounded_step_runs_and_ends_with_json() -> None:
         assert key in summary
     assert summary["shape"] == [64, 128, 32] and summary["fused_naive_allclose"] is True
     assert summary["mem_naive_over_lora"] > summary["mem_fused_over_lora"]
+    assert summary["mem_fused_keep_over_lora"] > summary["mem_fused_over_lora"]  # it keeps W and d delta/dM

@@ -43,7 +43,7 @@ def attach_to(model: nn.Module, names: list[str], spec: AdapterSpec, seed: int =
     for name in names:
         base = model.get_submodule(name)
         layer = BoundedLoRALinear(base, bound=spec.bound, rank=spec.rank, alpha=spec.alpha, omega=spec.omega,
-                                  clip_value=spec.clip_value, dropout=spec.dropout)
+                                  clip_value=spec.clip_value, dropout=spec.dropout, keep_dense=spec.keep_dense)
         gen = torch.Generator().manual_seed(_layer_seed(seed, name))
         layer.reset_parameters(generator=gen)
         _set_submodule(model, name, layer)

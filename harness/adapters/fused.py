@@ -2,7 +2,10 @@
 
 The forward forms the dense weight once and saves only `x`, `A`, `B` (plus a reference to the frozen
 `W0`); the backward recomputes `M = B A`, `delta(M)` and `d delta / d M` instead of keeping any
-d_out x d_in activation alive between forward and backward.
+d_out x d_in activation alive between forward and backward. With `keep=True` the forward computes
+`delta` and `d delta / d M` together (one pass over `M`: sin and cos of the same phases) and keeps
+the dense weight and the derivative for the backward: two d_out x d_in tensors per layer more
+memory, no recomputation (`AdapterSpec.keep_dense`).
 
 `transposed=True` takes `W0` in Conv1D layout (d_in x d_out) and works in that layout throughout
 (`M^T = A^T B^T`, `y = addmm(bias, x, W)`), so a zero update reproduces GPT-2's Conv1D bit for bit.
@@ -49,21 +52,29 @@ class BoundedLinearFn(torch.autograd.Function):
         b: torch.Tensor,
         bound: Bound,
         transposed: bool = False,
+        keep: bool = False,
     ) -> torch.Tensor:
         dtype = x.dtype
-        w = dense_weight(w0, a.to(dtype), b.to(dtype), bound, transposed)
+        if keep:
+            a_, b_ = a.to(dtype), b.to(dtype)
+            w, ddelta = bound.delta_and_grad(a_.t() @ b_.t() if transposed else b_ @ a_)
+            if w0 is not None:
+                w = w.add_(w0 if w0.dtype == dtype else w0.to(dtype))
+        else:
+            w = dense_weight(w0, a.to(dtype), b.to(dtype), bound, transposed)
         y = _apply(x, w, None if bias is None else bias.to(dtype), transposed)
         ctx.bound = bound
         ctx.transposed = transposed
+        ctx.keep = keep
         ctx.param_dtypes = (None if w0 is None else w0.dtype, None if bias is None else bias.dtype,
                             a.dtype, b.dtype)
         # W0 is a parameter that lives anyway: saving it keeps a reference, not a copy.
-        ctx.save_for_backward(x, w0, a, b)
+        ctx.save_for_backward(x, w0, a, b, *((w, ddelta) if keep else ()))
         return y
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, w0, a, b = ctx.saved_tensors
+        x, w0, a, b, *kept = ctx.saved_tensors
         bound: Bound = ctx.bound
         tr: bool = ctx.transposed
         need_x, need_w0, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
@@ -72,16 +83,19 @@ class BoundedLinearFn(torch.autograd.Function):
         grad_y = grad_y.to(dtype)
         a_, b_ = a.to(dtype), b.to(dtype)
         # Everything below lives in the layout of W: (d_out, d_in), or (d_in, d_out) when transposed.
-        m = a_.t() @ b_.t() if tr else b_ @ a_
-        delta, ddelta = bound.delta_and_grad(m)
-        del m
+        if ctx.keep:
+            w, ddelta = kept
+        else:
+            m = a_.t() @ b_.t() if tr else b_ @ a_
+            w, ddelta = bound.delta_and_grad(m)
+            del m
+            if need_x and w0 is not None:
+                w = w.add_(w0 if w0.dtype == dtype else w0.to(dtype))
 
         grad_x = grad_w0 = grad_bias = grad_a = grad_b = None
         if need_x:
-            w = delta if w0 is None else delta.add_(w0 if w0.dtype == dtype else w0.to(dtype))
             grad_x = grad_y @ (w.t() if tr else w)
-            del w
-        del delta
+        del w
 
         d_in, d_out = a.shape[1], b.shape[0]
         gy2 = grad_y.reshape(-1, d_out)
@@ -100,7 +114,7 @@ class BoundedLinearFn(torch.autograd.Function):
                     grad_b = (grad_m @ a_.t()).to(dt_b) if need_b else None
         if need_bias:
             grad_bias = gy2.sum(0).to(dt_bias)
-        return grad_x, grad_w0, grad_bias, grad_a, grad_b, None, None
+        return grad_x, grad_w0, grad_bias, grad_a, grad_b, None, None, None
 
 
 def bounded_linear(
@@ -111,9 +125,11 @@ def bounded_linear(
     b: torch.Tensor,
     bound: Bound,
     transposed: bool = False,
+    keep: bool = False,
 ) -> torch.Tensor:
-    """Fused `x @ (W0 + bound.delta(B @ A))^T + bias`; W0 is d_out x d_in (d_in x d_out if `transposed`)."""
-    return BoundedLinearFn.apply(x, w0, bias, a, b, bound, transposed)
+    """Fused `x @ (W0 + bound.delta(B @ A))^T + bias`; W0 is d_out x d_in (d_in x d_out if `transposed`);
+    `keep` trades two d_out x d_in tensors of memory for no recomputation in the backward."""
+    return BoundedLinearFn.apply(x, w0, bias, a, b, bound, transposed, keep)
 
 
 def naive_bounded_linear(

@@ -42,6 +42,7 @@ class BoundedLoRALinear(nn.Module):
         omega: float = 100.0,
         clip_value: float = 0.01,
         dropout: float = 0.0,
+        keep_dense: bool = False,
     ) -> None:
         super().__init__()
         d_in, d_out = layer_shape(base_layer)
@@ -55,6 +56,8 @@ class BoundedLoRALinear(nn.Module):
         self.bound: Bound = make_bound(bound, alpha=alpha, rank=rank, d_in=d_in, omega=omega,
                                        clip_value=clip_value)
         self.disabled = False
+        #: the fused step keeps the dense weight and d delta/dM from forward for backward (more memory, faster)
+        self.keep_dense = keep_dense
         w = base_layer.weight
         self.lora_A = nn.Linear(d_in, rank, bias=False, device=w.device, dtype=w.dtype)
         self.lora_B = nn.Linear(rank, d_out, bias=False, device=w.device, dtype=w.dtype)
@@ -134,10 +137,11 @@ class BoundedLoRALinear(nn.Module):
         a, b = self.lora_A.weight, self.lora_B.weight
         if self.training and isinstance(self.lora_dropout, nn.Dropout):
             # Dropout only on the adapter branch (as in PEFT): costs a second GEMM.
-            return self.base_layer(x) + bounded_linear(self.lora_dropout(x), None, None, a, b, self.bound)
+            return self.base_layer(x) + bounded_linear(self.lora_dropout(x), None, None, a, b, self.bound,
+                                                       keep=self.keep_dense)
         # Conv1D keeps its (in, out) layout so that a zero update is bit-identical to the base layer.
         return bounded_linear(x, self.base_layer.weight, self.base_layer.bias, a, b, self.bound,
-                              transposed=self.fan_in_fan_out)
+                              transposed=self.fan_in_fan_out, keep=self.keep_dense)
 
     @torch.no_grad()
     def merged_linear(self) -> nn.Module:

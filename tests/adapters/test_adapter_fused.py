@@ -41,13 +41,14 @@ def _grads(fn, x, w0, bias, a, b, bound):
     return y.detach(), x.grad, a.grad, b.grad, bias.grad
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["recompute", "keep"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["linear", "conv1d"])
 @pytest.mark.parametrize("name", BOUND_NAMES)
-def test_fused_matches_naive_values_and_grads(name, transposed):
+def test_fused_matches_naive_values_and_grads(name, transposed, keep):
     x, w0, bias, a, b = _inputs()
     bound = _bound(name)
     w0 = w0.t().contiguous() if transposed else w0
-    fused = _grads(lambda *args: bounded_linear(*args, transposed=transposed), x, w0, bias, a, b, bound)
+    fused = _grads(lambda *args: bounded_linear(*args, transposed=transposed, keep=keep), x, w0, bias, a, b, bound)
     naive = _grads(lambda *args: naive_bounded_linear(*args, transposed=transposed), x, w0, bias, a, b, bound)
     for got, want, what in zip(fused, naive, ["y", "x", "A", "B", "bias"]):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=f"{name}: {what} differs")
@@ -56,15 +57,16 @@ def test_fused_matches_naive_values_and_grads(name, transposed):
         assert (m.abs() > 0.3).any() and (m.abs() < 0.3).any()
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["recompute", "keep"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["linear", "conv1d"])
 @pytest.mark.parametrize("name", ["sine", "tanh"])
-def test_gradcheck_float64(name, transposed):
+def test_gradcheck_float64(name, transposed, keep):
     x, w0, bias, a, b = _inputs(dtype=torch.float64, shape=(2, 3), d_in=6, d_out=5, r=2)
     bound = _bound(name, d_in=6)
     w0 = w0.t().contiguous() if transposed else w0
     args = [t.requires_grad_(True) for t in (x, bias, a, b)]
     assert torch.autograd.gradcheck(
-        lambda x_, bias_, a_, b_: BoundedLinearFn.apply(x_, w0, bias_, a_, b_, bound, transposed), args,
+        lambda x_, bias_, a_, b_: BoundedLinearFn.apply(x_, w0, bias_, a_, b_, bound, transposed, keep), args,
         eps=1e-6, atol=1e-6,
     )
 
@@ -106,6 +108,25 @@ def test_fused_saves_no_dense_matrix():
         bounded_linear(x, w0, bias, a, b, _bound("sine", d_in=64))
     # x, W0 (a reference to the frozen parameter), A, B: no new d_out x d_in tensor
     assert {t.data_ptr() for t in saved} <= {x.data_ptr(), w0.data_ptr(), a.data_ptr(), b.data_ptr()}
+
+
+def test_keep_saves_the_dense_weight_and_derivative_and_the_layer_option_reaches_it():
+    from harness.adapters import attach
+    from harness.spec import AdapterSpec
+
+    x, w0, bias, a, b = _inputs(d_in=64, d_out=96)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        bounded_linear(x, w0, bias, a.requires_grad_(True), b.requires_grad_(True), _bound("sine", d_in=64),
+                       keep=True)
+    new = [t for t in saved if t.data_ptr() not in {x.data_ptr(), w0.data_ptr(), a.data_ptr(), b.data_ptr()}]
+    assert sorted(t.shape for t in new) == [(96, 64), (96, 64)]
+
+    model = torch.nn.Sequential()
+    model.add_module("mlp", torch.nn.Module())
+    model.mlp.up_proj = torch.nn.Linear(16, 24)
+    attach(model, AdapterSpec(bound="sine", rank=4, keep_dense=True, targets=["up_proj"]), seed=0)
+    assert model.mlp.up_proj.keep_dense
 
 
 @pytest.mark.parametrize("name", ["sine", "tanh", "clip"])
