@@ -11,6 +11,7 @@ front (`pareto.md`, `plots/pareto.png`), and the Pareto configurations as ready-
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -317,6 +318,8 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
     # Intermediate reports come from the trainer (training proxy only); the objectives arrive with the
     # trial's last report, so Tune must not demand them in every result.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    if not is_verbose():
+        _quiet_tune()
     ensure_ray(spec.resources.address)
     trainable = tune.with_resources(tune.with_parameters(_trial, context=context), {"CPU": 0.1})
     storage = str(out.resolve())
@@ -379,3 +382,17 @@ def write_tune_results(frame: pd.DataFrame, spec: JobSpec, method_name: str, spa
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
+
+
+def _quiet_tune() -> None:
+    """Hide what Tune and Optuna print besides the harness's own per-trial lines: Tune's new output engine
+    prints its experiment box, results path and TensorBoard hint at any verbosity (its legacy reporter at
+    verbosity 0 prints nothing), and Optuna logs the study's creation. For each trial ASHA stops before it
+    reports the objectives, Ray's Optuna searcher tells Optuna `[None, None]`, which Optuna refuses; the
+    searcher logs that refusal ("The value None could not be cast to float") as a warning, and Optuna keeps
+    the trial as failed, which is what a stopped trial is to its sampler."""
+    import optuna
+
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    logging.getLogger("ray.tune.search.optuna.optuna_search").setLevel(logging.ERROR)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +14,9 @@ from harness.cli import main
 from harness.spec import load_spec
 
 pytestmark = pytest.mark.e2e
+# What Ray Tune and Optuna print on their own unless --verbose (the harness prints one line per trial event).
+TUNE_NOISE = ("View detailed results here", "tensorboard --logdir", "could not be cast to float",
+              "A new study created", "Configuration for experiment")
 
 SPACE = {
     "method": "gd_sine", "num_samples": 2,
@@ -38,7 +43,10 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tmp / "job.yaml").write_text(yaml.safe_dump(job))
     (tmp / "space.yaml").write_text(yaml.safe_dump(SPACE))
     args = ["tune", str(tmp / "job.yaml"), "--space", str(tmp / "space.yaml"), "--out", str(tmp / "res")]
-    assert main(args) == 0
+    # The first search in a fresh process, as a user runs it, so its console can be read; the resume in this one.
+    first = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=900)
+    (tmp / "console.txt").write_text(first.stdout + first.stderr)
+    assert first.returncode == 0, first.stdout + first.stderr
     (tmp / "first.parquet").write_bytes((tmp / "res" / "trials.parquet").read_bytes())
     assert main([*args, "--resume"]) == 0
     return tmp
@@ -85,3 +93,10 @@ def test_one_mlflow_run_per_trial_with_its_config(tuned: Path) -> None:
         (run,) = [r for r in runs if r.data.tags["trial_name"].endswith(str(trial["trial_id"]))]
         assert run.data.tags["harness.kind"] == "trial"
         assert run.data.params["adapter.bound"] == trial["config/adapter.bound"]
+
+
+def test_console_shows_each_trial_and_no_library_noise(tuned: Path) -> None:
+    console = (tuned / "console.txt").read_text()
+    assert console.count("of 2 ended") == 2, console
+    for noise in TUNE_NOISE:
+        assert noise not in console, noise
