@@ -1,6 +1,7 @@
 """What reaches the console: the harness's own progress and warnings always, library noise only with `--verbose`.
 
 Hidden unless verbose: DeepSpeed's "Setting accelerator to CPU" warning, Ray's token-authentication notice,
+Ray Tune's Optuna searcher's "None could not be cast to float" for trials stopped early,
 transformers' / huggingface_hub's progress bars ("Writing model shards", downloads), MLflow's INFO lines and
 Ray Tune's status tables. The setting travels to Ray workers in the environment (`HARNESS_VERBOSE`,
 `HF_HUB_DISABLE_PROGRESS_BARS`) and through Ray's `worker_process_setup_hook` (`quiet_libraries`).
@@ -17,9 +18,13 @@ VERBOSE_ENV = "HARNESS_VERBOSE"
 NOISE = (
     "Setting accelerator to CPU",  # deepspeed.accelerator.real_accelerator, at import, no GPU
     "Token authentication is enabled for this Ray cluster",  # ray._private.authentication, at ray.init
+    # Ray's Optuna searcher, for each trial ASHA stops before it reports the objectives: it tells Optuna
+    # `[None, None]`, Optuna refuses and keeps the trial as failed (what a stopped trial is to its sampler).
+    "The value None could not be cast to float",
 )
 #: The loggers those messages come from.
-NOISY_LOGGERS = ("DeepSpeed", "ray._private.authentication.authentication_token_setup")
+NOISY_LOGGERS = ("DeepSpeed", "ray._private.authentication.authentication_token_setup",
+                 "ray.tune.search.optuna.optuna_search")
 
 
 class _DropNoise(logging.Filter):

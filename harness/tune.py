@@ -11,7 +11,6 @@ front (`pareto.md`, `plots/pareto.png`), and the Pareto configurations as ready-
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -387,12 +386,9 @@ def _plain(value: Any) -> Any:
 def _quiet_tune() -> None:
     """Hide what Tune and Optuna print besides the harness's own per-trial lines: Tune's new output engine
     prints its experiment box, results path and TensorBoard hint at any verbosity (its legacy reporter at
-    verbosity 0 prints nothing), and Optuna logs the study's creation. For each trial ASHA stops before it
-    reports the objectives, Ray's Optuna searcher tells Optuna `[None, None]`, which Optuna refuses; the
-    searcher logs that refusal ("The value None could not be cast to float") as a warning, and Optuna keeps
-    the trial as failed, which is what a stopped trial is to its sampler."""
+    verbosity 0 prints nothing), and Optuna logs the study's creation and each trial's result. (The Optuna
+    searcher's warning for trials ASHA stops is one of harness.console's NOISE messages.)"""
     import optuna
 
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    logging.getLogger("ray.tune.search.optuna.optuna_search").setLevel(logging.ERROR)
