@@ -13,7 +13,7 @@ from scipy import stats
 
 @lru_cache(maxsize=1)
 def _rouge_l_scorer() -> rouge_scorer.RougeScorer:
-    """One shared ROUGE-L scorer with Porter stemming (as TOFU and MUSE use)."""
+    """One shared ROUGE-L scorer with Porter stemming, as TOFU uses (MUSE does not: `benchmarks/muse/metrics.py`)."""
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
@@ -28,7 +28,10 @@ def rouge_l_recall(reference: str, prediction: str) -> float:
 
 
 def rouge_l_f1(reference: str, prediction: str) -> float:
-    """ROUGE-L F1 of `prediction` against `reference` (MUSE VerbMem / KnowMem)."""
+    """Stemmed ROUGE-L F1 of `prediction` against `reference`.
+
+    Not MUSE's VerbMem / KnowMem score: muse_bench scores unstemmed (`harness.benchmarks.muse.metrics.rouge_l_f1`).
+    """
     return float(_rouge_l(reference, prediction).fmeasure)
 
 
