@@ -17,6 +17,23 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HARNESS_PLACEMENT_TIMEOUT_S", "120")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Each pytest-xdist worker computes with one intra-op torch thread: two workers share the 2 cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test`: `-n 2 --dist loadscope --no-loadscope-reorder`) each test module is one
+    unit of work, so its module-scoped fixtures (a trained run, a Ray instance) are built once, on one worker,
+    and the units are handed out in collection order: the end-to-end modules, the longest units, go first so
+    that no long unit starts when the rest is done."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("e2e") is None)  # stable: file order otherwise
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """One intra-op torch thread: fastest for tiny tensors and robust to a busy 2-core machine."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from harness.cli import main
 
@@ -28,7 +31,18 @@ def demo_args() -> Callable[[Path, str], list[str]]:
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo run, `run1` under the returned directory (read-only: copy it to change it)."""
-    tmp = tmp_path_factory.mktemp("demo")
-    assert main(_demo_args(tmp, "run1")) == 0
+    """The demo run, `run1` under the returned directory (read-only: copy it to change it).
+
+    Trained once per test session: under pytest-xdist the first worker that needs it trains it in the
+    workers' shared temporary root while the others wait on a file lock, then all read the same run."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # each worker's basetemp is a child of the session's
+    tmp = base / "demo"
+    with FileLock(str(base / "demo.lock")):
+        if not (tmp / "trained").exists():
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed attempt's leftovers
+            tmp.mkdir()
+            assert main(_demo_args(tmp, "run1")) == 0
+            (tmp / "trained").touch()
     return tmp
