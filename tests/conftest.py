@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -18,7 +19,12 @@ os.environ.setdefault("HARNESS_PLACEMENT_TIMEOUT_S", "120")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Each pytest-xdist worker computes with one intra-op torch thread: two workers share the 2 cores."""
+    """Ctrl-C is Python's KeyboardInterrupt here and in the commands tests start, also when the suite was
+    started in the background (`make test &` ignores SIGINT, and a child inherits that: the Ctrl-C tests of
+    tests/e2e/test_interrupt.py would fail). Each pytest-xdist worker computes with one intra-op torch thread:
+    two workers share the 2 cores."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
