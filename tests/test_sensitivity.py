@@ -27,16 +27,19 @@ def test_exponential_distance_gives_its_rate() -> None:
     assert (fit.start, fit.end) == (0.0, 99.0)
 
 
-def test_the_window_ends_where_the_distance_reaches_the_signal() -> None:
+def test_the_window_ends_where_the_distance_reaches_one_percent_of_the_signal() -> None:
     signal = np.full(100, 1.0)
-    d = np.minimum(1e-7 * np.exp(0.3 * STEPS), 1.5)  # exponential growth, then saturation above the signal
-    first_at_signal = int(np.ceil(np.log(1e7) / 0.3))  # 1e-7 e^{0.3 t} >= 1
-    assert growth_window(d, signal) == (0, first_at_signal)
+    # exponential growth at 0.3 up to 1% of the signal, then slower (0.1) up to saturation above the signal
+    d = 1e-7 * np.exp(0.3 * STEPS)
+    at_1pct = int(np.ceil(np.log(1e5) / 0.3))  # 1e-7 e^{0.3 t} >= 0.01
+    d[at_1pct + 1:] = d[at_1pct] * np.exp(0.1 * (STEPS[at_1pct + 1:] - at_1pct))
+    d = np.minimum(d, 1.5)
+    assert growth_window(d, signal) == (0, at_1pct)
     fit = lyapunov(STEPS, d, signal)
     assert fit.exponent == pytest.approx(0.3, rel=1e-6)
-    assert fit.end == first_at_signal
-    assert threshold_step(STEPS, d, signal, 1.0) == first_at_signal
-    assert threshold_step(STEPS, d, signal, 0.01) == int(np.ceil(np.log(1e5) / 0.3))
+    assert fit.end == at_1pct
+    assert threshold_step(STEPS, d, signal, 0.01) == at_1pct
+    assert threshold_step(STEPS, d, signal, 1.0) == at_1pct + int(np.ceil(np.log(1 / d[at_1pct]) / 0.1))
 
 
 def test_outlying_steps_do_not_move_the_robust_slope() -> None:
