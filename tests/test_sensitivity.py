@@ -139,3 +139,20 @@ def test_report_tests_each_run_against_the_first() -> None:
     assert row["verdict"] == "separated" and row["smallest p"] == pytest.approx(0.1)
     assert tests.loc[("gd_sine", "forget quality"), "verdict"] == "no evidence"
     assert seed_distribution_tests([a]).empty
+
+
+def test_sensitivity_is_off_by_default_and_validated() -> None:
+    from harness.errors import SpecError
+    from harness.spec import TrainSpec, validate_spec
+
+    assert TrainSpec().sensitivity is None
+    spec = validate_spec({"train": {"sensitivity": {"epsilon": 0}}, "methods": [{"name": "a"}]})
+    assert spec.methods[0].train.sensitivity is not None and spec.methods[0].train.sensitivity.epsilon == 0
+    assert spec.methods[0].train.sensitivity.probe_batch == 8
+    for bad, field in (({"epsilon": -1}, "epsilon"), ({"probe_batch": -1}, "probe_batch"),
+                       ({"perturb": "layout"}, "perturb")):
+        with pytest.raises(SpecError, match=field):
+            validate_spec({"train": {"sensitivity": bad}, "methods": [{"name": "a"}]})
+    for train, cause in (({"zero_stage": 3}, "zero_stage 0-2"), ({"checkpoint_every": 5}, "checkpoint_every")):
+        with pytest.raises(SpecError, match=cause):
+            validate_spec({"train": {"sensitivity": {}, **train}, "methods": [{"name": "a"}]})
