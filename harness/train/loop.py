@@ -8,7 +8,8 @@ the next run starts. A run's checkpoints (DeepSpeed engine state + PEFT-format a
 far, plus the objective's preparation result) go through `ray.train.report`; its last one is marked `done`.
 A restarted worker group resumes from the latest checkpoint: finished runs are skipped, an unfinished one
 resumes at its step with its preparation loaded, not recomputed, so each step's telemetry appears exactly
-once. Rank 0 also streams every step to an optional progress actor.
+once. Rank 0 also streams every step to an optional progress actor. With `train.sensitivity`, each run
+trains a perturbed twin in lockstep and logs their distance per step (harness/train/twin.py).
 """
 
 from __future__ import annotations
