@@ -182,6 +182,11 @@ def plot_sensitivity(train_log: pd.DataFrame, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (key, title) in zip(axes, panels, strict=True):
+        if not (log[key] > 0).any():  # identical twins (epsilon 0) or no probe: nothing to draw on a log scale
+            ax.text(0.5, 0.5, "zero at every step" if log[key].notna().any() else "not measured",
+                    ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(title, fontsize=10)
+            continue
         for i, (method, group) in enumerate(log.groupby("method", sort=False)):
             values = group.assign(v=group[key].where(group[key] > 0))
             by_step = values.groupby("step")["v"]
@@ -197,7 +202,10 @@ def plot_sensitivity(train_log: pd.DataFrame, path: Path) -> Path | None:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+            break
     fig.suptitle("Distance between each run and its perturbed twin (line: median over seeds; band: min to max)",
                  fontsize=10)
     fig.tight_layout()

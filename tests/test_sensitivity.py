@@ -156,3 +156,13 @@ def test_sensitivity_is_off_by_default_and_validated() -> None:
     for train, cause in (({"zero_stage": 3}, "zero_stage 0-2"), ({"checkpoint_every": 5}, "checkpoint_every")):
         with pytest.raises(SpecError, match=cause):
             validate_spec({"train": {"sensitivity": {}, **train}, "methods": [{"name": "a"}]})
+
+
+def test_the_plot_draws_identical_twins_and_growing_ones(tmp_path: Path) -> None:
+    from harness.sensitivity import plot_sensitivity
+
+    grown = _log("a", 0, 0.3)
+    zero = grown.assign(method="b", sens_adapter=0.0, sens_logits=0.0)  # epsilon 0: identical twins
+    assert plot_sensitivity(zero, tmp_path / "zero.png") is not None and (tmp_path / "zero.png").stat().st_size
+    assert plot_sensitivity(pd.concat([grown, zero]), tmp_path / "both.png") is not None
+    assert plot_sensitivity(pd.DataFrame({"method": ["a"], "seed": [0], "step": [0]}), tmp_path / "none.png") is None
