@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 from pandas.io.formats.style import Styler
 
+from harness import sensitivity
 from harness.errors import DataError
 from harness.report import TELEMETRY, Column, summary_stats, summary_table, to_markdown
 from harness.results import (
@@ -110,7 +111,7 @@ def summary_columns_for(spec: dict[str, Any], metrics: pd.DataFrame) -> list[Col
     bench = spec.get("benchmark") or {}
     try:
         options = benchmark_spec(**bench)
-        return load_benchmark_class(options.name).summary_columns_for(options)
+        return load_benchmark_class(options.name).summary_columns_for(options) + sensitivity.summary_columns(metrics)
     except (ValidationError, HarnessError, TypeError):
         pairs = metrics[metrics["metric"] != "diverged"][["split", "metric"]].drop_duplicates()
         return [Column(s, m, f"{s} {m}") for s, m in pairs.itertuples(index=False)]
@@ -189,6 +190,46 @@ def formatted_comparison(runs: Sequence[RunData]) -> pd.DataFrame:
         if col not in table.columns:
             table[col] = "—"
     return table[order].fillna("—")
+
+
+SEED_TEST_COLUMNS = ["method", "column", "run A", "run B", "n A", "n B", "mean A", "mean B", "U", "p",
+                     "smallest p", "verdict"]
+
+
+def seed_distribution_tests(runs: Sequence[RunData]) -> pd.DataFrame:
+    """Every later run against the first, per method both ran and per summary column and telemetry maximum:
+    whether their per-seed values differ, by a two-sided Mann-Whitney U test (harness.seeds.two_sample), with
+    the smallest p the seed counts allow."""
+    from harness.seeds import two_sample
+
+    if len(runs) < 2:
+        return pd.DataFrame(columns=SEED_TEST_COLUMNS)
+    stats, _, _ = comparison_stats(runs)
+    first = runs[0]
+    base = stats[stats["run"] == first.label]
+    rows = []
+    for run in runs[1:]:
+        other = stats[stats["run"] == run.label]
+        for method in [m for m in first.methods if m in run.methods and m not in REFERENCE_METHODS]:
+            a = base[base["method"] == method].set_index("column")
+            b = other[other["method"] == method].set_index("column")
+            for column in [c for c in a.index if c in b.index]:
+                va, vb = list(a.loc[column, "values"]), list(b.loc[column, "values"])
+                if not va and not vb:
+                    continue
+                t = two_sample(va, vb)
+                rows.append({"method": method, "column": column, "run A": first.label, "run B": run.label,
+                             "n A": t.n_a, "n B": t.n_b, "mean A": float(a.loc[column, "mean"]),
+                             "mean B": float(b.loc[column, "mean"]), "U": t.u, "p": t.p, "smallest p": t.min_p,
+                             "verdict": t.verdict})
+    return pd.DataFrame(rows, columns=SEED_TEST_COLUMNS)
+
+
+SEED_TEST_NOTE = ("Two-sided Mann-Whitney U test of the per-seed values (scipy.stats.mannwhitneyu; exact without "
+                  "ties). `differ`: p < 0.05. With n seeds per run an exact rank test cannot give p below "
+                  "2 / C(2n, n) (`smallest p`: 0.1 at 3 vs 3 seeds), so 3 seeds can never show a difference at "
+                  "0.05; `separated` (every seed of one run beyond every seed of the other, p = the smallest p) "
+                  "is the strongest evidence they allow, and `no evidence` is not evidence of equality.")
 
 
 def all_metrics_table(runs: Sequence[RunData]) -> pd.DataFrame:
@@ -350,12 +391,18 @@ def write_report(dirs: Sequence[str | Path], out: str | Path | None = None) -> P
           "## Summary (one row per run and method; mean [95% interval] over seeds)", "", to_markdown(readable), ""]
     for name in pngs:
         md += [f"![{name}](plots/compare_{name}.png)", ""]
+    tests = seed_distribution_tests(runs)
+    if not tests.empty:
+        md += [f"## Seed distributions: each run vs {runs[0].label}", "", SEED_TEST_NOTE, "", to_markdown(tests), ""]
     md += ["## All metrics", "", to_markdown(everything), ""]
     atomic_write_text(out / "report.md", "\n".join(md))
     body = ["<h2>Runs</h2>", html_table(runs_df, "runs"),
             "<h2>Summary (one row per run and method; mean [95% interval] over seeds)</h2>",
             html_table(readable, "summary")]
     body += [html_image(png, name) for name, png in pngs.items()]
+    if not tests.empty:
+        body += [f"<h2>Seed distributions: each run vs {html.escape(runs[0].label)}</h2>",
+                 f"<p>{html.escape(SEED_TEST_NOTE)}</p>", html_table(tests, "seed_tests")]
     body += ["<h2>All metrics</h2>", html_table(everything, "metrics")]
     atomic_write_text(out / "report.html", html_page(title, "\n".join(body)))
     return out / "report.md"

@@ -26,6 +26,9 @@ term below is then plain arithmetic, in bytes per device, for `world_size` DeepS
   class token, plus DeiT's distillation token), not `train.max_length`; the "vocabulary" is the number of
   labels, and the logits are one row per image, not per token. CLIP's sizes are its vision tower's.
 - `overhead`: a fixed 2 GiB on a GPU for the CUDA context, NCCL buffers and allocator fragmentation.
+- `train.sensitivity`: the twin is a second copy of the model with its own adapter, gradients and optimizer
+  states (`base`, `adapter`, `adapter_grads` and `optimizer` doubled); it runs after the run's own passes,
+  so the activations and logits are not.
 """
 
 from __future__ import annotations
@@ -224,5 +227,7 @@ def estimate_memory(config: PretrainedConfig | None, adapter: AdapterSpec, train
         acts = per_block * shape.n_layers
     logit_rows = tokens if shape.logits_per_token else micro * forward_batches
     logits = logit_rows * shape.vocab * 4 * LOGIT_COPIES
-    return MemoryEstimate(base=base, gathered=gathered, adapter=params, adapter_grads=grads, optimizer=optim,
-                          bound=bound, activations=acts, logits=logits, overhead=overhead)
+    copies = 2 if train.sensitivity is not None else 1  # the sensitivity twin: a second model and optimizer
+    return MemoryEstimate(base=base * copies, gathered=gathered, adapter=params * copies,
+                          adapter_grads=grads * copies, optimizer=optim * copies, bound=bound, activations=acts,
+                          logits=logits, overhead=overhead)

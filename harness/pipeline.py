@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from harness import sensitivity
 from harness.adapters import adapter_norm_bound, load_adapter
 from harness.benchmarks import load_benchmark
 from harness.benchmarks.base import Benchmark, ModelScores
@@ -379,7 +380,7 @@ def score_and_write(ctx: JobContext, sources: dict[ModelKey, ScoredModel], names
     atomic_write_parquet(out / "generations.parquet", frame(generations, GENERATION_COLUMNS))
 
     methods = [m for m in REFERENCE_METHODS if any(k[0] == m for k in scores)] + list(names)
-    columns = bench.summary_columns + extra_columns(metric_rows, bench.name)
+    columns = bench.summary_columns + extra_columns(metric_rows, bench.name) + sensitivity.summary_columns(metrics_df)
     stats = summary_stats(metrics_df, train_df, columns, methods)
     atomic_write_parquet(out / "summary.parquet", stats)
     table = summary_table(stats, methods, training.diverged)
@@ -394,6 +395,7 @@ def score_and_write(ctx: JobContext, sources: dict[ModelKey, ScoredModel], names
                          + ", ".join(pareto.loc[pareto["pareto"], "method"]) + " (plots/pareto.png).")
     summary = write_summary(out / "summary.md", f"{spec.name}: {bench.describe()}", table, notes)
     plot_training(train_df, out / "plots" / "training.png")
+    sensitivity.plot_sensitivity(train_df, out / "plots" / "sensitivity.png")
     plot_metrics(stats, columns, out / "plots" / "metrics.png")
     bench.plots(examples_df, methods, out / "plots")
 
@@ -435,10 +437,17 @@ def _train_and_score(ctx: JobContext, progress: bool) -> JobResult:
             log(f"{req.key} diverged: {run.reason}")
         else:
             sources[(req.method.name, req.seed)] = ScoredModel(req.target, run.adapter_dir)
+    log_rows = [row for req in requests for row in runs[req.key].log]
+    sensitivity_rows = sensitivity.metric_rows(pd.DataFrame(log_rows))
+    if sensitivity_rows:
+        epsilons = sorted({m.train.sensitivity.epsilon for m in spec.methods if m.train.sensitivity is not None})
+        twin_s = float(sum(row.get("sens_seconds", 0.0) or 0.0 for row in log_rows))
+        notes += sensitivity.notes(sensitivity_rows, epsilons[0], [m.name for m in spec.methods], twin_s,
+                                   sum(run.seconds for run in runs.values()))
     training = Training(
         metric_rows=[{"method": req.method.name, "seed": req.seed, "split": "train", "metric": "diverged",
-                      "value": float(runs[req.key].diverged)} for req in requests],
-        log_rows=[row for req in requests for row in runs[req.key].log],
+                      "value": float(runs[req.key].diverged)} for req in requests] + sensitivity_rows,
+        log_rows=log_rows,
         diverged={m.name: (sum(runs[run_key(m.name, s)].diverged for s in spec.seeds), len(spec.seeds))
                   for m in spec.methods},
         run_seconds={key: run.seconds for key, run in runs.items()})

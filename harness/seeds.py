@@ -60,3 +60,52 @@ def metrics_across_seeds(metrics: pd.DataFrame) -> pd.DataFrame:
         rows.append({**dict(zip(keys, key, strict=True)), "value": s.mean, "ci_low": low, "ci_high": high,
                      "n_seeds": len(group)})
     return pd.DataFrame(rows, columns=[*keys, "value", "ci_low", "ci_high", "n_seeds"])
+
+
+#: Significance level of the seed-distribution test's verdict.
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class TwoSample:
+    """A two-sided Mann-Whitney U test of two runs' per-seed values: U of the first sample, p, the smallest p an
+    exact test can reach with these sample sizes, the sizes, and a verdict in words."""
+
+    u: float
+    p: float
+    min_p: float
+    n_a: int
+    n_b: int
+    verdict: str
+
+
+def smallest_p(n_a: int, n_b: int) -> float:
+    """The smallest two-sided p of an exact rank test of `n_a` vs `n_b` values: `2 / C(n_a + n_b, n_a)` (0.1 for
+    3 vs 3 seeds, so such a test can never reject at 0.05)."""
+    if n_a == 0 or n_b == 0:
+        return math.nan
+    return min(1.0, 2.0 / math.comb(n_a + n_b, n_a))
+
+
+def two_sample(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, alpha: float = ALPHA) -> TwoSample:
+    """Whether two runs' seed distributions of a metric differ: `scipy.stats.mannwhitneyu(a, b,
+    alternative="two-sided")` on the finite values (exact without ties at these sizes). Identical constant samples
+    give p 1. `verdict`: `differ` (p < alpha), `separated` (every value of one beyond every value of the other, but
+    too few seeds for p < alpha), `no evidence`, or `too few seeds` (a sample with fewer than 2 values)."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    n_a, n_b = int(x.size), int(y.size)
+    if n_a < 2 or n_b < 2:
+        return TwoSample(math.nan, math.nan, smallest_p(n_a, n_b), n_a, n_b, "too few seeds")
+    if np.ptp(np.concatenate([x, y])) == 0:
+        u, p = n_a * n_b / 2, 1.0
+    else:
+        res = stats.mannwhitneyu(x, y, alternative="two-sided")
+        u, p = float(res.statistic), float(res.pvalue)
+    if p < alpha:
+        verdict = "differ"
+    elif x.max() < y.min() or y.max() < x.min():
+        verdict = "separated"
+    else:
+        verdict = "no evidence"
+    return TwoSample(u, p, smallest_p(n_a, n_b), n_a, n_b, verdict)

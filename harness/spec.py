@@ -100,6 +100,18 @@ def _default_objective() -> ObjectiveOptions:
     return objective_spec(name="gd")
 
 
+class SensitivitySpec(StrictModel):
+    """Trajectory sensitivity (harness/train/twin.py): a twin of every run, perturbed by relative noise `epsilon` on
+    the adapter factors and trained in lockstep on the same batches; their distance per step gives the run's
+    finite-time Lyapunov exponent (harness/sensitivity.py)."""
+
+    epsilon: float = Field(1e-7, ge=0, description="relative noise on the adapter factors: each factor moves by "
+                           "epsilon * rms(factor) * N(0, 1); 0 gives a twin identical to the run")
+    perturb: Literal["adapter"] = Field("adapter", description="what is perturbed: the adapter factors")
+    probe_batch: int = Field(8, ge=0, description="forget examples whose logits are compared every step "
+                             "(two no-grad forwards per step); 0 = no logit distance")
+
+
 class TrainSpec(StrictModel):
     """Optimisation settings for one unlearning run (run by Ray Train workers, each a DeepSpeed engine)."""
 
@@ -126,6 +138,9 @@ class TrainSpec(StrictModel):
     gradient_checkpointing: bool = False
     checkpoint_every: int | None = Field(None, ge=1, description="optimizer steps between checkpoints; null = end only")
     report_every: int = Field(10, ge=1, description="optimizer steps between metric reports to Ray (and Tune)")
+    sensitivity: SensitivitySpec | None = Field(None, description="train a perturbed twin of every run in lockstep "
+                                                "and log their distance per step (one more forward/backward per "
+                                                "step); null = off")
 
     @model_validator(mode="after")
     def _offload_needs_zero(self) -> TrainSpec:
@@ -136,6 +151,11 @@ class TrainSpec(StrictModel):
         if self.adapter_l2 > 0 and self.zero_stage == 3:
             raise ValueError("adapter_l2 needs zero_stage 0-2 (ZeRO-3 partitions the factors outside their layer's "
                              "forward, where the penalty reads them)")
+        if self.sensitivity is not None and self.zero_stage == 3:
+            raise ValueError("sensitivity needs zero_stage 0-2 (the twins' update distance reads whole factors)")
+        if self.sensitivity is not None and self.checkpoint_every is not None:
+            raise ValueError("sensitivity needs checkpoint_every null (the twin is not checkpointed, so a resumed "
+                             "run could not resume it)")
         return self
 
 

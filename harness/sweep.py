@@ -264,6 +264,8 @@ def sweep_markdown(table: pd.DataFrame, jobs: list[tuple[JobSpec, dict[str, dict
 
     paths = list(dict.fromkeys(k for _, named in jobs for c in named.values() for k in c))
     shown = [*objectives, "max_grad_norm", "max_adapter_norm", "max_logit_norm"]
+    shown += [c for c in ("sensitivity/lyapunov_exponent", "sensitivity/lyapunov_exponent_logits",
+                          "sensitivity/steps_to_100pct") if c in table]  # runs with train.sensitivity
     rows = []
     for (job, method), g in table.groupby(["job", "method"], sort=False):
         row: dict[str, Any] = {"job": job, "method": method, **{p: g[p].iloc[0] for p in paths if p in g}}

@@ -129,3 +129,16 @@ def test_dry_run_of_8b_job_prints_memory_table_offline(capsys: pytest.CaptureFix
     for term in ("base", "gathered", "optimizer", "bound", "activations", "logits", "total"):
         assert term in table
     assert "fits on 80 GiB" in table and "ZeRO-3, bf16" in table
+
+
+def test_a_sensitivity_twin_doubles_the_model_and_its_training_state(tiny: tuple[object, ModelShape]) -> None:
+    from harness.spec import SensitivitySpec
+
+    config, shape = tiny
+    adapter = AdapterSpec(bound="sine", rank=RANK)
+    plain = estimate_memory(config, adapter, _train(), 1, forward_batches=2, shape=shape)
+    twin = estimate_memory(config, adapter, _train(sensitivity=SensitivitySpec()), 1, forward_batches=2, shape=shape)
+    for term in ("base", "adapter", "adapter_grads", "optimizer"):
+        assert getattr(twin, term) == 2 * getattr(plain, term)
+    for term in ("gathered", "bound", "activations", "logits", "overhead"):
+        assert getattr(twin, term) == getattr(plain, term)

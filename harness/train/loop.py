@@ -8,7 +8,8 @@ the next run starts. A run's checkpoints (DeepSpeed engine state + PEFT-format a
 far, plus the objective's preparation result) go through `ray.train.report`; its last one is marked `done`.
 A restarted worker group resumes from the latest checkpoint: finished runs are skipped, an unfinished one
 resumes at its step with its preparation loaded, not recomputed, so each step's telemetry appears exactly
-once. Rank 0 also streams every step to an optional progress actor.
+once. Rank 0 also streams every step to an optional progress actor. With `train.sensitivity`, each run
+trains a perturbed twin in lockstep and logs their distance per step (harness/train/twin.py).
 """
 
 from __future__ import annotations
@@ -30,17 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from harness.adapters import (
-    adapted_layers,
-    adapter_norms,
-    adapter_parameters,
-    adapter_product_sq,
-    adapters_disabled,
-    attach,
-)
+from harness.adapters import adapted_layers, adapter_norms, adapter_parameters, attach
 from harness.adapters.checkpoint import save_adapter
 from harness.batch import Batch
 from harness.modalities import Modality, get_modality
@@ -48,6 +41,9 @@ from harness.objectives import FORGET, RETAIN, Objective, PrepareContext, make_o
 from harness.spec import MethodSpec, TrainSpec
 from harness.train.data import BatchStream
 from harness.train.schedule import make_scheduler
+from harness.train.step import MicroBatch, accumulate, all_reduce_mean, finite
+from harness.train.step import penalty as _penalty  # noqa: F401 - tests import it from here
+from harness.train.twin import Twin, rng_state
 
 STATE_FILE = "state.json"
 ADAPTER_DIR = "adapter"
@@ -78,24 +74,6 @@ def make_optimizer(params: Sequence[torch.nn.Parameter], train: TrainSpec) -> to
     return torch.optim.AdamW(params, lr=train.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=train.weight_decay)
 
 
-def _token_share(local: int, world: int, device: torch.device) -> float:
-    """`world * local / global` unit counts: the weight that turns a worker's unit mean into its share of
-    the global unit mean (DeepSpeed averages gradients over workers). Collective."""
-    if world == 1:
-        return 1.0
-    total = torch.tensor([float(local)], dtype=torch.float64, device=device)
-    dist.all_reduce(total)
-    return world * local / max(float(total), 1.0)
-
-
-def _all_reduce_mean(values: Sequence[float], device: torch.device) -> list[float]:
-    t = torch.tensor(list(values), dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-        t /= dist.get_world_size()
-    return t.tolist()
-
-
 def _global_grad_norm(params: Sequence[torch.nn.Parameter]) -> float:
     """L2 norm of the full (reduced, unpartitioned) gradient, whatever the ZeRO stage. Collective."""
     from deepspeed.utils import safe_get_full_grad
@@ -106,6 +84,42 @@ def _global_grad_norm(params: Sequence[torch.nn.Parameter]) -> float:
         if g is not None:
             total += float(g.detach().float().pow(2).sum())
     return math.sqrt(total)
+
+
+@dataclass
+class StepOutcome:
+    """One optimizer step: the all-reduced loss, forget loss, retain loss, logit norm and input count; the
+    gradient norm; whether the engine stepped (not on a non-finite loss or gradient); the run's own seconds
+    since `began`; the twin's distances and its seconds (`sens_seconds`), empty without a twin."""
+
+    values: list[float]
+    grad_norm: float
+    stepped: bool
+    seconds: float
+    twin: dict[str, float]
+
+
+def optimizer_step(engine: Any, model: torch.nn.Module, params: Sequence[torch.nn.Parameter], objective: Objective,
+                   method: MethodSpec, batches: Sequence[MicroBatch], world: int, device: torch.device,
+                   progress: float, twin: Twin | None = None, began: float | None = None) -> StepOutcome:
+    """Forward/backward every micro-batch, reduce the telemetry and step the engine unless the loss or gradient
+    is non-finite; then, with a twin, step the twin on the same batches from the same random state and measure
+    their distance (harness/train/twin.py). Collective when `world` > 1."""
+    began = time.perf_counter() if began is None else began
+    before = rng_state() if twin is not None else None
+    sums = accumulate(engine, model, objective, method, batches, world, device, progress)
+    grad_norm = _global_grad_norm(params)
+    values = all_reduce_mean([*sums.values, float(sums.inputs)], device)
+    if not finite(values[0], grad_norm):
+        return StepOutcome(values, grad_norm, False, time.perf_counter() - began, {})
+    engine.step()
+    seconds = time.perf_counter() - began
+    measured: dict[str, float] = {}
+    if twin is not None and before is not None:
+        loss_twin = twin.follow(before, batches, objective, method, world, device, progress)
+        measured = {**twin.measure(engine, model, values[0], loss_twin),
+                    "sens_seconds": time.perf_counter() - began - seconds}
+    return StepOutcome(values, grad_norm, True, seconds, measured)
 
 
 def _gathered(params: Sequence[torch.nn.Parameter], zero_stage: int) -> AbstractContextManager[Any]:
@@ -126,27 +140,6 @@ def _register_zero3_external_params(model: torch.nn.Module) -> None:
         for p in (layer.base_layer.weight, layer.base_layer.bias, layer.lora_A.weight, layer.lora_B.weight):
             if p is not None:
                 deepspeed.zero.register_external_parameter(layer, p)
-
-
-def _forward(engine: Any, batch: Batch, objective: Objective) -> Any:
-    """The model's outputs on a batch, with hidden states when the objective reads them."""
-    extra = {"output_hidden_states": True} if objective.needs_hidden_states else {}
-    return engine(**batch.model_inputs(), **extra)
-
-
-def _reference_outputs(engine: Any, model: torch.nn.Module, batch: Batch, objective: Objective) -> Any:
-    """Outputs of the frozen model (adapters switched off), without building a graph."""
-    with torch.no_grad(), adapters_disabled(model):
-        return _forward(engine, batch, objective)
-
-
-def _penalty(model: torch.nn.Module, objective: Objective, train: TrainSpec, progress: float) -> torch.Tensor | None:
-    """The objective's regulariser plus the `train.adapter_l2` stabiliser on `sum ||B A||_F^2`, or None."""
-    terms = [objective.penalty(model, progress)]
-    if train.adapter_l2 > 0:
-        terms.append(train.adapter_l2 * adapter_product_sq(model))
-    terms = [p for p in terms if p is not None]
-    return sum(terms[1:], terms[0]) if terms else None
 
 
 def _placement_group_id() -> str | None:
@@ -223,17 +216,25 @@ class _Worker:
         assert self._target is not None
         return self.modality.load(self._target)[0]
 
-    def stream(self, data_key: str | None, train: TrainSpec, seed: int) -> Iterator[Batch]:
-        """This worker's slice of the seeded global batches of a dataset (empty when `data_key` is None)."""
-        if data_key is None:
-            return iter(())
+    def encoded(self, data_key: str, train: TrainSpec) -> list[Any]:
+        """A dataset encoded for the current target's processor (cached)."""
         assert self._target is not None
         cache_key = (self._target, data_key, train.max_length)
         if cache_key not in self._encoded:
             self._encoded[cache_key] = self.modality.encode(self.processor, self.config["data"][data_key],
                                                             train.max_length)
-        return iter(BatchStream(self._encoded[cache_key], train.batch_size, self.collate, seed, self.rank,
+        return self._encoded[cache_key]
+
+    def stream(self, data_key: str | None, train: TrainSpec, seed: int) -> Iterator[Batch]:
+        """This worker's slice of the seeded global batches of a dataset (empty when `data_key` is None)."""
+        if data_key is None:
+            return iter(())
+        return iter(BatchStream(self.encoded(data_key, train), train.batch_size, self.collate, seed, self.rank,
                                 self.world))
+
+    def probe(self, data_key: str, train: TrainSpec, n: int) -> Batch | None:
+        """The first `n` examples of a dataset as one batch on the device, the same on every worker (None: n 0)."""
+        return self.collate(self.encoded(data_key, train)[:n]).to(self.device) if n else None
 
     def prepare(self, objective: Objective, model: torch.nn.Module, run: dict[str, Any], train: TrainSpec,
                 use_retain: bool) -> dict[str, torch.Tensor]:
@@ -300,22 +301,31 @@ def _train_run(worker: _Worker, index: int, resume: _Resume | None) -> None:
     model = worker.fresh_model()
     attach(model, method.adapter, seed=seed)
     objective: Objective = make_objective(method.objective)
-    w_f, w_r = method.objective.w_forget, method.objective.w_retain
     use_retain = method.objective.uses_retain and run["retain"] is not None
-    need_ref_retain = objective.retain_needs_reference and use_retain
 
     # The objective's one-time preparation, before DeepSpeed wraps the model (loaded when resuming).
     prepared, prepare_info = _prepare(worker, objective, model, run, t, use_retain, resume)
 
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    params = adapter_parameters(model)
     n_steps = total_steps(len(config["data"][run["forget"]]), method)
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=make_optimizer(params, t), config=run["deepspeed"],
-        lr_scheduler=lambda opt: make_scheduler(opt, t.scheduler, n_steps, t.warmup_ratio))
+
+    def make_engine(module: torch.nn.Module) -> tuple[Any, Any]:
+        engine, _, _, scheduler = deepspeed.initialize(
+            model=module, optimizer=make_optimizer(adapter_parameters(module), t), config=run["deepspeed"],
+            lr_scheduler=lambda opt: make_scheduler(opt, t.scheduler, n_steps, t.warmup_ratio))
+        return engine, scheduler
+
+    # The sensitivity twin starts from a copy of the model taken before DeepSpeed wraps it (harness/train/twin.py).
+    twin_model = copy.deepcopy(model) if t.sensitivity is not None else None
+    params = adapter_parameters(model)
+    engine, scheduler = make_engine(model)
     if t.zero_stage == 3:
         _register_zero3_external_params(model)
+    twin = None
+    if t.sensitivity is not None and twin_model is not None:
+        twin = Twin.build(twin_model, t.sensitivity, seed, lambda m: make_engine(m)[0],
+                          worker.probe(run["forget"], t, t.sensitivity.probe_batch))
     forget = worker.stream(run["forget"], t, seed)
     retain = worker.stream(run["retain"] if use_retain else None, t, seed + 1)
 
@@ -328,6 +338,8 @@ def _train_run(worker: _Worker, index: int, resume: _Resume | None) -> None:
             next(forget)
             if use_retain:
                 next(retain)
+    if twin is not None:
+        twin.start(engine, model)
 
     def save_and_report(row: dict[str, Any], status: dict[str, Any] | None) -> None:
         """Checkpoint (status given) or plain metrics report; collective on every rank."""
@@ -357,52 +369,23 @@ def _train_run(worker: _Worker, index: int, resume: _Resume | None) -> None:
         _maybe_kill(config.get("fault"), rank, index, step)
         began = time.perf_counter()
         lr_now = scheduler.get_last_lr()[0]
-        sums = [0.0, 0.0, 0.0, 0.0]  # loss, loss_forget, loss_retain, logit_norm
-        inputs = 0
-        for micro in range(t.grad_accum):
-            if micro:
-                engine.step()  # a no-op before the accumulation boundary; DeepSpeed counts micro-steps
-            fb = next(forget).to(device)
-            out_f = _forward(engine, fb, objective)
-            ref_f = _reference_outputs(engine, model, fb, objective) if objective.needs_reference else None
-            loss_f = objective.forget_loss(out_f, fb, ref_f)
-            if objective.forget_unit_mean:
-                loss_f = loss_f * _token_share(objective.forget_units(fb), world, device)
-            loss = w_f * loss_f
-            loss_r = torch.zeros((), device=device)
-            inputs += fb.n_inputs
-            if use_retain:
-                rb = next(retain).to(device)
-                out_r = _forward(engine, rb, objective)
-                ref_r = _reference_outputs(engine, model, rb, objective) if need_ref_retain else None
-                loss_r = objective.retain_loss(out_r, rb, ref_r)
-                if objective.retain_unit_mean:
-                    loss_r = loss_r * _token_share(rb.n_scored, world, device)
-                loss = loss + w_r * loss_r
-                inputs += rb.n_inputs
-            penalty = _penalty(model, objective, t, step / n_steps)
-            if penalty is not None:
-                loss = loss + penalty
-            engine.backward(loss)
-            for i, v in enumerate((loss, loss_f, loss_r)):
-                sums[i] += float(v.detach()) / t.grad_accum
-            sums[3] += fb.logit_norm(out_f.logits) / t.grad_accum
-        grad_norm = _global_grad_norm(params)
-        loss_mean, lf, lr_, logit_norm, n_in = _all_reduce_mean([*sums, float(inputs)], device)
-        if not (math.isfinite(loss_mean) and math.isfinite(grad_norm)):
+        batches: list[MicroBatch] = [(next(forget).to(device), next(retain).to(device) if use_retain else None)
+                                     for _ in range(t.grad_accum)]
+        done = optimizer_step(engine, model, params, objective, method, batches, world, device, step / n_steps,
+                              twin, began)
+        loss_mean, lf, lr_, logit_norm, n_in = done.values
+        if not done.stepped:
             what = "loss" if not math.isfinite(loss_mean) else "gradient"
             status = {"diverged": True, "reason": f"non-finite {what} at step {step}"}
             break
-        engine.step()
-        elapsed = time.perf_counter() - began
         with _gathered(params, t.zero_stage):
             norms = adapter_norms(model)
         row = {"method": method.name, "seed": seed, "step": step, "loss": loss_mean, "loss_forget": lf,
-               "loss_retain": lr_, "grad_norm": grad_norm, **norms, "logit_norm": logit_norm, "lr": lr_now,
-               "tokens_per_s": n_in * world / elapsed if elapsed > 0 else float("nan")}
+               "loss_retain": lr_, "grad_norm": done.grad_norm, **norms, "logit_norm": logit_norm, "lr": lr_now,
+               "tokens_per_s": n_in * world / done.seconds if done.seconds > 0 else float("nan"), **done.twin}
         log.append(row)
         if rank == 0 and worker.progress is not None:
-            worker.progress.step.remote(run["key"], step + 1, n_steps, loss_mean, grad_norm)
+            worker.progress.step.remote(run["key"], step + 1, n_steps, loss_mean, done.grad_norm)
         last = step == n_steps - 1
         due = t.checkpoint_every is not None and (step + 1) % t.checkpoint_every == 0
         if due and not last:

@@ -19,8 +19,13 @@ pytestmark = pytest.mark.e2e
 
 STEPS = 6
 #: 1 vs 2 workers see the same global batches and weight token means by their token share, so only
-#: padding and reduction order differ (fp32).
+#: padding and reduction order differ (fp32). The losses are never bit-identical: step 0 already differs by
+#: about 1e-7 (relative), and gradient-difference unlearning amplifies that exponentially (README,
+#: "Distributed training"; harness/train/twin.py measures the rate). So the agreement has a horizon: these
+#: settings (lr 1e-2, sine omega 10) agree within WORKERS_RTOL for WORKERS_HORIZON steps. The demo's (lr 3e-2,
+#: measured over 3 methods x 3 seeds) agree within 1e-4 for 2 to 11 steps, within 1e-2 for 4 to 20.
 WORKERS_RTOL = 1e-4
+WORKERS_HORIZON = STEPS
 #: ZeRO stages reduce and partition the same fp32 gradients in a different order; AdamW's
 #: normalisation magnifies those last-bit differences over the steps to about this much.
 ZERO_ATOL = 1e-4
@@ -99,10 +104,11 @@ def _adapter(run: TrainRun) -> dict[str, torch.Tensor]:
     return load_file(run.adapter_dir / "adapter_model.safetensors")
 
 
-def test_one_and_two_workers_give_the_same_loss_curve(runs: dict) -> None:
+def test_one_and_two_workers_agree_within_the_tolerance_up_to_the_horizon(runs: dict) -> None:
     assert [r["step"] for r in runs["w1"].log] == list(range(STEPS))
     assert [r["step"] for r in runs["w2"].log] == list(range(STEPS))
-    np.testing.assert_allclose(_losses(runs["w2"]), _losses(runs["w1"]), rtol=WORKERS_RTOL, atol=1e-5)
+    np.testing.assert_allclose(_losses(runs["w2"])[:WORKERS_HORIZON], _losses(runs["w1"])[:WORKERS_HORIZON],
+                               rtol=WORKERS_RTOL, atol=1e-5)
 
 
 @pytest.mark.parametrize("stage", ["z2", "z3"])
