@@ -1,0 +1,93 @@
+"""SIGINT (Ctrl-C) and SIGTERM (SLURM, Kubernetes, Ray's autoscaler) stop a command the same way.
+
+SIGTERM raises `Interrupted`, a `KeyboardInterrupt` that remembers its signal, so every clean-up path written
+for Ctrl-C (Ray Train's workers aborted, Ray stopped, the out dir marked `interrupted`, the staging directory
+kept for `--resume`) runs for both; the command then exits 128 + the signal number (130 for SIGINT, 143 for
+SIGTERM). During that clean-up a second SIGINT or SIGTERM ends the process at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from types import FrameType
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal other than Ctrl-C (SIGTERM), raised where the signal arrived (the main thread)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+def signal_of(exc: BaseException) -> int:
+    """The signal behind an interruption: SIGTERM for `Interrupted(SIGTERM)`, SIGINT for any other
+    KeyboardInterrupt."""
+    return exc.signum if isinstance(exc, Interrupted) else int(signal.SIGINT)
+
+
+def signal_name(exc: BaseException) -> str:
+    """`SIGINT` or `SIGTERM`: the signal behind an interruption, as status.json records it."""
+    return signal.Signals(signal_of(exc)).name
+
+
+def describe(exc: BaseException) -> str:
+    """How an interruption is shown: `Ctrl-C` for SIGINT, else the signal's name."""
+    signum = signal_of(exc)
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def exit_code(exc: BaseException) -> int:
+    """The shell's code for a process stopped by the interruption's signal: 128 + its number."""
+    return 128 + signal_of(exc)
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+def handle_sigterm() -> None:
+    """Make SIGTERM raise `Interrupted` in the main thread (elsewhere: nothing). `ray.init` installs its own
+    SIGTERM handler (exit without clean-up), so `harness.train.ray_run.ensure_ray` calls this again after it."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupted)
+
+
+@contextmanager
+def _handlers(handler: Any) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def signals_deferred() -> AbstractContextManager[None]:
+    """Ignore SIGINT and SIGTERM inside the block (main thread only): a step that must not be cut in two (the
+    renames that put a finished run in place)."""
+    return _handlers(signal.SIG_IGN)
+
+
+def _exit_now(signum: int, frame: FrameType | None) -> None:
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    print(f"\nsecond stop signal ({name}) during clean-up: exiting at once", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
+
+def cleaning_up() -> AbstractContextManager[None]:
+    """The clean-up after an interruption (main thread only): a second SIGINT or SIGTERM inside the block ends
+    the process at once with 128 + its number (a local Ray instance's processes share its fate)."""
+    return _handlers(_exit_now)
+
