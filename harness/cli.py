@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from harness.errors import HarnessError
-from harness.signals import cleaning_up, describe, exit_code, handle_sigterm
+from harness.signals import cleaning_up, describe, exit_code, sigterm_raises
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -288,20 +288,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from harness.console import configure_console
 
     configure_console(getattr(args, "verbose", False))
-    handle_sigterm()
-    try:
-        return args.func(args)
-    except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt as err:
-        if "ray" in sys.modules:  # Ray workers and actors of a command not inside a job (tune, between jobs)
-            from harness.train.ray_run import stop_ray
+    with sigterm_raises():
+        try:
+            return args.func(args)
+        except HarnessError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return err.exit_code
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (harness.signals.Interrupted)
+            if "ray" in sys.modules:  # Ray workers and actors of a command not inside a job (tune, between jobs)
+                from harness.train.ray_run import stop_ray
 
-            with cleaning_up():
-                stop_ray()
-        print(f"interrupted ({describe(err)}): harness {args.command} stopped", file=sys.stderr, flush=True)
-        return exit_code(err)
+                with cleaning_up():
+                    stop_ray()
+            print(f"interrupted ({describe(err)}): harness {args.command} stopped", file=sys.stderr, flush=True)
+            return exit_code(err)
 
 
 if __name__ == "__main__":

@@ -439,7 +439,7 @@ def run_suite(suite: SuiteSpec | str | Path, history_path: str | Path | None = N
     nightly run without a report: its finished jobs are kept, the others resume (`harness run --resume`).
     """
     from harness.pipeline import log, run_job
-    from harness.resume import check_same_spec
+    from harness.resume import check_resumable
     from harness.run_dir import has_results
 
     if not isinstance(suite, SuiteSpec):
@@ -471,6 +471,8 @@ def run_suite(suite: SuiteSpec | str | Path, history_path: str | Path | None = N
     if mode == "pinned" and pinned and pinned not in set(history["run_id"]):
         raise HarnessError(f"baseline run {pinned!r} is not in the history {history_path}")
 
+    for _, spec in jobs if resume else []:  # a changed spec is refused before anything runs
+        check_resumable(spec.out_dir().expanduser().absolute(), spec.model_dump(mode="json"))
     frames, outs, failures = [], {}, {}
     for name, spec in jobs:
         if progress:
@@ -478,7 +480,6 @@ def run_suite(suite: SuiteSpec | str | Path, history_path: str | Path | None = N
         failed = 0.0
         try:
             if resume and has_results(spec.out_dir()):
-                check_same_spec(spec.out_dir(), spec.model_dump(mode="json"))
                 log(f"job {name} finished before the interruption: kept, not rerun")
                 job_out = spec.out_dir()
             else:

@@ -63,6 +63,19 @@ def check_same_spec(staging: Path, new: dict[str, Any]) -> None:
                         "or run without --resume to start over")
 
 
+def check_resumable(out: Path, new: dict[str, Any]) -> None:
+    """`check_same_spec` against what a job's out dir holds: its finished results, else the latest staging
+    directory an interrupted attempt left beside it (nothing to check when there is neither)."""
+    from harness.run_dir import has_results
+
+    if has_results(out):
+        check_same_spec(out, new)
+        return
+    staged = sorted(out.parent.glob(f".{out.name}.staging-*"), key=lambda p: p.stat().st_mtime)
+    if staged:
+        check_same_spec(staged[-1], new)
+
+
 def next_train_run_name(out: Path) -> str:
     """The Ray Train run name of this training attempt: `unlearn`, then `unlearn-2`, ... (earlier attempts'
     checkpoints stay for later resumes)."""

@@ -62,6 +62,20 @@ def handle_sigterm() -> None:
 
 
 @contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises `Interrupted` inside the block (main thread only); the earlier handler is back after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    handle_sigterm()
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
 def _handlers(handler: Any) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -209,7 +209,7 @@ def run_sweep(base: JobSpec, sweep: SweepSpec, out: Path, progress: bool = True,
     """
     from harness.pipeline import log, run_job
     from harness.results import ensure_writable_dir
-    from harness.resume import check_same_spec
+    from harness.resume import check_resumable
     from harness.run_dir import has_results
 
     ensure_writable_dir(out)
@@ -224,8 +224,9 @@ def run_sweep(base: JobSpec, sweep: SweepSpec, out: Path, progress: bool = True,
 
             spec = with_store(spec, resolve_uri(spec.tracking, out), f"sweep-{base.name}")
         spec = spec.model_copy(update={"out": str(job_out)})
+        if resume:
+            check_resumable(job_out.expanduser().absolute(), spec.model_dump(mode="json"))
         if resume and has_results(job_out):
-            check_same_spec(job_out, spec.model_dump(mode="json"))
             log(f"sweep: job {spec.name} finished before the interruption: kept, not rerun")
         else:  # the job dirs belong to the sweep: a rerun of the sweep into its out dir replaces them
             run_job(spec, progress=progress, overwrite=True, resume=resume)
