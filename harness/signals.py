@@ -18,6 +18,10 @@ from types import FrameType
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: The SIGTERM this process received, if any: Ray's blocking calls turn any exception a signal handler raises
+#: into a plain KeyboardInterrupt (its core worker checks for signals and reports "interrupted"), so the
+#: signal is remembered here too.
+_received: int | None = None
 
 
 class Interrupted(KeyboardInterrupt):
@@ -29,9 +33,11 @@ class Interrupted(KeyboardInterrupt):
 
 
 def signal_of(exc: BaseException) -> int:
-    """The signal behind an interruption: SIGTERM for `Interrupted(SIGTERM)`, SIGINT for any other
-    KeyboardInterrupt."""
-    return exc.signum if isinstance(exc, Interrupted) else int(signal.SIGINT)
+    """The signal behind an interruption: its own for `Interrupted`; for another KeyboardInterrupt, the SIGTERM
+    received (a Ray call re-raised it as a plain KeyboardInterrupt), else SIGINT."""
+    if isinstance(exc, Interrupted):
+        return exc.signum
+    return _received if _received is not None else int(signal.SIGINT)
 
 
 def signal_name(exc: BaseException) -> str:
@@ -51,6 +57,8 @@ def exit_code(exc: BaseException) -> int:
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    global _received
+    _received = signum
     raise Interrupted(signum)
 
 
@@ -67,12 +75,15 @@ def sigterm_raises() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _received
+    _received = None
     previous = signal.getsignal(signal.SIGTERM)
     handle_sigterm()
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _received = None
 
 
 @contextmanager
