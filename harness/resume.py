@@ -97,18 +97,25 @@ class EarlierTraining:
 
 
 def _states(out: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """(checkpoint dir, its state.json) of every readable checkpoint of every attempt, oldest first."""
+    """(checkpoint dir, its state.json) of every checkpoint each attempt's Ray Train run registered (its
+    `checkpoint_manager_snapshot.json` lists those fully written), oldest first."""
     from harness.train.loop import STATE_FILE
 
     found = []
-    for ckpt in sorted((out / "ray").glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime):
+    for attempt in (out / "ray").glob("*/"):
         try:
-            state = json.loads((ckpt / STATE_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(state, dict) and "key" in state:
-            found.append((ckpt, state))
-    return found
+            snapshot = json.loads((attempt / "checkpoint_manager_snapshot.json").read_text())
+            names = [r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # stopped before its first checkpoint was registered
+        for name in names:
+            try:
+                state = json.loads((attempt / name / STATE_FILE).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(state, dict) and "key" in state:
+                found.append((attempt / name, state))
+    return sorted(found, key=lambda cs: cs[0].stat().st_mtime)
 
 
 def verify_finished(checkpoint: Path, state: dict[str, Any], method: str, seed: int, n_steps: int) -> str | None:

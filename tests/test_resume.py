@@ -127,6 +127,10 @@ def test_spec_differences_name_dotted_paths() -> None:
 def _checkpoint(root: Path, name: str, adapter: Path | None, **state: Any) -> Path:
     ckpt = root / "ray" / "unlearn" / name
     ckpt.mkdir(parents=True)
+    snapshot = root / "ray" / "unlearn" / "checkpoint_manager_snapshot.json"  # what Ray Train registered
+    registered = json.loads(snapshot.read_text()) if snapshot.exists() else {"checkpoint_results": []}
+    registered["checkpoint_results"].append({"checkpoint_dir_name": name})
+    snapshot.write_text(json.dumps(registered))
     if adapter is not None:
         shutil.copytree(adapter, ckpt / "adapter")
     (ckpt / "engine").mkdir()
@@ -147,6 +151,9 @@ def test_finished_trainings_are_verified_and_partial_ones_found(tmp_path: Path, 
     short = _checkpoint(tmp_path, "checkpoint_3", adapter, key="c/seed0", step=2, log=_log("c", 0, 2), **done)
     _checkpoint(tmp_path, "checkpoint_4", None, key="d/seed0", step=2, log=_log("d", 0, 2), done=False)
     _checkpoint(tmp_path, "checkpoint_5", None, key="d/seed0", step=4, log=_log("d", 0, 4), done=False)
+    unregistered = tmp_path / "ray" / "unlearn" / "checkpoint_6"  # written, but its report never registered
+    shutil.copytree(tmp_path / "ray" / "unlearn" / "checkpoint_5", unregistered)
+    (unregistered / "state.json").write_text(json.dumps({"key": "d/seed0", "step": 6, "log": _log("d", 0, 6)}))
     found = earlier_training(tmp_path, [(f"{m}/seed0", m, 0, 3) for m in "abcd"])
     assert found.finished == {"a/seed0": good}
     assert found.partial == {"d/seed0": tmp_path / "ray" / "unlearn" / "checkpoint_5"}

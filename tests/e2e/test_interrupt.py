@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,10 +139,11 @@ def _alive(pid: int) -> bool:
     return "zombie" not in state
 
 
-def _interrupt_at(shared: Path, job: Path, ray_tmp: Path, line: str, group: bool,
-                  sig: int = signal.SIGINT) -> tuple[int, str, list[int]]:
+def _interrupt_at(shared: Path, job: Path, ray_tmp: Path, line: str, group: bool, sig: int = signal.SIGINT,
+                  when: Callable[[], bool] | None = None) -> tuple[int, str, list[int]]:
     """Start `harness run`, send `sig` (to its process group when `group`, as a terminal does) once its
-    stderr shows `line`; its exit code, stderr and the pids of its descendants when the signal was sent."""
+    stderr shows `line` (and `when()` holds); its exit code, stderr and the pids of its descendants when the
+    signal was sent."""
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(job)], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -161,6 +162,9 @@ def _interrupt_at(shared: Path, job: Path, ray_tmp: Path, line: str, group: bool
     reader.start()
     try:
         assert seen.wait(240), f"never saw {line!r}:\n{''.join(lines)}"
+        deadline = time.monotonic() + 120
+        while when is not None and not when() and time.monotonic() < deadline:
+            time.sleep(0.05)
         children = _descendants(proc.pid)
         (os.killpg if group else os.kill)(proc.pid, sig)
         code = proc.wait(120)
@@ -196,8 +200,8 @@ def test_a_stop_signal_exits_128_plus_it_marks_the_run_interrupted_and_stops_ray
 
 # ---- --resume ---------------------------------------------------------------------------------------------
 
-#: `quick` trains 3 steps; `slow` 40, with a checkpoint every 5 steps, so SIGTERM after `quick` finished
-#: stops `slow` part-way (a resume continues it from its last checkpoint).
+#: `quick` trains 3 steps; `slow` 40, with a checkpoint every 5 steps: SIGTERM once `quick` finished and `slow`
+#: wrote its first checkpoint stops `slow` part-way (a resume continues it from its last checkpoint).
 RESUME_QUICK = {"train": {"max_steps": 3}}
 RESUME_SLOW = {"train": {"max_steps": 40, "epochs": 100, "checkpoint_every": 5}}
 
@@ -213,7 +217,13 @@ def test_a_job_stopped_after_a_training_resumes_and_ends_as_an_uninterrupted_one
     ray_tmp = Path(tempfile.mkdtemp(prefix="hint-resume-", dir="/tmp"))
     try:
         job = _job(tmp_path, stopped, RESUME_SLOW, RESUME_QUICK)
-        code, err, _ = _interrupt_at(tmp_path, job, ray_tmp, "trained quick/seed0", False, signal.SIGTERM)
+
+        def slow_checkpointed() -> bool:
+            return any('"key": "slow/seed0"' in p.read_text()
+                       for p in tmp_path.glob(".stopped.staging-*/ray/unlearn/checkpoint_*/state.json"))
+
+        code, err, _ = _interrupt_at(tmp_path, job, ray_tmp, "trained quick/seed0", False, signal.SIGTERM,
+                                     when=slow_checkpointed)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert code == 143 and read_status(stopped)["state"] == "interrupted", err
@@ -227,6 +237,7 @@ def test_a_job_stopped_after_a_training_resumes_and_ends_as_an_uninterrupted_one
     log = capsys.readouterr().err
     assert "resuming the interrupted run staged in" in log
     assert "not retrained: quick/seed0" in log, log
+    assert "training slow/seed0 continues from its checkpoint at step" in log, log
     assert "trained quick/seed0" not in log  # no training of it this time
     assert _table(stopped) == _table(whole)
     steps = pd.read_parquet(stopped / "train_log.parquet")
