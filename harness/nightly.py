@@ -483,7 +483,8 @@ def run_suite(suite: SuiteSpec | str | Path, history_path: str | Path | None = N
                 log(f"job {name} finished before the interruption: kept, not rerun")
                 job_out = spec.out_dir()
             else:
-                job_out = run_job(spec, progress=progress, resume=resume).out_dir
+                job_out = (run_job(spec, progress=progress, resume=True) if resume else
+                           run_job(spec, progress=progress)).out_dir
             metrics, commit = job_rows(name, job_out)
             outs[name] = job_out
         except Exception as err:  # noqa: BLE001 - a failed job is a regression, the suite goes on

@@ -161,3 +161,41 @@ def test_finished_trainings_are_verified_and_partial_ones_found(tmp_path: Path, 
     assert len(found.warnings) == 2
     assert f"the finished training b/seed0 in {damaged} is damaged (its adapter is damaged:" in found.warnings[0]
     assert f"the finished training c/seed0 in {short} is damaged (it has 2 of 3 steps)" in found.warnings[1]
+
+
+# ---- eval --resume: only what is not scored yet ------------------------------------------------------------
+
+def test_an_interrupted_eval_resumes_scoring_only_the_models_not_scored_yet(
+        tmp_path: Path, hand_made_run: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        one_thread: None) -> None:
+    spec = tmp_path / "eval.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "ev", "model": {"name": "builtin:tiny-llama"},
+        "benchmark": {"name": "tofu", "data_dir": str(tmp_path / "data"),
+                      "synthetic": {"n_authors": 10, "qa_per_author": 2, "n_real_authors": 4, "n_world_facts": 4}},
+        "reference": {"mode": "load", "target": str(hand_made_run.target_dir), "retain": str(hand_made_run.retain_dir)},
+        "eval": {"bootstrap": 0, "max_new_tokens": 4}, "tracking": None}))
+    argv = ["eval", str(spec), "--model", f"r={hand_made_run.run_dir},method=gd_sine", "--model",
+            f"l={hand_made_run.run_dir},method=gd_lora"]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    scored: list[int] = []
+    real = harness.pipeline.score_model
+
+    def stop_at_the_fourth(*args: Any, **kwargs: Any) -> Any:
+        scored.append(1)
+        if len(scored) == 4:  # target, retain and `r` are scored; SIGTERM while `l` is
+            raise Interrupted(signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(harness.pipeline, "score_model", stop_at_the_fourth)
+    out = tmp_path / "stopped"
+    assert main([*argv, "--out", str(out)]) == 143
+    assert read_status(out)["resume"]
+    capsys.readouterr()
+    scored.clear()
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    assert len(scored) == 1  # `l` alone
+    err = capsys.readouterr().err
+    assert "reusing the scores of target/seed0, retain/seed0, r/seed0 from the interrupted run" in err, err
+    assert (out / "summary.md").read_text() == (tmp_path / "whole" / "summary.md").read_text()
+    assert not (out / "scores").exists()
