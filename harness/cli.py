@@ -1,6 +1,7 @@
 """Command line: parse, load the spec, call one function, print where the results went.
 
-Exit codes: 0 ok, 1 a failed run, 2 bad input (spec, data, model).
+Exit codes: 0 ok, 1 a failed run, 2 bad input (spec, data, model), 130 stopped by SIGINT (Ctrl-C), 143 stopped by
+SIGTERM (harness.signals).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from harness.errors import HarnessError
+from harness.signals import cleaning_up, describe, exit_code, sigterm_raises
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -26,7 +28,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from harness.pipeline import run_job
 
-    result = run_job(spec, overwrite=args.overwrite)
+    result = run_job(spec, overwrite=args.overwrite, resume=args.resume)
     print(result.summary)
     print(f"results: {result.out_dir}")
     return 0
@@ -54,7 +56,7 @@ def _eval(args: argparse.Namespace) -> int:
                         "`models:` in the spec")
     spec = validate_spec(data, args.spec)
     spec = spec.model_copy(update={"out": args.out or f"{spec.out}-eval"})
-    result = eval_job(spec, overwrite=args.overwrite)
+    result = eval_job(spec, overwrite=args.overwrite, resume=args.resume)
     print(result.summary)
     print(f"results: {result.out_dir}")
     return 0
@@ -91,7 +93,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, args.set)
     sweep = load_sweep(args.space)
-    out = run_sweep(spec, sweep, Path(args.out or f"results/sweep-{spec.name}"))
+    out = run_sweep(spec, sweep, Path(args.out or f"results/sweep-{spec.name}"), resume=args.resume)
     print((out / "sweep.md").read_text())
     print(f"sweep results: {out} (sweep.parquet, sweep.md, plots/curves.png, plots/tradeoff.png)")
     return 0
@@ -109,7 +111,7 @@ def _nightly(args: argparse.Namespace) -> int:
     from harness.nightly import run_suite
 
     result = run_suite(args.suite, history_path=args.history, baseline=args.baseline, overrides=args.set,
-                       out=args.out)
+                       out=args.out, resume=args.resume)
     n = len(result.regressions)
     print(f"nightly run {result.run_id}: {n} regression(s) against {result.baseline}")
     print(f"report: {result.report}")
@@ -179,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan without loading weights")
     run.add_argument("--overwrite", action="store_true",
                      help="replace a finished run's results in the out dir (kept until the new run finishes)")
+    run.add_argument("--resume", action="store_true", help="continue the interrupted or failed run in the out dir "
+                     "(same spec but resources and output): finished trainings and scores are reused")
     run.set_defaults(func=_run)
 
     ev = command("eval", help="score models without training (HF models, PEFT or harness adapters, a "
@@ -195,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a spec field by its dotted path (repeatable)")
     ev.add_argument("--overwrite", action="store_true",
                     help="replace a finished run's results in the out dir (kept until the new run finishes)")
+    ev.add_argument("--resume", action="store_true", help="continue the interrupted or failed run in the out dir "
+                    "(same spec): models already scored are not scored again")
     ev.set_defaults(func=_eval)
 
     export = command("export", help="write a run's method as a plain merged Hugging Face checkpoint")
@@ -218,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--space", required=True, help="sweep file (YAML, see harness/sweep.py and sweeps/)")
     sweep.add_argument("--out", help="output directory (default results/sweep-<job name>)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec field")
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out: finished jobs "
+                       "are kept, the interrupted one resumes (same spec and sweep file)")
     sweep.set_defaults(func=_sweep)
 
     report = command("report", help="compare finished runs side by side (report.md + report.html)")
@@ -232,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     nightly.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                          help="override a field of every job spec (repeatable)")
     nightly.add_argument("--out", help="output directory (overrides the suite's `out`)")
+    nightly.add_argument("--resume", action="store_true", help="continue the latest unfinished nightly run (no "
+                         "report yet) instead of starting a new one: finished jobs are kept, the interrupted resumes")
     nightly.set_defaults(func=_nightly)
 
     submit = command("submit", help="run a job spec on a Ray cluster through the Ray Jobs API")
@@ -278,14 +288,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from harness.console import configure_console
 
     configure_console(getattr(args, "verbose", False))
-    try:
-        return args.func(args)
-    except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print(f"interrupted (Ctrl-C): harness {args.command} stopped", file=sys.stderr, flush=True)
-        return 130
+    with sigterm_raises():
+        try:
+            return args.func(args)
+        except HarnessError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return err.exit_code
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (harness.signals.Interrupted)
+            if "ray" in sys.modules:  # Ray workers and actors of a command not inside a job (tune, between jobs)
+                from harness.train.ray_run import stop_ray
+
+                with cleaning_up():
+                    stop_ray()
+            print(f"interrupted ({describe(err)}): harness {args.command} stopped", file=sys.stderr, flush=True)
+            return exit_code(err)
 
 
 if __name__ == "__main__":

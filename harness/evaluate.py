@@ -161,9 +161,9 @@ def _describe(src: ModelSource) -> str:
 
 
 def eval_job(spec: JobSpec, models: list[ModelSource] | None = None, progress: bool = True,
-             overwrite: bool = False) -> JobResult:
+             overwrite: bool = False, resume: bool = False) -> JobResult:
     """Score `models` (and the spec's `models:`) without training against the job's reference models and write
-    the results contract under the spec's out dir."""
+    the results contract under the spec's out dir; `resume` reuses the scores an interrupted attempt kept."""
     given = [*spec.models, *(models or [])]
     if not given:
         raise SpecError("no model to score: pass --model NAME=SOURCE or --adapter DIR, or list `models:` in the spec")
@@ -176,7 +176,7 @@ def eval_job(spec: JobSpec, models: list[ModelSource] | None = None, progress: b
     spec = spec.model_copy(update={"models": given})
     extra = [reference_seed_for(spec, seed) for s in resolved for seed in seeds_of[id(s)]]
     return staged_job(spec, lambda ctx: _score_given(ctx, resolved, seeds_of, job_base), progress, overwrite,
-                      extra_ref_seeds=extra)
+                      extra_ref_seeds=extra, resume=resume)
 
 
 def _score_given(ctx: JobContext, resolved: list[ModelSource], seeds_of: dict[int, list[int]],

@@ -29,14 +29,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from harness.config import StrictModel, load_yaml, validate_config
 from harness.errors import HarnessError, SpecError
 from harness.results import ensure_writable_dir, read_json_file, read_parquet_file
 from harness.run_dir import require_finished
 from harness.spec import JobSpec, load_spec
-from harness.specbase import StrictModel
 from harness.tracking import TrackingSpec
 
 Glob = str | list[str]
@@ -180,13 +179,7 @@ class SuiteSpec(StrictModel):
 def load_suite(path: str | Path) -> SuiteSpec:
     """Read a suite YAML; job spec paths are resolved relative to the suite file's directory."""
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"suite spec {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise SpecError(f"suite spec {path} is not valid YAML: {err}") from None
-    suite = validate_suite(data, str(path))
+    suite = validate_suite(load_yaml(path, "suite spec"), str(path))
     jobs = [j.model_copy(update={"spec": str(_resolve(j.spec, path.parent))}) for j in suite.jobs]
     return suite.model_copy(update={"jobs": jobs})
 
@@ -198,16 +191,7 @@ def _resolve(spec: str, base: Path) -> Path:
 
 def validate_suite(data: Any, source: str = "") -> SuiteSpec:
     """Validate raw suite data, raising SpecError with one line per bad field path."""
-    if not isinstance(data, dict):
-        raise SpecError(f"invalid suite spec {source}: expected a mapping at the top level")
-    try:
-        return SuiteSpec.model_validate(data)
-    except ValidationError as err:
-        lines = [f"invalid suite spec {source}:"]
-        for e in err.errors():
-            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            lines.append(f"  {where}: {e['msg'].removeprefix('Value error, ')}")
-        raise SpecError("\n".join(lines)) from None
+    return validate_config(SuiteSpec, data, "suite spec", source)
 
 
 def resolve_jobs(suite: SuiteSpec, run_dir: Path, overrides: Sequence[str] = ()) -> list[tuple[str, JobSpec]]:
@@ -446,13 +430,17 @@ def job_rows(job: str, out_dir: Path) -> tuple[pd.DataFrame, str | None]:
 
 
 def run_suite(suite: SuiteSpec | str | Path, history_path: str | Path | None = None, baseline: str | None = None,
-              overrides: Sequence[str] = (), out: str | Path | None = None, progress: bool = True) -> SuiteResult:
+              overrides: Sequence[str] = (), out: str | Path | None = None, progress: bool = True,
+              resume: bool = False) -> SuiteResult:
     """Run every job of the suite, append to the history, compare with the baseline, write the report.
 
     `baseline` (a run id, or `latest` for the previous run) pins the baseline, overriding the suite's.
-    `overrides` are `--set` assignments applied to every job after its own.
+    `overrides` are `--set` assignments applied to every job after its own. `resume` continues the latest
+    nightly run without a report: its finished jobs are kept, the others resume (`harness run --resume`).
     """
     from harness.pipeline import log, run_job
+    from harness.resume import check_resumable
+    from harness.run_dir import has_results
 
     if not isinstance(suite, SuiteSpec):
         suite = load_suite(suite)
@@ -460,6 +448,10 @@ def run_suite(suite: SuiteSpec | str | Path, history_path: str | Path | None = N
     started = dt.datetime.now(dt.UTC)
     run_id = new_run_id(started)
     suite_out = Path(out or suite.out).expanduser()
+    unfinished = sorted(p.name for p in suite_out.glob("*T*Z-*") if not (p / "nightly_report.md").exists())
+    if resume and unfinished:
+        run_id = unfinished[-1]
+        log(f"nightly {suite.name}: resuming the unfinished run {run_id}")
     run_dir = suite_out / run_id
     jobs = resolve_jobs(suite, run_dir, overrides)
     if suite.tracking is not None:
@@ -479,15 +471,22 @@ def run_suite(suite: SuiteSpec | str | Path, history_path: str | Path | None = N
     if mode == "pinned" and pinned and pinned not in set(history["run_id"]):
         raise HarnessError(f"baseline run {pinned!r} is not in the history {history_path}")
 
+    for _, spec in jobs if resume else []:  # a changed spec is refused before anything runs
+        check_resumable(spec.out_dir().expanduser().absolute(), spec.model_dump(mode="json"))
     frames, outs, failures = [], {}, {}
     for name, spec in jobs:
         if progress:
             log(f"nightly {suite.name} {run_id}: job {name}")
         failed = 0.0
         try:
-            result = run_job(spec, progress=progress)
-            metrics, commit = job_rows(name, result.out_dir)
-            outs[name] = result.out_dir
+            if resume and has_results(spec.out_dir()):
+                log(f"job {name} finished before the interruption: kept, not rerun")
+                job_out = spec.out_dir()
+            else:
+                job_out = (run_job(spec, progress=progress, resume=True) if resume else
+                           run_job(spec, progress=progress)).out_dir
+            metrics, commit = job_rows(name, job_out)
+            outs[name] = job_out
         except Exception as err:  # noqa: BLE001 - a failed job is a regression, the suite goes on
             failures[name] = f"{type(err).__name__}: {err}"
             if progress:

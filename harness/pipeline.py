@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,10 +45,12 @@ from harness.results import (
     frame,
     read_parquet_file,
 )
-from harness.run_dir import RunDirectory, require_finished, sigint_deferred
+from harness.resume import SCORES_DIR, earlier_runs, load_scores, save_scores
+from harness.run_dir import RunDirectory, require_finished
 from harness.run_record import record_models
+from harness.signals import cleaning_up, describe
 from harness.spec import JobSpec, dump_spec
-from harness.train.ray_run import TrainRequest, TrainRun, run_key, run_unlearning_many, stop_ray
+from harness.train.ray_run import TrainRequest, run_key, run_unlearning_many, stop_ray
 
 REFERENCE_METHODS = ("target", "retain")
 
@@ -112,16 +115,35 @@ def _in_memory_model(name: str, refs: References, adapter_dir: str | Path | None
 
 def score_all(bench: Benchmark, refs: dict[int, References],
               sources: Mapping[ModelKey, ScoredModel | tuple[str, str | Path | None]],
-              spec: JobSpec, device: torch.device) -> dict[ModelKey, ModelScores]:
+              spec: JobSpec, device: torch.device, cache: Path | None = None) -> dict[ModelKey, ModelScores]:
     """Score every model ((name, seed) -> ScoredModel, or (model dir, adapter dir or None)).
 
     With `eval.workers` > 1 the models are scored together on Ray: each gets a group of long-lived
     scoring workers that load it once (harness.eval.parallel); otherwise one after another here.
+    With a `cache` directory, each model's scores are kept there as they are computed, and scores kept by
+    an earlier attempt of the job for the same model are reused (harness.resume).
     """
     if _lm_eval_tasks(spec) and bench.modality != "text":
         raise SpecError(f"eval.lm_eval_tasks: lm-evaluation-harness tasks score language models; benchmark "
                         f"{bench.name!r} is {bench.modality}")
-    models = {key: src if isinstance(src, ScoredModel) else ScoredModel(*src) for key, src in sources.items()}
+    every = {key: src if isinstance(src, ScoredModel) else ScoredModel(*src) for key, src in sources.items()}
+    kept = load_scores(cache, {k: (m.source, m.adapter) for k, m in every.items()}) if cache else {}
+    if kept:
+        log(f"reusing the scores of {', '.join(run_key(*k) for k in kept)} from the interrupted run")
+    models = {key: src for key, src in every.items() if key not in kept}
+    scored = _score_models(bench, refs, models, spec, device, cache)
+    return {key: kept[key] if key in kept else scored[key] for key in every}
+
+
+def _score_models(bench: Benchmark, refs: dict[int, References], models: dict[ModelKey, ScoredModel],
+                  spec: JobSpec, device: torch.device, cache: Path | None) -> dict[ModelKey, ModelScores]:
+    """`score_all` on the models not scored yet, each one's scores kept in `cache` once computed."""
+    def keep(key: ModelKey) -> None:
+        if cache is not None:
+            save_scores(cache, key, models[key].source, models[key].adapter, scores[key])
+
+    if not models:
+        return {}
     default = next(iter(refs.values())).processor
     if spec.eval.workers > 1:
         from harness.eval.parallel import ScoringPool
@@ -141,6 +163,8 @@ def score_all(bench: Benchmark, refs: dict[int, References],
                 model, processor = _driver_model(key, src, refs, spec)
                 scores[key].metric_rows = _lm_eval_rows(key, model.to(device), processor or default, spec, device)
                 del model
+        for key in models:
+            keep(key)
         return scores
     scores = {}
     for key, src in models.items():
@@ -149,6 +173,7 @@ def score_all(bench: Benchmark, refs: dict[int, References],
         model = model.to(device)
         scores[key] = score_model(bench, model, processor or default, spec, device)
         scores[key].metric_rows = _lm_eval_rows(key, model, processor or default, spec, device)
+        keep(key)
         del model
     return scores
 
@@ -264,6 +289,8 @@ class JobContext:
     refs: dict[int, References]
     started: dt.datetime
     timings: dict[str, float] = field(default_factory=dict)
+    #: whether it continues an interrupted or failed attempt (`--resume`) whose staging it writes into
+    resumed: bool = False
 
     @property
     def ref_seeds(self) -> list[int]:
@@ -272,14 +299,16 @@ class JobContext:
 
 
 def staged_job(spec: JobSpec, work: Callable[[JobContext], JobResult], progress: bool = True,
-               overwrite: bool = False, extra_ref_seeds: Sequence[int] = ()) -> JobResult:
+               overwrite: bool = False, extra_ref_seeds: Sequence[int] = (), resume: bool = False) -> JobResult:
     """Start a job and run `work` on it (train and/or score, write the results contract), in a staging
     directory; shared by `harness run` and `harness eval`.
 
     Bad input (spec, model, data, an out dir that cannot take the results) fails before anything is
     written. The run stages its files beside the out dir and replaces the out dir only once it has
     finished (harness.run_dir); an out dir with a finished run's results is refused unless `overwrite`.
-    Ctrl-C stops the run's Ray workers, marks the out dir interrupted and re-raises KeyboardInterrupt.
+    Ctrl-C or SIGTERM stops the run's Ray workers, marks the out dir interrupted (its staging directory kept
+    when it holds progress) and re-raises the KeyboardInterrupt. `resume` continues the staging directory an
+    interrupted or failed attempt with the same spec left (harness.resume).
     """
     from harness.plan import preflight
 
@@ -290,25 +319,40 @@ def staged_job(spec: JobSpec, work: Callable[[JobContext], JobResult], progress:
         torch.set_num_threads(spec.resources.threads)
     log(f"job {spec.name}: loading benchmark {spec.benchmark.name} ({spec.benchmark.source})")
     bench = load_benchmark(spec.benchmark)  # bad data fails here, before anything is written
-    with RunDirectory(spec.out_dir(), overwrite) as run_dir:
+    from harness.resume import check_same_spec
+
+    dumped = spec.model_dump(mode="json")
+    with RunDirectory(spec.out_dir(), overwrite, resume, lambda old: check_same_spec(old, dumped)) as run_dir:
+        if resume:
+            log(f"resuming the interrupted run staged in {run_dir.staging}" if run_dir.resumed else
+                f"--resume: no interrupted run of {run_dir.out} to continue; starting from the beginning")
         try:
             ctx = start_job(spec, run_dir.staging, bench, device, started, progress, extra_ref_seeds)
+            ctx.resumed = run_dir.resumed is not None
             result = work(ctx)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             kept = f"; the earlier results in {run_dir.out} are kept" if run_dir.keeps_results else \
                 f"; {run_dir.out} is marked interrupted"
-            log(f"run interrupted (Ctrl-C): stopping its Ray workers{kept}")
-            with sigint_deferred():
+            log(f"run interrupted ({describe(err)}): stopping its Ray workers{kept}{_resume_hint(run_dir)}")
+            with cleaning_up():
                 stop_ray()
             raise
         except BaseException as err:
             if run_dir.keeps_results:
-                log(f"run failed ({type(err).__name__}); the earlier results in {run_dir.out} are kept")
+                log(f"run failed ({type(err).__name__}); the earlier results in {run_dir.out} are kept"
+                    f"{_resume_hint(run_dir)}")
+            elif run_dir.resumable():
+                log(f"run failed ({type(err).__name__}){_resume_hint(run_dir)}")
             raise
         out = run_dir.commit()
     _track(spec, out)
     log(f"done in {(dt.datetime.now(dt.UTC) - started).total_seconds():.1f}s; results in {out}")
     return JobResult(out, result.summary, result.diverged)
+
+
+def _resume_hint(run_dir: RunDirectory) -> str:
+    return f"; its progress stays in {run_dir.staging}: rerun with --resume to continue" if run_dir.resumable() \
+        else ""
 
 
 def start_job(spec: JobSpec, out: Path, bench: Benchmark, device: torch.device, started: dt.datetime,
@@ -359,7 +403,7 @@ def score_and_write(ctx: JobContext, sources: dict[ModelKey, ScoredModel], names
     training = training or Training()
     record_models(out, {key: (src.source, src.adapter) for key, src in sources.items()})
     t0 = time.perf_counter()
-    scores = score_all(bench, refs, sources, spec, ctx.device)
+    scores = score_all(bench, refs, sources, spec, ctx.device, cache=out / SCORES_DIR)
     scores.update({key: scores[of] for key, of in (copies or {}).items()})
     ctx.timings["score_s"] = time.perf_counter() - t0
 
@@ -404,17 +448,18 @@ def score_and_write(ctx: JobContext, sources: dict[ModelKey, ScoredModel], names
     env["timings_s"] = {k: round(v, 2) for k, v in ctx.timings.items()}
     env["run_seconds"] = {key: round(s, 2) for key, s in training.run_seconds.items()}
     atomic_write_json(out / "env.json", env)
+    shutil.rmtree(out / SCORES_DIR, ignore_errors=True)  # kept for a resume only; the results are written
     any_diverged = {name: k > 0 for name, (k, _) in training.diverged.items()}
     return JobResult(out, summary, any_diverged)
 
 
-def run_job(spec: JobSpec, progress: bool = True, overwrite: bool = False) -> JobResult:
+def run_job(spec: JobSpec, progress: bool = True, overwrite: bool = False, resume: bool = False) -> JobResult:
     """Run a whole job (references, training, scoring) and write the results contract (DESIGN.md section 4)
-    under its out dir; see `staged_job` for the out dir's life cycle."""
+    under its out dir; see `staged_job` for the out dir's life cycle and `resume`."""
     if not spec.methods:
         raise SpecError("methods: `harness run` trains at least one method; to score the spec's `models:` "
                         "without training, use `harness eval`")
-    return staged_job(spec, lambda ctx: _train_and_score(ctx, progress), progress, overwrite)
+    return staged_job(spec, lambda ctx: _train_and_score(ctx, progress), progress, overwrite, resume=resume)
 
 
 def _train_and_score(ctx: JobContext, progress: bool) -> JobResult:
@@ -422,10 +467,14 @@ def _train_and_score(ctx: JobContext, progress: bool) -> JobResult:
     spec = ctx.spec
     t0 = time.perf_counter()
     requests = train_requests(spec, ctx.bench, ctx.refs)
-    log(f"training {len(requests)} run(s) ({len(spec.methods)} method(s) x {len(spec.seeds)} seed(s)) "
-        f"on {spec.resources.num_workers} worker(s)")
-    runs: dict[str, TrainRun] = run_unlearning_many(requests, spec, ctx.out, modality=ctx.bench.modality,
-                                                    progress=progress)
+    runs, todo, partial = earlier_runs(ctx.out, requests, log) if ctx.resumed else ({}, requests, {})
+    log(f"training {len(todo)} run(s) ({len(spec.methods)} method(s) x {len(spec.seeds)} seed(s)"
+        + (f", {len(runs)} reused" if runs else "") + f") on {spec.resources.num_workers} worker(s)")
+    if todo:
+        from harness.resume import next_train_run_name
+
+        runs.update(run_unlearning_many(todo, spec, ctx.out, modality=ctx.bench.modality, progress=progress,
+                                        name=next_train_run_name(ctx.out), resume_from=partial))
     ctx.timings["train_s"] = time.perf_counter() - t0
 
     notes: list[str] = []

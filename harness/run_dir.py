@@ -7,12 +7,15 @@
   refused (OutputError naming it).
 - **Staging.** Every file of the run goes into `<parent>/.<name>.staging-<pid>`; only when the run has
   finished does that directory replace the out dir (two renames; the earlier results are then deleted).
-  A run that fails or is interrupted deletes its staging directory: an earlier run's files stay
-  byte-identical. Staging directories a killed run left behind are removed by the next run.
+  A run that fails or is interrupted (SIGINT or SIGTERM) keeps its staging directory when it holds progress
+  to resume (`RESUMABLE`: Ray Train checkpoints, scores), else deletes it; either way an earlier run's files
+  stay byte-identical. `resume` adopts the latest staging directory left behind (after `check_resume`
+  accepts it, e.g. the same spec); without it, the next run removes what earlier attempts left.
 - **status.json.** The out dir's record of its state: `running`, `finished`, `failed` (with its `reason`)
-  or `interrupted`, written atomically. While an out dir holds a finished run's results, its status.json
-  is that run's (a failed rerun with `--overwrite` leaves it as it was); otherwise it is the latest
-  attempt's. Readers (`report`, `export`, `eval`, `nightly`, `sweep`) call `require_finished`.
+  or `interrupted` (with its `signal`), written atomically. While an out dir holds a finished run's
+  results, its status.json is that run's (a failed rerun with `--overwrite` leaves it as it was);
+  otherwise it is the latest attempt's. Readers (`report`, `export`, `eval`, `nightly`, `sweep`) call
+  `require_finished`.
 - **Used out dirs.** One holding a finished run's results is refused without `overwrite` (exit 2 naming it);
   a non-empty directory that is not a run directory is always refused (replacing it would delete its files).
 """
@@ -22,11 +25,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import signal
 import socket
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,12 +36,17 @@ from filelock import FileLock, Timeout
 import harness
 from harness.errors import DataError, HarnessError, OutputError
 from harness.results import atomic_write_json, ensure_writable_dir, read_json_file
+from harness.signals import cleaning_up, signal_name, signals_deferred
 
 STATUS_NAME = "status.json"
 STATUS_FORMAT = 1
 STATES = ("running", "finished", "failed", "interrupted")
 #: Files whose presence makes a directory a run directory (older harness versions wrote no status.json).
 RUN_FILES = (STATUS_NAME, "spec.yaml", "env.json", "metrics.parquet")
+#: What in a staging directory is worth resuming: Ray Train checkpoints (`ray/`) and scores (`scores/`).
+RESUMABLE = ("ray", "scores")
+#: Ctrl-C (and SIGTERM) cannot cut a block in this context short (kept under its old name).
+sigint_deferred = signals_deferred
 
 
 def _now() -> str:
@@ -127,27 +132,18 @@ def check_out_dir(out: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
-@contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """Ignore Ctrl-C while cleaning up after one (main thread only), so a second press cannot cut it short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 class RunDirectory:
     """The out dir of one run: lock it, stage into a sibling directory, and `commit` the results at the end.
 
     Use as a context manager; `staging` is where the run writes. Leaving the block without `commit`
-    (an exception) records `failed` (with the error as reason) or, on KeyboardInterrupt, `interrupted`.
+    (an exception) records `failed` (with the error as reason) or, on KeyboardInterrupt (SIGINT, SIGTERM),
+    `interrupted` with the signal; the staging directory stays when it is `resumable`.
+    With `resume`, the latest staging directory an earlier attempt left is adopted (`resumed` names it) once
+    `check_resume(its path)` returns (it raises to refuse: nothing is changed then).
     """
 
-    def __init__(self, out: str | Path, overwrite: bool = False) -> None:
+    def __init__(self, out: str | Path, overwrite: bool = False, resume: bool = False,
+                 check_resume: Callable[[Path], None] | None = None) -> None:
         self.out = Path(out).expanduser().absolute()
         if self.out.is_symlink():  # the renames replace the directory it points to, not the link
             self.out = self.out.resolve()
@@ -155,12 +151,37 @@ class RunDirectory:
         self.staging = self.out.with_name(f".{self.out.name}.staging-{os.getpid()}")
         self.started = _now()
         self.state: str | None = None
+        self.resume, self._check_resume = resume, check_resume
+        self.resumed: Path | None = None  #: the earlier attempt's staging directory this run continues
         self._lock = FileLock(str(self.out.with_name(f".{self.out.name}.lock")))
 
-    def _record(self, state: str, reason: str | None = None, ended: bool = False) -> dict[str, Any]:
-        return {"format_version": STATUS_FORMAT, "state": state, "reason": reason, "pid": os.getpid(),
-                "host": socket.gethostname(), "harness_version": harness.__version__, "started": self.started,
-                "ended": _now() if ended else None}
+    def _record(self, state: str, reason: str | None = None, ended: bool = False,
+                signal: str | None = None) -> dict[str, Any]:
+        record = {"format_version": STATUS_FORMAT, "state": state, "reason": reason, "pid": os.getpid(),
+                  "host": socket.gethostname(), "harness_version": harness.__version__, "started": self.started,
+                  "ended": _now() if ended else None}
+        if signal is not None:
+            record["signal"] = signal
+        if state in ("failed", "interrupted") and self.resumable():
+            record["resume"] = str(self.staging)  # what `--resume` continues from
+        return record
+
+    def resumable(self) -> bool:
+        """Whether the staging directory holds progress a `--resume` can continue from (`RESUMABLE`)."""
+        return any((self.staging / name).is_dir() and any((self.staging / name).iterdir()) for name in RESUMABLE)
+
+    def _adopt_earlier_staging(self) -> None:
+        """With `resume`: the latest staging directory left by an earlier attempt becomes this run's (after
+        `check_resume`); every other one is removed (the lock holder is the only writer)."""
+        earlier = sorted(self.out.parent.glob(f".{self.out.name}.staging-*"), key=lambda p: p.stat().st_mtime)
+        latest = earlier.pop() if self.resume and earlier else None
+        if latest is not None and self._check_resume is not None:
+            self._check_resume(latest)
+        for old in earlier:
+            shutil.rmtree(old, ignore_errors=True)  # left by a killed run or an attempt not resumed
+        if latest is not None:
+            latest.rename(self.staging)
+            self.resumed = latest
 
     def __enter__(self) -> RunDirectory:
         check_out_dir(self.out, self.overwrite)
@@ -173,14 +194,14 @@ class RunDirectory:
             raise OutputError(f"cannot lock output directory {self.out} ({self._lock.lock_file}): {err}") from None
         try:
             check_out_dir(self.out, self.overwrite)  # again, now that no other run can change it
-            for old in self.out.parent.glob(f".{self.out.name}.staging-*"):
-                shutil.rmtree(old, ignore_errors=True)  # left by a killed run (the lock holder is the only writer)
-            self.staging.mkdir()
+            self._adopt_earlier_staging()
+            self.staging.mkdir(exist_ok=self.resumed is not None)
             self.keeps_results = has_results(self.out)
             if not self.keeps_results:
                 atomic_write_json(self.out / STATUS_NAME, self._record("running"))
         except BaseException:
-            shutil.rmtree(self.staging, ignore_errors=True)
+            if self.resumed is None:
+                shutil.rmtree(self.staging, ignore_errors=True)
             self._lock.release()
             raise
         return self
@@ -189,7 +210,7 @@ class RunDirectory:
         """Mark the staged run finished and put it in place of the out dir; returns the out dir."""
         atomic_write_json(self.staging / STATUS_NAME, self._record("finished", ended=True))
         aside = self.out.with_name(f".{self.out.name}.replaced-{os.getpid()}")
-        with sigint_deferred():
+        with signals_deferred():
             try:
                 if self.out.exists():
                     self.out.rename(aside)
@@ -204,15 +225,17 @@ class RunDirectory:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        with sigint_deferred():
+        interrupted = exc is not None and isinstance(exc, KeyboardInterrupt)
+        with cleaning_up() if interrupted else signals_deferred():
             try:
                 if self.state is None:
-                    interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
                     self.state = "interrupted" if interrupted else "failed"
                     reason = None if interrupted else _reason(exc)
+                    sig = signal_name(exc) if interrupted and exc is not None else None
                     if not self.keeps_results:
-                        atomic_write_json(self.out / STATUS_NAME, self._record(self.state, reason, ended=True))
-                shutil.rmtree(self.staging, ignore_errors=True)
+                        atomic_write_json(self.out / STATUS_NAME, self._record(self.state, reason, True, sig))
+                if self.state == "finished" or not self.resumable():
+                    shutil.rmtree(self.staging, ignore_errors=True)
             finally:
                 self._lock.release()
 

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, field_validator, model_validator
 
+from harness.config import load_yaml, validate_config
 from harness.errors import SpecError
 from harness.eval.lm_eval_tasks import LmEvalSpec
 from harness.eval.model_source import ModelSource
@@ -364,25 +365,6 @@ class JobSpec(StrictModel):
         return Path(self.out.format(name=self.name)).expanduser()
 
 
-def error_lines(err: ValidationError) -> list[str]:
-    """One `path: message` line per validation error, in the words of a spec (unknown names listed)."""
-    lines = []
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "union_tag_invalid":
-            known = str(e["ctx"]["expected_tags"]).replace("'", "")
-            msg = f"unknown name {e['ctx']['tag']!r} (known: {known})"
-        elif e["type"] == "union_tag_not_found":
-            msg = "needs a `name`"
-        lines.append(f"  {path}: {msg}")
-    return lines
-
-
-def _format_errors(err: ValidationError, source: str) -> str:
-    return "\n".join([f"invalid job spec {source}:", *error_lines(err)])
-
-
 def _parse_value(text: str) -> Any:
     try:
         return yaml.safe_load(text)
@@ -427,12 +409,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> dict[str, Any]:
 
 def validate_spec(data: Any, source: str = "") -> JobSpec:
     """Validate raw spec data, raising SpecError with one line per bad field path."""
-    if not isinstance(data, dict):
-        raise SpecError(f"invalid job spec {source}: expected a mapping at the top level")
-    try:
-        return JobSpec.model_validate(data)
-    except ValidationError as err:
-        raise SpecError(_format_errors(err, source)) from None
+    return validate_config(JobSpec, data, "job spec", source)
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
@@ -442,15 +419,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
 
 def read_spec_data(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """The raw data of a YAML job spec with `--set` overrides applied, not yet validated."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"job spec {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise SpecError(f"job spec {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"invalid job spec {path}: expected a mapping at the top level")
+    data = load_yaml(path, "job spec")
     for assignment in overrides or []:
         data = apply_override(data, assignment)
     return data

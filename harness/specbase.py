@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, Discriminator, Field, Tag
 
+from harness.config import StrictModel
 from harness.registry import Registry
 
-
-class StrictModel(BaseModel):
-    """Base for spec sections: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+__all__ = ["BENCHMARK_OPTIONS", "BenchmarkOptions", "ObjectiveOptions", "StrictModel", "tagged_union"]
 
 
 class BenchmarkOptions(StrictModel):

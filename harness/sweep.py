@@ -37,13 +37,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
+from harness.config import StrictModel, load_config
 from harness.errors import SpecError
 from harness.results import atomic_write_parquet, atomic_write_text, read_parquet_file
 from harness.run_dir import require_finished
-from harness.spec import JobSpec, apply_override, error_lines, validate_spec
-from harness.specbase import StrictModel
+from harness.spec import JobSpec, apply_override, validate_spec
 
 METHOD_SECTIONS = ("adapter", "objective", "train")
 _DISTRIBUTIONS = ("choice", "uniform", "loguniform")
@@ -96,15 +96,7 @@ class SweepSpec(StrictModel):
 
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and validate a sweep file."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"sweep file {path} does not exist")
-    try:
-        return SweepSpec.model_validate(yaml.safe_load(path.read_text()) or {})
-    except yaml.YAMLError as err:
-        raise SpecError(f"sweep file {path} is not valid YAML: {err}") from None
-    except ValidationError as err:
-        raise SpecError("\n".join([f"invalid sweep file {path}:", *error_lines(err)])) from None
+    return load_config(SweepSpec, path, "sweep file")
 
 
 def _draw(value: Any, rng: random.Random) -> Any:
@@ -209,10 +201,16 @@ def _final_rows(out: Path, spec: JobSpec, named: dict[str, dict[str, Any]]) -> p
     return pd.DataFrame(rows)
 
 
-def run_sweep(base: JobSpec, sweep: SweepSpec, out: Path, progress: bool = True) -> Path:
-    """Run every job of the sweep and write sweep.parquet, sweep.md and the plots under `out`."""
+def run_sweep(base: JobSpec, sweep: SweepSpec, out: Path, progress: bool = True, resume: bool = False) -> Path:
+    """Run every job of the sweep and write sweep.parquet, sweep.md and the plots under `out`.
+
+    `resume` continues an interrupted sweep: a job whose directory holds finished results of the same spec is
+    kept, the others resume (`harness run --resume`); a job whose spec differs is refused (SpecError).
+    """
     from harness.pipeline import log, run_job
     from harness.results import ensure_writable_dir
+    from harness.resume import check_resumable
+    from harness.run_dir import has_results
 
     ensure_writable_dir(out)
     jobs = sweep_jobs(base, sweep)
@@ -225,8 +223,13 @@ def run_sweep(base: JobSpec, sweep: SweepSpec, out: Path, progress: bool = True)
             from harness.tracking import resolve_uri, with_store
 
             spec = with_store(spec, resolve_uri(spec.tracking, out), f"sweep-{base.name}")
-        # The job dirs belong to the sweep: a rerun of the sweep into its out dir replaces them.
-        run_job(spec.model_copy(update={"out": str(job_out)}), progress=progress, overwrite=True)
+        spec = spec.model_copy(update={"out": str(job_out)})
+        if resume:
+            check_resumable(job_out.expanduser().absolute(), spec.model_dump(mode="json"))
+        if resume and has_results(job_out):
+            log(f"sweep: job {spec.name} finished before the interruption: kept, not rerun")
+        else:  # the job dirs belong to the sweep: a rerun of the sweep into its out dir replaces them
+            run_job(spec, progress=progress, overwrite=True, resume=resume)
         frames.append(_final_rows(job_out, spec, named))
         logs.append(read_parquet_file(job_out / "train_log.parquet", "training log").assign(job=spec.name))
     table = pd.concat(frames, ignore_index=True)

@@ -19,18 +19,15 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
+from harness.config import StrictModel, load_config
 from harness.errors import SpecError
 from harness.results import atomic_write_parquet, atomic_write_text
 from harness.spec import JobSpec, apply_override, dump_spec, validate_spec
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SearchObjective(_Strict):
+class SearchObjective(StrictModel):
     """A final metric the search optimises (forget quality up, model utility up, ...)."""
 
     metric: str
@@ -38,14 +35,14 @@ class SearchObjective(_Strict):
     mode: Literal["max", "min"] = "max"
 
 
-class Proxy(_Strict):
+class Proxy(StrictModel):
     """An in-training metric (from the trainer's reports) that ASHA stops trials on."""
 
     metric: str = "loss_retain"
     mode: Literal["max", "min"] = "min"
 
 
-class Asha(_Strict):
+class Asha(StrictModel):
     """ASHA settings, in units of trainer reports."""
 
     grace_period: int = Field(2, ge=1)
@@ -53,7 +50,7 @@ class Asha(_Strict):
     max_t: int = Field(100, ge=1)
 
 
-class TuneSpace(_Strict):
+class TuneSpace(StrictModel):
     """A search space over the settings of one method of a job spec (dotted paths inside the method)."""
 
     method: str | None = None
@@ -81,16 +78,7 @@ _DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 
 def load_space(path: str | Path) -> TuneSpace:
     """Read and validate a search-space YAML file."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"search space {path} does not exist")
-    try:
-        return TuneSpace.model_validate(yaml.safe_load(path.read_text()) or {})
-    except ValidationError as err:
-        lines = [f"invalid search space {path}:"]
-        lines += [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-                  for e in err.errors()]
-        raise SpecError("\n".join(lines)) from None
+    return load_config(TuneSpace, path, "search space")
 
 
 def _domain(dist: dict[str, Any]) -> Any:

@@ -329,3 +329,32 @@ def test_cli_exit_codes(suite_file: Path, capsys: pytest.CaptureFixture) -> None
     other = suite_file.parent / "other.parquet"
     assert main(["nightly", str(suite_file), "--history", str(other)]) == 0
     assert read_history(other)["run_id"].nunique() == 1
+
+
+def test_resume_continues_the_unfinished_run_keeping_its_finished_jobs(suite_file: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.pipeline
+    from harness.signals import Interrupted
+
+    calls: list[tuple[str, bool]] = []
+
+    def stopped_at_the_second_job(spec, progress=True, resume=False):  # noqa: ANN001, ANN202
+        calls.append((spec.out_dir().name, resume))
+        if spec.out_dir().name == "tiny2":
+            raise Interrupted(15)  # SIGTERM while the second job runs
+        return _fake_run_job(spec, progress)
+
+    monkeypatch.setattr(harness.pipeline, "run_job", stopped_at_the_second_job)
+    with pytest.raises(Interrupted):
+        run_suite(suite_file, progress=False)
+    (unfinished,) = list((suite_file.parent / "runs").iterdir())
+    assert not (suite_file.parent / "history.parquet").exists()
+
+    calls.clear()
+    monkeypatch.setattr(harness.pipeline, "run_job", lambda spec, progress=True, resume=False: (
+        calls.append((spec.out_dir().name, resume)), _fake_run_job(spec, progress))[1])
+    resumed = run_suite(suite_file, progress=False, resume=True)
+    assert resumed.run_id == unfinished.name and calls == [("tiny2", True)]  # tiny is kept, not rerun
+    assert set(read_history(suite_file.parent / "history.parquet")["job"]) == {"tiny", "tiny2"}
+    fresh = run_suite(suite_file, progress=False, resume=True)  # nothing unfinished: a new run
+    assert fresh.run_id != resumed.run_id

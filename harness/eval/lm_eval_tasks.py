@@ -34,8 +34,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from harness.config import StrictModel
 from harness.errors import DataError, HarnessError, SpecError
 
 #: z for a two-sided 95% normal interval around lm-eval's standard error.
@@ -43,10 +44,8 @@ Z_95 = 1.959963984540054
 BENCHMARK = "lm_eval"
 
 
-class LmEvalSpec(BaseModel):
+class LmEvalSpec(StrictModel):
     """lm-evaluation-harness tasks to run on each scored model (a bare list means `tasks`)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     tasks: list[str] = Field(default_factory=list, description="lm-eval task or group names")
     include_path: str | None = Field(None, description="directory of extra task YAML files")

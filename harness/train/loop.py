@@ -8,8 +8,10 @@ the next run starts. A run's checkpoints (DeepSpeed engine state + PEFT-format a
 far, plus the objective's preparation result) go through `ray.train.report`; its last one is marked `done`.
 A restarted worker group resumes from the latest checkpoint: finished runs are skipped, an unfinished one
 resumes at its step with its preparation loaded, not recomputed, so each step's telemetry appears exactly
-once. Rank 0 also streams every step to an optional progress actor. With `train.sensitivity`, each run
-trains a perturbed twin in lockstep and logs their distance per step (harness/train/twin.py).
+once. A run named in `config["resume_from"]` (a resumed job, harness.resume) starts from that checkpoint of
+an earlier attempt the same way. Rank 0 also streams every step to an optional progress actor. With
+`train.sensitivity`, each run trains a perturbed twin in lockstep and logs their distance per step
+(harness/train/twin.py).
 """
 
 from __future__ import annotations
@@ -181,6 +183,14 @@ def _latest_checkpoint() -> _Resume | None:
     return _Resume(state["run"], bool(state.get("done")), state, checkpoint)
 
 
+def _earlier_checkpoint(path: str, index: int) -> _Resume:
+    """A checkpoint an earlier, interrupted attempt of the job left for this run (`harness run --resume`)."""
+    from ray.train import Checkpoint
+
+    state = json.loads((Path(path) / STATE_FILE).read_text())
+    return _Resume(index, False, state, Checkpoint.from_directory(path))
+
+
 class _Worker:
     """What a worker keeps across runs: its rank, device, modality, processor, encoded data and the
     pristine target model each run starts from."""
@@ -260,6 +270,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     first = 0 if resume is None else resume.run + int(resume.done)
     for index in range(first, len(config["runs"])):
         partial = resume if resume is not None and resume.run == index and not resume.done else None
+        if resume is None and config["runs"][index]["key"] in config.get("resume_from", {}):
+            partial = _earlier_checkpoint(config["resume_from"][config["runs"][index]["key"]], index)
         _train_run(worker, index, partial)
         gc.collect()
         if worker.device.type == "cuda":

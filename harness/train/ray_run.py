@@ -22,6 +22,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.results import atomic_write_json
+from harness.signals import cleaning_up, handle_sigterm
 from harness.spec import JobSpec, MethodSpec
 from harness.train.deepspeed_config import build_deepspeed_config
 from harness.train.loop import ADAPTER_DIR, RUN_DONE_KEY, STATE_FILE, train_loop_per_worker
@@ -104,6 +105,7 @@ def ensure_ray(address: str | None = None) -> None:
         # Each worker process hides the library noise the driver hides (harness.console) before it runs a task.
         ray.init(include_dashboard=True, log_to_driver=False, configure_logging=False,
                  runtime_env={"worker_process_setup_hook": "harness.console.quiet_libraries"})
+    handle_sigterm()  # ray.init replaced it with Ray's own (exit at once, no clean-up)
 
 
 def stop_ray() -> None:
@@ -163,15 +165,13 @@ def _trainer_class() -> type:
 
 def fit_keeping_sigint(trainer: Any) -> Any:
     """`trainer.fit()`; the SIGINT handler in place before it is in place after it (Ray Train installs its
-    own); on Ctrl-C the trainer's workers are stopped and KeyboardInterrupt propagates."""
+    own); on Ctrl-C or SIGTERM the trainer's workers are stopped and the KeyboardInterrupt propagates."""
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if main else None
     try:
         return trainer.fit()
     except KeyboardInterrupt:
-        from harness.run_dir import sigint_deferred
-
-        with sigint_deferred():
+        with cleaning_up():
             if hasattr(trainer, "abort"):
                 trainer.abort(graceful=not _local_instance)
         raise
@@ -186,7 +186,7 @@ def _data_key(examples: Sequence[Any]) -> str:
 
 
 def _train_config(requests: Sequence[TrainRequest], spec: JobSpec, modality: str, out_dir: Path,
-                  fault: dict[str, Any] | None) -> dict[str, Any]:
+                  fault: dict[str, Any] | None, resume_from: dict[str, str] | None = None) -> dict[str, Any]:
     """The workers' config: every run, each distinct dataset once, and the DeepSpeed config per method."""
     res = spec.resources
     data: dict[str, list[Any]] = {}
@@ -207,16 +207,18 @@ def _train_config(requests: Sequence[TrainRequest], spec: JobSpec, modality: str
                      "target": req.target, "forget": forget_key, "retain": retain_key,
                      "prepare_forget": original_key, "deepspeed": ds_config})
     return {"runs": runs, "data": data, "modality": modality,
-            "use_gpu": res.use_gpu, "threads": res.cpus_per_worker, "fault": fault}
+            "use_gpu": res.use_gpu, "threads": res.cpus_per_worker, "fault": fault, "resume_from": resume_from or {}}
 
 
 def run_unlearning_many(requests: Sequence[TrainRequest], spec: JobSpec, out_dir: Path,
                         modality: str = "text", fault: dict[str, Any] | None = None,
                         callbacks: Sequence[Any] = (), name: str = "unlearn",
-                        progress: bool = True) -> dict[str, TrainRun]:
+                        progress: bool = True, resume_from: dict[str, str] | None = None) -> dict[str, TrainRun]:
     """Train every request in one Ray Train run (N workers, each a DeepSpeed engine); results by run key.
 
     Each request names the directory (or hub id) its workers load the target model and processor from.
+    `resume_from` maps run keys to a checkpoint directory of an earlier, interrupted attempt (harness.resume):
+    those runs continue from it instead of starting over.
     `fault` is a test hook: `{"rank", "run", "step", "marker"}` makes that worker SIGKILL itself once.
     `callbacks` are Ray Train callbacks (Tune passes its `TuneReportCallback` to see each report).
     """
@@ -228,7 +230,7 @@ def run_unlearning_many(requests: Sequence[TrainRequest], spec: JobSpec, out_dir
         raise ValueError(f"runs must be distinct (method, seed) pairs; got {keys}")
     res = spec.resources
     ensure_ray(res.address)
-    config = _train_config(requests, spec, modality, out_dir, fault)
+    config = _train_config(requests, spec, modality, out_dir, fault, resume_from)
     storage = (out_dir / "ray").resolve()
     # A new run of the job starts fresh: Ray Train would otherwise resume an earlier run of the same name.
     shutil.rmtree(storage / name, ignore_errors=True)
@@ -264,15 +266,21 @@ def _collect(result: Any, requests: Sequence[TrainRequest], out_dir: Path) -> di
     for req in requests:
         if req.key not in done:
             raise TrainingError(f"run {req.key} finished without a final checkpoint")
-        dest = out_dir / "checkpoints" / req.method.name / f"seed{req.seed}"
         with done[req.key].as_directory() as d:
-            state = json.loads((Path(d) / STATE_FILE).read_text())
-            shutil.rmtree(dest, ignore_errors=True)
-            shutil.copytree(Path(d) / ADAPTER_DIR, dest)
-        runs[req.key] = TrainRun(method=req.method.name, seed=req.seed, log=state["log"], diverged=state["diverged"],
-                                 reason=state["reason"], steps=state["step"], adapter_dir=dest,
-                                 seconds=state.get("seconds", 0.0), prepare=state["prepare"])
+            runs[req.key] = read_finished_run(Path(d), req, out_dir)
     return runs
+
+
+def read_finished_run(checkpoint: Path, req: TrainRequest, out_dir: Path) -> TrainRun:
+    """A run's result from its `done` checkpoint directory: its state, and its adapter copied to
+    `<out_dir>/checkpoints/<method>/seed<seed>/`."""
+    dest = out_dir / "checkpoints" / req.method.name / f"seed{req.seed}"
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(checkpoint / ADAPTER_DIR, dest)
+    return TrainRun(method=req.method.name, seed=req.seed, log=state["log"], diverged=state["diverged"],
+                    reason=state["reason"], steps=state["step"], adapter_dir=dest,
+                    seconds=state.get("seconds", 0.0), prepare=state["prepare"])
 
 
 def run_unlearning(method: MethodSpec, spec: JobSpec, target: str, forget: Sequence[Any], retain: Sequence[Any],

@@ -1,6 +1,11 @@
-"""Ctrl-C as a user presses it: `harness run` in its own process, SIGINT while Ray Train trains and while it
-scores. Either way it says it was interrupted, exits 130, marks its out dir interrupted and leaves no process
-of its Ray instance behind (Ray Train's own SIGINT handler used to swallow the first and linger for the second).
+"""Ctrl-C as a user presses it and SIGTERM as a scheduler sends it: `harness run` in its own process, the signal
+while Ray Train trains and while it scores. Either way it says it was interrupted, exits 130 (SIGINT) or 143
+(SIGTERM), marks its out dir interrupted with the signal, keeps its staging directory for `--resume` and leaves
+no process behind: neither a child of its own nor one of its Ray instance (Ray Train's own SIGINT handler used
+to swallow the first Ctrl-C and linger for the second; Ray's SIGTERM handler exited without clean-up).
+
+Then `--resume`: a job stopped by SIGTERM after its first training continues from its staging directory, refuses
+a changed learning rate, reuses the finished training and ends with the table of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
+from harness.cli import main
 from harness.run_dir import read_status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,20 +36,26 @@ pytestmark = pytest.mark.e2e
 
 @dataclass
 class Interrupted:
-    """One interrupted `harness run`: its exit code, stderr, out dir and Ray temp dir."""
+    """One interrupted `harness run`: its exit code, stderr, out dir, Ray temp dir and the pids of its
+    descendants when the signal was sent."""
 
     code: int
     err: str
     out: Path
     ray_tmp: Path
+    children: list[int]
 
 
-#: (method `slow`'s settings, the stderr line to interrupt at, SIGINT to the whole process group?)
+#: (method `slow`'s settings, the stderr line to interrupt at, to the whole process group?, signal)
 PHASES = {
     # `quick` ends after one step; SIGINT to the whole group (as a terminal sends it) while `slow` trains.
-    "train": ({"train": {"max_steps": 100000, "epochs": 100000}}, "trained quick/seed0", True),
+    "train": ({"train": {"max_steps": 100000, "epochs": 100000}}, "trained quick/seed0", True, signal.SIGINT),
     # Both train one step; SIGINT to the driver alone when scoring starts, after Ray Train's fit returned.
-    "score": ({}, "scoring target/seed0", False),
+    "score": ({}, "scoring target/seed0", False, signal.SIGINT),
+    # The same with SIGTERM to the driver alone, as SLURM, Kubernetes and Ray's autoscaler send it.
+    "train-sigterm": ({"train": {"max_steps": 100000, "epochs": 100000}}, "trained quick/seed0", False,
+                      signal.SIGTERM),
+    "score-sigterm": ({}, "scoring target/seed0", False, signal.SIGTERM),
 }
 
 
@@ -57,29 +71,26 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     results: dict[str, Interrupted] = {}
 
     def run(phase: str) -> None:
-        slow, line, group = PHASES[phase]
+        slow, line, group, sig = PHASES[phase]
         out = shared / f"out-{phase}"
-        code, err = _interrupt_at(shared, out, ray_tmps[phase], slow, line, group)
-        results[phase] = Interrupted(code, err, out, ray_tmps[phase])
+        code, err, children = _interrupt_at(shared, _job(shared, out, slow), ray_tmps[phase], line, group, sig)
+        results[phase] = Interrupted(code, err, out, ray_tmps[phase], children)
 
-    threads = [threading.Thread(target=run, args=(phase,)) for phase in PHASES]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(2) as pool:  # two at a time: each is a Ray instance on this 2-core machine
+        list(pool.map(run, PHASES))
     yield results
     for path in ray_tmps.values():
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _job(shared: Path, out: Path, slow: dict) -> Path:
+def _job(shared: Path, out: Path, slow: dict, quick: dict | None = None) -> Path:
     data = {"name": "interrupt", "seeds": [0], "out": str(out),
             "benchmark": {"synthetic": {"n_authors": 10, "qa_per_author": 2, "n_real_authors": 4,
                                         "n_world_facts": 4}, "data_dir": str(shared / "data")},
             "reference": {"cache_dir": str(shared / "cache"), "train": {"epochs": 2, "batch_size": 16}},
             "train": {"max_steps": 1, "batch_size": 4},
             "eval": {"max_new_tokens": 32, "bootstrap": 0},
-            "methods": [{"name": "quick", "adapter": {"bound": "sine"}}, {"name": "slow", **slow}]}
+            "methods": [{"name": "quick", "adapter": {"bound": "sine"}, **(quick or {})}, {"name": "slow", **slow}]}
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(data))
     return path
@@ -102,11 +113,39 @@ def _ray_processes(ray_tmp: Path) -> list[str]:
     return found
 
 
-def _interrupt_at(shared: Path, out: Path, ray_tmp: Path, slow: dict, line: str, group: bool) -> tuple[int, str]:
-    """Start `harness run`, send SIGINT (to its process group when `group`, as a terminal does) once its
-    stderr shows `line`; its exit code and stderr."""
+def _descendants(pid: int) -> list[int]:
+    """The pids of every live process below `pid` (children, their children, ...)."""
+    parents: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) if proc.name.isdigit() else None
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid is not None:
+            parents.setdefault(ppid, []).append(int(proc.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State:"))
+    except (OSError, StopIteration):
+        return False
+    return "zombie" not in state
+
+
+def _interrupt_at(shared: Path, job: Path, ray_tmp: Path, line: str, group: bool, sig: int = signal.SIGINT,
+                  when: Callable[[], bool] | None = None) -> tuple[int, str, list[int]]:
+    """Start `harness run`, send `sig` (to its process group when `group`, as a terminal does) once its
+    stderr shows `line` (and `when()` holds); its exit code, stderr and the pids of its descendants when the
+    signal was sent."""
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(_job(shared, out, slow))], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(job)], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     lines: list[str] = []
@@ -123,27 +162,87 @@ def _interrupt_at(shared: Path, out: Path, ray_tmp: Path, slow: dict, line: str,
     reader.start()
     try:
         assert seen.wait(240), f"never saw {line!r}:\n{''.join(lines)}"
-        (os.killpg if group else os.kill)(proc.pid, signal.SIGINT)
+        deadline = time.monotonic() + 120
+        while when is not None and not when() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        children = _descendants(proc.pid)
+        (os.killpg if group else os.kill)(proc.pid, sig)
         code = proc.wait(120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     reader.join(10)
-    return code, "".join(lines)
+    return code, "".join(lines), children
 
 
 @pytest.mark.parametrize("phase", list(PHASES))
-def test_ctrl_c_exits_130_marks_the_run_interrupted_and_stops_ray(interrupted: dict[str, Interrupted],
-                                                                  phase: str) -> None:
-    run = interrupted[phase]
-    assert run.code == 130, run.err
-    assert "run interrupted (Ctrl-C)" in run.err and "interrupted (Ctrl-C): harness run stopped" in run.err, run.err
+def test_a_stop_signal_exits_128_plus_it_marks_the_run_interrupted_and_stops_ray(
+        interrupted: dict[str, Interrupted], phase: str) -> None:
+    run, sig = interrupted[phase], PHASES[phase][3]
+    name = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+    assert run.code == 128 + sig, run.err
+    assert f"run interrupted ({name})" in run.err and f"interrupted ({name}): harness run stopped" in run.err, run.err
     assert "Traceback" not in run.err, run.err
-    assert read_status(run.out)["state"] == "interrupted"
+    status = read_status(run.out)
+    assert (status["state"], status["signal"]) == ("interrupted", signal.Signals(sig).name)
     assert sorted(p.name for p in run.out.iterdir()) == ["status.json"]
-    assert [p.name for p in run.out.parent.glob(f".{run.out.name}.staging-*")] == []
+    # The staging directory stays for `--resume`: the finished training's Ray Train checkpoints are in it.
+    staged = list(run.out.parent.glob(f".{run.out.name}.staging-*"))
+    assert [str(p) for p in staged] == [status["resume"]] and list((staged[0] / "ray").glob("*/checkpoint_*"))
+    assert "rerun with --resume to continue" in run.err
     deadline = time.monotonic() + 30
-    while _ray_processes(run.ray_tmp) and time.monotonic() < deadline:
+    while (_ray_processes(run.ray_tmp) or any(map(_alive, run.children))) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _ray_processes(run.ray_tmp) == []
+    assert run.children and [pid for pid in run.children if _alive(pid)] == []
+
+
+# ---- --resume ---------------------------------------------------------------------------------------------
+
+#: `quick` trains 3 steps; `slow` 40, with a checkpoint every 5 steps: SIGTERM once `quick` finished and `slow`
+#: wrote its first checkpoint stops `slow` part-way (a resume continues it from its last checkpoint).
+RESUME_QUICK = {"train": {"max_steps": 3}}
+RESUME_SLOW = {"train": {"max_steps": 40, "epochs": 100, "checkpoint_every": 5}}
+
+
+def _table(out: Path) -> list[str]:
+    return [line for line in (out / "summary.md").read_text().splitlines() if line.startswith("|")]
+
+
+def test_a_job_stopped_after_a_training_resumes_and_ends_as_an_uninterrupted_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert main(["run", str(_job(tmp_path, whole, RESUME_SLOW, RESUME_QUICK))]) == 0
+    ray_tmp = Path(tempfile.mkdtemp(prefix="hint-resume-", dir="/tmp"))
+    try:
+        job = _job(tmp_path, stopped, RESUME_SLOW, RESUME_QUICK)
+
+        def slow_checkpointed() -> bool:
+            return any('"key": "slow/seed0"' in p.read_text()
+                       for p in tmp_path.glob(".stopped.staging-*/ray/unlearn/checkpoint_*/state.json"))
+
+        code, err, _ = _interrupt_at(tmp_path, job, ray_tmp, "trained quick/seed0", False, signal.SIGTERM,
+                                     when=slow_checkpointed)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert code == 143 and read_status(stopped)["state"] == "interrupted", err
+    capsys.readouterr()
+
+    assert main(["run", str(job), "--resume", "--set", "train.lr=0.5"]) == 2
+    refused = capsys.readouterr().err
+    assert "--resume: the job spec differs" in refused and "train.lr" in refused and "Traceback" not in refused
+
+    assert main(["run", str(job), "--resume", "--set", "resources.max_failures=3"]) == 0
+    log = capsys.readouterr().err
+    assert "resuming the interrupted run staged in" in log
+    assert "not retrained: quick/seed0" in log, log
+    assert "training slow/seed0 continues from its checkpoint at step" in log, log
+    assert "trained quick/seed0" not in log  # no training of it this time
+    assert _table(stopped) == _table(whole)
+    steps = pd.read_parquet(stopped / "train_log.parquet")
+    assert not steps.duplicated(["method", "seed", "step"]).any()
+    assert steps.groupby("method")["step"].count().to_dict() == {"quick": 3, "slow": 40}
+    whole_steps = pd.read_parquet(whole / "train_log.parquet")
+    pd.testing.assert_series_equal(steps["loss"], whole_steps["loss"], rtol=1e-6)
+    assert [p.name for p in tmp_path.glob(".stopped.staging-*")] == [] and read_status(stopped)["state"] == "finished"
