@@ -287,9 +287,11 @@ class PendingWatchdog:
                 release_orphans()
                 tables = _gcs_tables()
                 mine = tables.controllers_of(self.owner_worker)
+                if any(g.creator in mine and g.state in HOLDING for g in tables.groups):
+                    waiting_since = None  # placed
+                    continue
                 pending = [g for g in tables.groups if g.creator in mine and g.state == "PENDING"]
-                if not pending or any(g.creator in mine and g.state in HOLDING for g in tables.groups):
-                    waiting_since = None  # placed (Ray Train retries with a new group every minute)
+                if not pending:  # not asked yet, or between two tries (Ray Train retries with a new group)
                     continue
                 now = time.monotonic()
                 waiting_since = waiting_since or now
