@@ -1,7 +1,8 @@
 """What reaches the console: the harness's own progress and warnings always, library noise only with `--verbose`.
 
 Hidden unless verbose: DeepSpeed's "Setting accelerator to CPU" warning, Ray's token-authentication notice,
-Ray Tune's Optuna searcher's "None could not be cast to float" for trials stopped early,
+Ray Tune's Optuna searcher's "None could not be cast to float" for trials stopped early, Ray Tune's
+"may be a performance bottleneck" for a slow result (a stopped trial's, while its trainer is released),
 transformers' / huggingface_hub's progress bars ("Writing model shards", downloads), MLflow's INFO lines and
 Ray Tune's status tables. The setting travels to Ray workers in the environment (`HARNESS_VERBOSE`,
 `HF_HUB_DISABLE_PROGRESS_BARS`) and through Ray's `worker_process_setup_hook` (`quiet_libraries`).
@@ -21,10 +22,13 @@ NOISE = (
     # Ray's Optuna searcher, for each trial ASHA stops before it reports the objectives: it tells Optuna
     # `[None, None]`, Optuna refuses and keeps the trial as failed (what a stopped trial is to its sampler).
     "The value None could not be cast to float",
+    # Ray Tune, when handling a trial's result takes over 0.5 s: a stopped trial's result waits for its
+    # trainer's release (harness.tune), which is the point.
+    "which may be a performance bottleneck",
 )
 #: The loggers those messages come from.
 NOISY_LOGGERS = ("DeepSpeed", "ray._private.authentication.authentication_token_setup",
-                 "ray.tune.search.optuna.optuna_search")
+                 "ray.tune.search.optuna.optuna_search", "ray.tune.utils.util")
 
 
 class _DropNoise(logging.Filter):

@@ -60,6 +60,8 @@ class TuneSpace(StrictModel):
     objectives: list[SearchObjective] = Field(min_length=1)
     proxy: Proxy = Proxy()
     asha: Asha | None = Asha()
+    #: A trial fails when its trainer's workers wait this long for resources that no running work will free.
+    trainer_pending_timeout_s: float = Field(300.0, gt=0)
     params: dict[str, dict[str, Any]] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -101,7 +103,9 @@ def apply_trial(base: JobSpec, method_name: str, config: dict[str, Any]) -> JobS
 
 
 def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
-    """One Tune trial: train on Ray Train (reports forwarded to Tune), then score and report objectives."""
+    """One Tune trial: train on Ray Train (reports forwarded to Tune), then score and report objectives. The
+    trainer is released (placement group confirmed REMOVED) before scoring, and fails the trial when its
+    workers' group waits longer than the space's `trainer_pending_timeout_s` for resources it can never get."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -109,14 +113,16 @@ def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     from harness.benchmarks import load_benchmark
     from harness.modalities import get_modality
     from harness.pipeline import score_model
+    from harness.train.placement import guarded_trainer
     from harness.train.ray_run import run_unlearning
 
     spec = apply_trial(validate_spec(context["spec"]), context["method"], config)
     method = spec.methods[0]
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
-    run = run_unlearning(method, spec, context["target"], context["forget"], context["retain"],
-                         trial_dir, seed=spec.seeds[0], callbacks=[TuneReportCallback()],
-                         modality=context["modality"], forget_original=context["forget_original"])
+    with guarded_trainer(context["pending_timeout_s"]):
+        run = run_unlearning(method, spec, context["target"], context["forget"], context["retain"],
+                             trial_dir, seed=spec.seeds[0], callbacks=[TuneReportCallback()],
+                             modality=context["modality"], forget_original=context["forget_original"])
     final: dict[str, Any] = {"diverged": float(run.diverged), "steps": run.steps}
     proxy = context["proxy"]
     if run.log and proxy in run.log[-1]:  # the proxy's last value stays in the trial's final row
@@ -136,49 +142,76 @@ def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     ray.tune.report(final)
 
 
-def _release_placement_group(pg_hex: str) -> bool:
-    """Remove a placement group by id unless it is gone already; True if it was removed here."""
-    import ray
-    from ray._raylet import PlacementGroupID
-    from ray.util import placement_group_table
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    group = PlacementGroup(PlacementGroupID(bytes.fromhex(pg_hex)))
-    if placement_group_table(group).get("state", "REMOVED") == "REMOVED":
-        return False
-    try:
-        remove_placement_group(group)
-    except ray.exceptions.RaySystemError:  # removed meanwhile
-        return False
-    return True
-
-
 def _release_callback() -> Any:
-    """A Tune callback that frees the trainer workers of a trial Tune stopped (ASHA) or lost.
+    """A Tune callback that releases each ended trial's trainer before Tune can start the next trial.
 
-    Stopping a trial kills its actor and, with it, the Ray Train controller it owns, but not always the
-    workers' placement group (Ray Train's own cleaner can miss it), whose CPUs the next trial then
-    waits for forever. Each trainer report names that group; a trial that ends on a trainer report
-    (not on its final scored report) gets it removed here.
+    Left to Tune, a stopped trial's Ray Train controller dies only with the trial's actor, after Tune has moved
+    on, and its workers' placement group outlives it (`harness.train.placement`). Tune calls these hooks in its
+    own loop, so here, before the next trial can start, the ended trial's actor is killed (its controller and
+    workers die with it; a stopped or failed trial has nothing left to say, a finished one has said it all) and
+    the groups its controllers created are removed, waiting (bounded) until Ray reports them REMOVED. The trial
+    also releases its own trainer when its function ends (`guarded_trainer`).
     """
     from ray import tune
 
     from harness.pipeline import log
-    from harness.train.loop import PLACEMENT_GROUP_KEY
+    from harness.train.placement import release_orphans, release_trainers, worker_of_actor
 
-    class ReleaseTrainerWorkers(tune.Callback):
-        def _release(self, trial: Any) -> None:
-            pg_hex = (trial.last_result or {}).get(PLACEMENT_GROUP_KEY)
-            if pg_hex and _release_placement_group(pg_hex):
-                log(f"trial {trial.trial_id}: freed the workers of its stopped trainer")
+    class ReleaseTrainers(tune.Callback):
+        def __init__(self) -> None:
+            self.trials: dict[str, tuple[Any, str]] = {}  # trial id -> its actor and that actor's worker process
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            actor = trial.temporary_state.ray_actor
+            if actor is not None:
+                self.trials[trial.trial_id] = (actor, worker_of_actor(actor._actor_id.hex()))
+
+        def release(self, trial_id: str) -> None:
+            import ray
+
+            actor, worker = self.trials.pop(trial_id, (None, ""))
+            if actor is not None:
+                ray.kill(actor, no_restart=True)
+            removed = release_trainers(worker) + release_orphans()
+            if removed:
+                log(f"trial {trial_id}: removed the placement group of its stopped trainer ({', '.join(removed)})")
+
+        def release_all(self) -> None:
+            for trial_id in list(self.trials):
+                self.release(trial_id)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._release(trial)
+            self.release(trial.trial_id)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._release(trial)
+            self.release(trial.trial_id)
 
-    return ReleaseTrainerWorkers()
+    global _releaser
+    _releaser = ReleaseTrainers()
+    return _releaser
+
+
+#: The running search's `_release_callback`, for `release_trainer_groups`.
+_releaser: Any = None
+
+
+def release_trainer_groups() -> None:
+    """Release every trainer the running search started (controllers stopped, placement groups confirmed
+    REMOVED) and any group a dead trainer left; nothing without Ray. Called when the search ends however it
+    ends (finished, Ctrl-C, an error); small enough for a signal handler to call."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return
+    import ray
+
+    if not ray.is_initialized():
+        return
+    from harness.train.placement import release_orphans
+
+    if _releaser is not None:
+        _releaser.release_all()
+    release_orphans()
 
 
 def _progress_callback(total: int) -> Any:
@@ -301,6 +334,7 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
         "retain": bench.retain_examples(refs.processor) if base.objective.uses_retain else [],
         "retain_scores": retain_scores,
         "objectives": [o.model_dump() for o in space.objectives], "proxy": space.proxy.metric,
+        "pending_timeout_s": space.trainer_pending_timeout_s,
     }
     # Intermediate reports come from the trainer (training proxy only); the objectives arrive with the
     # trial's last report, so Tune must not demand them in every result.
@@ -333,7 +367,10 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
             run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=1 if is_verbose() else 0,
                                       callbacks=callbacks),
         )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:
+        release_trainer_groups()
     frame = grid.get_dataframe()
     return write_tune_results(frame, spec, method_name, space, out)
 

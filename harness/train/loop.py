@@ -52,7 +52,7 @@ ADAPTER_DIR = "adapter"
 ENGINE_TAG = "engine"
 #: The objective's preparation result in a checkpoint (safetensors), loaded by a resumed worker.
 PREPARED_FILE = "prepared.safetensors"
-# Each report names the workers' placement group, so a Tune driver can free it when it stops the trial.
+# Each report names the workers' placement group (in Tune's trial results, for diagnosing a trial's resources).
 PLACEMENT_GROUP_KEY = "placement_group"
 #: Reported with every metrics row: true on a run's final checkpoint. Not `done`, which Ray Tune reads as
 #: "this trial has finished" when a trial forwards the trainer's reports (TuneReportCallback).

@@ -16,7 +16,7 @@ from harness.spec import load_spec
 pytestmark = pytest.mark.e2e
 # What Ray Tune and Optuna print on their own unless --verbose (the harness prints one line per trial event).
 TUNE_NOISE = ("View detailed results here", "tensorboard --logdir", "could not be cast to float",
-              "A new study created", "Configuration for experiment")
+              "A new study created", "Configuration for experiment", "may be a performance bottleneck")
 
 SPACE = {
     "method": "gd_sine", "num_samples": 2,

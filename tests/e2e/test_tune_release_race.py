@@ -1,0 +1,110 @@
+"""Issue 24: trials stopped at their first report, many in a row on 2 CPUs, must each give their trainer's
+placement group back before the next trial starts, or the search hangs.
+
+The trainer retries a lost worker group (`max_failures`, as harness jobs do), and Ray's own placement-group
+cleaner is off (no dashboard), so only harness's release can free the groups. Removing a stopped trial's
+group while its Ray Train controller still lives made the controller start a new worker group, in a new
+group, which then outlived the trial: the next trainer waited for those CPUs forever.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+TRIALS = 6
+
+
+def _reporting_loop(config: dict) -> None:
+    import ray.train
+
+    from harness.train.loop import PLACEMENT_GROUP_KEY, _placement_group_id
+
+    for i in range(600):
+        ray.train.report({"i": i, PLACEMENT_GROUP_KEY: _placement_group_id()})
+        time.sleep(0.2)
+
+
+def _trial(config: dict) -> None:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    TorchTrainer(_reporting_loop, scaling_config=ScalingConfig(num_workers=1),
+                 run_config=RunConfig(name=f"trainer-{config['x']}", storage_path=config["storage"],
+                                      failure_config=FailureConfig(max_failures=2),
+                                      callbacks=[TuneReportCallback()])).fit()
+
+
+def _live_trainer_groups() -> list[str]:
+    """Groups of a trainer's 1-CPU workers (not Tune's 0.1-CPU trial groups) that still hold or want CPUs."""
+    from ray.util import placement_group_table
+
+    return [f"{pid} ({pg['state']})" for pid, pg in placement_group_table().items()
+            if pg["state"] != "REMOVED" and any(b.get("CPU", 0) >= 1 for b in pg["bundles"].values())]
+
+
+@pytest.fixture
+def two_cpu_ray_without_dashboard(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    import ray
+
+    # As harness runs it: Ray Train notices a lost worker within 0.2 s (and retries at once).
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def test_trials_stopped_at_first_report_never_leak_their_trainer_group(two_cpu_ray_without_dashboard: None,
+                                                                       tmp_path: Path) -> None:
+    from ray import tune
+
+    from harness.tune import _release_callback
+
+    seen: list[str] = []
+
+    class NoGroupOutlivesItsTrial(tune.Callback):
+        """At each trial's start no earlier trial's trainer group may be left (the release comes first)."""
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            seen.extend(f"at the start of trial {len(trials)}: {g}" for g in _live_trainer_groups())
+
+    tuner = tune.Tuner(
+        tune.with_resources(_trial, {"CPU": 0.1}),
+        param_space={"x": tune.grid_search(list(range(TRIALS))), "storage": str(tmp_path / "train")},
+        # A leaked 1-CPU group leaves 0.9 of the 2 CPUs: the next trainer cannot start, and the time budget
+        # turns that hang into trials that never report.
+        tune_config=tune.TuneConfig(max_concurrent_trials=1, time_budget_s=150),
+        run_config=tune.RunConfig(name="race", storage_path=str(tmp_path / "tune"), stop={"training_iteration": 1},
+                                  callbacks=[_release_callback(), NoGroupOutlivesItsTrial()], verbose=0),
+    )
+    frame = tuner.fit().get_dataframe()
+    assert sorted(frame["config/x"]) == list(range(TRIALS))
+    assert (frame["training_iteration"] == 1).all(), frame[["config/x", "training_iteration"]]
+    assert not seen, seen
+    assert not _live_trainer_groups()
+
+
+def test_a_trainer_that_can_never_be_placed_fails_naming_the_group_holding_its_cpus(
+        two_cpu_ray_without_dashboard: None, tmp_path: Path) -> None:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.util.placement_group import placement_group
+
+    from harness.train.placement import PlacementGroupError, guarded_trainer
+
+    hog = placement_group([{"CPU": 1.5}])  # held by this driver, no actor in it: nothing will free it
+    hog.wait(60)
+    with pytest.raises(PlacementGroupError, match=f"{hog.id.hex()} \\(CREATED, bundles \\[{{CPU: 1.5}}\\]\\)"):
+        with guarded_trainer(pending_timeout_s=2):
+            TorchTrainer(_reporting_loop, scaling_config=ScalingConfig(num_workers=1),
+                         run_config=RunConfig(name="starved", storage_path=str(tmp_path))).fit()
+    # The starved trainer's own PENDING group is gone too.
+    assert [g for g in _live_trainer_groups() if not g.startswith(hog.id.hex())] == []
