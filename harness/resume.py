@@ -96,7 +96,7 @@ class EarlierTraining:
     warnings: list[str] = field(default_factory=list)
 
 
-def _states(out: Path) -> list[tuple[Path, dict[str, Any]]]:
+def registered_checkpoints(out: Path) -> list[tuple[Path, dict[str, Any]]]:
     """(checkpoint dir, its state.json) of every checkpoint each attempt's Ray Train run registered (its
     `checkpoint_manager_snapshot.json` lists those fully written), oldest first."""
     from harness.train.loop import STATE_FILE
@@ -152,7 +152,7 @@ def earlier_training(out: Path, runs: Iterable[tuple[str, str, int, int]]) -> Ea
     """What earlier attempts left for `runs` ((key, method, seed, expected steps)) under `<out>/ray`."""
     from harness.train.loop import ENGINE_TAG
 
-    states = _states(out)
+    states = registered_checkpoints(out)
     found = EarlierTraining()
     for key, method, seed, n_steps in runs:
         mine = [(c, s) for c, s in states if s["key"] == key]

@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from harness.cli import main
+from harness.resume import registered_checkpoints as resume_states
 from harness.run_dir import read_status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -219,8 +220,12 @@ def test_a_job_stopped_after_a_training_resumes_and_ends_as_an_uninterrupted_one
         job = _job(tmp_path, stopped, RESUME_SLOW, RESUME_QUICK)
 
         def slow_checkpointed() -> bool:
-            return any('"key": "slow/seed0"' in p.read_text()
-                       for p in tmp_path.glob(".stopped.staging-*/ray/unlearn/checkpoint_*/state.json"))
+            """A checkpoint of `slow` that Ray Train registered (resume trusts only those, `harness.resume`)."""
+            for staging in tmp_path.glob(".stopped.staging-*"):
+                states = [state for _, state in resume_states(staging)]
+                if any(state.get("key") == "slow/seed0" for state in states):
+                    return True
+            return False
 
         code, err, _ = _interrupt_at(tmp_path, job, ray_tmp, "trained quick/seed0", False, signal.SIGTERM,
                                      when=slow_checkpointed)

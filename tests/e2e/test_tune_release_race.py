@@ -81,7 +81,7 @@ def test_trials_stopped_at_first_report_never_leak_their_trainer_group(two_cpu_r
         param_space={"x": tune.grid_search(list(range(TRIALS))), "storage": str(tmp_path / "train")},
         # A leaked 1-CPU group leaves 0.9 of the 2 CPUs: the next trainer cannot start, and the time budget
         # turns that hang into trials that never report.
-        tune_config=tune.TuneConfig(max_concurrent_trials=1, time_budget_s=150),
+        tune_config=tune.TuneConfig(max_concurrent_trials=1, time_budget_s=400),
         run_config=tune.RunConfig(name="race", storage_path=str(tmp_path / "tune"), stop={"training_iteration": 1},
                                   callbacks=[_release_callback(), NoGroupOutlivesItsTrial()], verbose=0),
     )

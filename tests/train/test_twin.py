@@ -6,14 +6,10 @@ do not change when it has a twin; a twin costs exactly one more forward/backward
 from __future__ import annotations
 
 import copy
-import os
-import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from harness.adapters import adapter_parameters, attach
 from harness.batch import TokenBatch
@@ -29,18 +25,6 @@ pytestmark = pytest.mark.e2e
 STEPS = 5
 VOCAB = 32
 DEVICE = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def process_group() -> Iterator[None]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
-                       "LOCAL_RANK": "0"})
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def _batch(seed: int) -> TokenBatch:

@@ -3,12 +3,8 @@ shrinks every adapter factor by exactly `1 - lr * weight_decay` (decoupled decay
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
 
 from harness.adapters import adapter_parameters, attach
 from harness.models import build_builtin
@@ -17,18 +13,6 @@ from harness.train.deepspeed_config import build_deepspeed_config
 from harness.train.loop import make_optimizer
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def process_group() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
-                       "LOCAL_RANK": "0"})
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("zero", [0, 2])
