@@ -45,7 +45,7 @@ from harness.results import (
     frame,
     read_parquet_file,
 )
-from harness.resume import SCORES_DIR, earlier_runs, load_scores, save_scores
+from harness.resume import SCORES_DIR, check_same_spec, earlier_runs, load_scores, next_train_run_name, save_scores
 from harness.run_dir import RunDirectory, require_finished
 from harness.run_record import record_models
 from harness.signals import cleaning_up, describe
@@ -319,8 +319,6 @@ def staged_job(spec: JobSpec, work: Callable[[JobContext], JobResult], progress:
         torch.set_num_threads(spec.resources.threads)
     log(f"job {spec.name}: loading benchmark {spec.benchmark.name} ({spec.benchmark.source})")
     bench = load_benchmark(spec.benchmark)  # bad data fails here, before anything is written
-    from harness.resume import check_same_spec
-
     dumped = spec.model_dump(mode="json")
     with RunDirectory(spec.out_dir(), overwrite, resume, lambda old: check_same_spec(old, dumped)) as run_dir:
         if resume:
@@ -471,8 +469,6 @@ def _train_and_score(ctx: JobContext, progress: bool) -> JobResult:
     log(f"training {len(todo)} run(s) ({len(spec.methods)} method(s) x {len(spec.seeds)} seed(s)"
         + (f", {len(runs)} reused" if runs else "") + f") on {spec.resources.num_workers} worker(s)")
     if todo:
-        from harness.resume import next_train_run_name
-
         runs.update(run_unlearning_many(todo, spec, ctx.out, modality=ctx.bench.modality, progress=progress,
                                         name=next_train_run_name(ctx.out), resume_from=partial))
     ctx.timings["train_s"] = time.perf_counter() - t0
