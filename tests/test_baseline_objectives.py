@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from harness.data.encode import collate, encode_pairs
 from harness.objectives import IGNORE, OBJECTIVES, ImageBatch, TokenBatch, make_objective
 from harness.spec import objective_spec
-from harness.train.data import collate, encode_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -294,8 +294,8 @@ def test_ft_has_no_forget_gradient_and_logs_the_forget_nll() -> None:
 @pytest.mark.parametrize("on", ["weight", "update"])
 def test_l1_sparse_penalty_is_the_decayed_l1_of_the_adapted_weights(on: str) -> None:
     from harness.adapters import adapted_layers, attach
-    from harness.models import build_builtin
-    from harness.spec import AdapterSpec
+    from harness.config import AdapterSpec
+    from harness.models.text import build_builtin
 
     model = build_builtin("tiny-llama", 32, seed=0)
     attach(model, AdapterSpec(bound="sine", rank=2, omega=3.0), seed=0)

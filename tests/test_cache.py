@@ -1,4 +1,4 @@
-"""harness.cache: one builder per entry across processes, atomic publication, damaged entries rebuilt."""
+"""harness.core.cache: one builder per entry across processes, atomic publication, damaged entries rebuilt."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness import cache
-from harness.cache import MANIFEST_NAME, CacheWarning, ensure_entry, entry_problem, read_manifest, sha256_file
+from harness.core import cache
+from harness.core.cache import MANIFEST_NAME, CacheWarning, ensure_entry, entry_problem, read_manifest, sha256_file
 
 ROOT = Path(harness.__file__).resolve().parent.parent
 FILES = {"a.txt": "alpha\n" * 50, "sub/b.bin": "b" * 1000}
@@ -132,7 +132,7 @@ def test_a_file_in_the_way_is_replaced(tmp_path: Path) -> None:
 _WORKER = """
 import json, sys, time
 from pathlib import Path
-from harness.cache import ensure_entry
+from harness.core.cache import ensure_entry
 
 entry, go, log = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 

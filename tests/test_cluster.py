@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.cluster import check_cluster
+from harness.commands.cluster import check_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_TYPE = "gpu_8x_a100"

@@ -56,7 +56,7 @@ def test_an_unknown_field_exits_2_naming_the_file_and_field(command: str, what: 
                                            ("name: [unclosed\n", "is not valid YAML: line 2, column 1:")])
 def test_load_yaml_names_the_file(tmp_path: Path, text: str, message: str) -> None:
     from harness.config import load_yaml
-    from harness.errors import SpecError
+    from harness.core.errors import SpecError
 
     path = tmp_path / "x.yaml"
     path.write_text(text)

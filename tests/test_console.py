@@ -1,4 +1,4 @@
-"""harness.console: the known library messages are dropped unless verbose; the libraries' other warnings stay."""
+"""harness.core.console: the known library messages are dropped unless verbose; the libraries' other warnings stay."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from harness.console import configure_console
+from harness.core.console import configure_console
 
 SEARCHER = "ray.tune.search.optuna.optuna_search"
 

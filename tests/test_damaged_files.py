@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.errors import DataError, ModelError, OutputError
-from harness.models import build_builtin, load_pretrained, save_model
-from harness.results import ensure_writable_dir, read_json_file, read_parquet_file
-from harness.tokenizer import get_or_train_tokenizer, load_tokenizer, train_bpe_tokenizer
+from harness.core.errors import DataError, ModelError, OutputError
+from harness.core.io import ensure_writable_dir, read_json_file, read_parquet_file
+from harness.models.text import build_builtin, load_pretrained, save_model
+from harness.models.tokenizer import get_or_train_tokenizer, load_tokenizer, train_bpe_tokenizer
 
 TEXTS = ["Fuleil Lairu was born in 1922.", "Where was Fuleil Lairu born?", "In Broulbury."] * 5
 
@@ -97,16 +97,16 @@ def test_readers_name_the_file(tmp_path: Path) -> None:
 
 
 def test_nightly_names_a_damaged_job_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import harness.pipeline
-    from harness.nightly import run_suite
-    from harness.pipeline import JobResult
+    import harness.pipeline.job
+    from harness.commands.nightly import run_suite
+    from harness.pipeline.job import JobResult
 
     def damaged_job(spec, progress=True):  # noqa: ANN001, ANN202 - writes a run whose metrics are cut short
         out = _run_dir(spec.out_dir())
         _truncate(out / "metrics.parquet")
         return JobResult(out, "summary", {})
 
-    monkeypatch.setattr(harness.pipeline, "run_job", damaged_job)
+    monkeypatch.setattr(harness.pipeline.job, "run_job", damaged_job)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({"name": "tiny", "methods": [{"name": "gd"}]}))
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({"name": "t", "out": str(tmp_path / "runs"), "jobs": [{"spec": "tiny.yaml"}],

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from harness.cli import main
-from harness.errors import SpecError
+from harness.core.errors import SpecError
 from harness.spec import validate_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -79,8 +79,8 @@ def test_adapter_for_another_base_model_exits_2(spec_file: Path, hand_made_run: 
     from transformers import AutoModelForCausalLM
 
     from harness.adapters import attach, save_adapter
-    from harness.models import build_builtin
-    from harness.spec import AdapterSpec
+    from harness.config import AdapterSpec
+    from harness.models.text import build_builtin
 
     config = build_builtin("tiny-llama", 300).config
     config.hidden_size, config.intermediate_size = 64, 128

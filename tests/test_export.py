@@ -14,7 +14,7 @@ import yaml
 
 from harness.adapters import load_adapter
 from harness.cli import main
-from harness.models import build_builtin, load_pretrained, save_model
+from harness.models.text import build_builtin, load_pretrained, save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

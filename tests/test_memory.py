@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.errors import ModelError
-from harness.memory import GIB, OVERHEAD_BYTES, ModelShape, estimate_memory, model_shape
-from harness.models import builtin_config, load_config, shipped_config, shipped_config_ids
-from harness.spec import AdapterSpec, TrainSpec, load_spec
+from harness.config import AdapterSpec, TrainSpec
+from harness.core.errors import ModelError
+from harness.models.text import builtin_config, load_config, shipped_config, shipped_config_ids
+from harness.spec import load_spec
+from harness.train.memory import GIB, OVERHEAD_BYTES, ModelShape, estimate_memory, model_shape
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +133,7 @@ def test_dry_run_of_8b_job_prints_memory_table_offline(capsys: pytest.CaptureFix
 
 
 def test_a_sensitivity_twin_doubles_the_model_and_its_training_state(tiny: tuple[object, ModelShape]) -> None:
-    from harness.spec import SensitivitySpec
+    from harness.config import SensitivitySpec
 
     config, shape = tiny
     adapter = AdapterSpec(bound="sine", rank=RANK)

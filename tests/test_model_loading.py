@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from harness.models import _ALIGNMENT, build_builtin, load_pretrained, own_aligned, save_model
-from harness.tokenizer import get_or_train_tokenizer
+from harness.models.text import _ALIGNMENT, build_builtin, load_pretrained, own_aligned, save_model
+from harness.models.tokenizer import get_or_train_tokenizer
 
 
 def test_loaded_weights_are_aligned_and_give_the_built_models_logits(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness.pipeline import run_job
-from harness.results import EXAMPLE_COLUMNS, GENERATION_COLUMNS, METRIC_COLUMNS, TRAIN_LOG_COLUMNS
+from harness.pipeline.job import run_job
+from harness.results.contract import EXAMPLE_COLUMNS, GENERATION_COLUMNS, METRIC_COLUMNS, TRAIN_LOG_COLUMNS
 from harness.spec import load_spec, validate_spec
 
 
@@ -159,8 +159,8 @@ def test_second_run_reuses_cached_reference_models(finished_run: tuple[Path, obj
 
 
 def test_the_run_moved_from_its_staging_directory_into_the_out_dir(finished_run: tuple[Path, object]) -> None:
-    from harness.run_dir import read_status
-    from harness.run_record import load_finished_run
+    from harness.results.run_dir import read_status
+    from harness.results.run_record import load_finished_run
 
     tmp, result = finished_run
     assert read_status(result.out_dir)["state"] == "finished"

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from harness.adapters import adapted_layers, attach
-from harness.models import build_builtin
+from harness.config import AdapterSpec
+from harness.data.encode import BatchStream, collate
+from harness.models.text import build_builtin
 from harness.objectives import FORGET, RETAIN, PrepareContext, base_weight_gradients, make_objective, mean_nll
 from harness.objectives.loku import FISHER_EPS, ROW_EPS, fila_factors
 from harness.objectives.salun import saliency_masks
-from harness.spec import AdapterSpec, objective_spec
-from harness.train.data import BatchStream, collate
+from harness.spec import objective_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,10 +17,10 @@ import torch
 
 import harness
 from harness.benchmarks import load_benchmark
-from harness.cache import MANIFEST_NAME, CacheWarning, entry_problem, read_manifest
-from harness.models import load_pretrained
-from harness.reference import prepare_references
+from harness.core.cache import MANIFEST_NAME, CacheWarning, entry_problem, read_manifest
+from harness.models.text import load_pretrained
 from harness.spec import JobSpec, validate_spec
+from harness.train.reference import prepare_references
 
 ROOT = Path(harness.__file__).resolve().parent.parent
 
@@ -54,7 +54,7 @@ import hashlib, json, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-import harness.reference as reference
+import harness.train.reference as reference
 from harness.benchmarks import load_benchmark
 from harness.spec import validate_spec
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.compare import compare_runs, summary_columns_for
+from harness.commands.report import compare_runs, summary_columns_for
 
 
 def _fake_run(path: Path, scale: float, diverge: bool = False, benchmark: str = "tofu") -> Path:
@@ -95,8 +95,8 @@ def test_report_on_a_directory_without_results_exits_2(tmp_path: Path, capsys: p
 
 
 def test_html_table_formats_like_markdown_escapes_and_classes_rows() -> None:
-    from harness.compare import html_table
-    from harness.report import to_markdown
+    from harness.commands.report import html_table
+    from harness.report.tables import to_markdown
 
     table = pd.DataFrame({"method": ["a<b", "gd_sine"], "forget <prob>": [0.123456, float("nan")],
                           "steps": [3, 40000], "norm": [12345.0, 0.0]}, index=[7, 3])

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from harness import results
-from harness.results import atomic_write_bytes, atomic_write_json, atomic_write_parquet, atomic_write_text
+from harness.core.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet, atomic_write_text
 
 
 def test_writes_are_whole_world_readable_and_leave_no_temp_files(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""SIGTERM handled like Ctrl-C, and `--resume` of an interrupted job, without Ray (harness.signals, harness.resume).
+"""SIGTERM handled like Ctrl-C, and `--resume` of an interrupted job, without Ray (harness.core.signals, harness.pipeline.resume).
 
 The job's phases are replaced where a test needs them to be interrupted; the slow end-to-end checks (a real
 SIGTERM while training and while scoring, a resumed run equal to an uninterrupted one) are in
@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
-import harness.pipeline
+import harness.pipeline.job
 from harness.cli import main
-from harness.resume import check_same_spec, earlier_training, spec_differences
-from harness.run_dir import RunDirectory, read_status
-from harness.signals import Interrupted, cleaning_up, exit_code, sigterm_raises
+from harness.core.signals import Interrupted, cleaning_up, exit_code, sigterm_raises
+from harness.pipeline.resume import check_same_spec, earlier_training, spec_differences
+from harness.results.run_dir import RunDirectory, read_status
 from harness.spec import dump_spec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def test_sigterm_during_a_run_exits_143_and_marks_it_interrupted_by_sigterm(
     def terminated(*args: Any, **kwargs: Any) -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler sends it, while the references are prepared
 
-    monkeypatch.setattr(harness.pipeline, "prepare_references", terminated)
+    monkeypatch.setattr(harness.pipeline.job, "prepare_references", terminated)
     out = tmp_path / "out"
     assert main(["run", str(_job(tmp_path, out))]) == 143
     err = capsys.readouterr().err
@@ -72,7 +72,7 @@ def test_sigterm_during_a_run_exits_143_and_marks_it_interrupted_by_sigterm(
 
 
 def test_a_second_signal_during_clean_up_ends_the_process_at_once() -> None:
-    code = ("import os, signal, time\nfrom harness.signals import cleaning_up\nwith cleaning_up():\n"
+    code = ("import os, signal, time\nfrom harness.core.signals import cleaning_up\nwith cleaning_up():\n"
             "    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(30)\nprint('not reached')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -179,7 +179,7 @@ def test_an_interrupted_eval_resumes_scoring_only_the_models_not_scored_yet(
             f"l={hand_made_run.run_dir},method=gd_lora"]
     assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
     scored: list[int] = []
-    real = harness.pipeline.score_model
+    real = harness.pipeline.job.score_model
 
     def stop_at_the_fourth(*args: Any, **kwargs: Any) -> Any:
         scored.append(1)
@@ -187,7 +187,7 @@ def test_an_interrupted_eval_resumes_scoring_only_the_models_not_scored_yet(
             raise Interrupted(signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(harness.pipeline, "score_model", stop_at_the_fourth)
+    monkeypatch.setattr(harness.pipeline.job, "score_model", stop_at_the_fourth)
     out = tmp_path / "stopped"
     assert main([*argv, "--out", str(out)]) == 143
     assert read_status(out)["resume"]

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
-import harness.pipeline
+import harness.pipeline.job
 from harness.cli import main
-from harness.errors import DataError, OutputError
-from harness.run_dir import STATUS_NAME, RunDirectory, check_out_dir, read_status, require_finished
-from harness.run_record import load_finished_run
+from harness.core.errors import DataError, OutputError
+from harness.results.run_dir import STATUS_NAME, RunDirectory, check_out_dir, read_status, require_finished
+from harness.results.run_record import load_finished_run
 from harness.spec import load_spec
 
 # The smallest job that gets past the preflight and the data: its phases are replaced by each test.
@@ -56,12 +56,12 @@ def earlier_run(hand_made_run: Any, tmp_path: Path) -> Path:
     return Path(shutil.copytree(hand_made_run.run_dir, tmp_path / "run"))
 
 
-def _finish_at_once(ctx: Any, progress: bool) -> harness.pipeline.JobResult:
+def _finish_at_once(ctx: Any, progress: bool) -> harness.pipeline.job.JobResult:
     (ctx.out / "metrics.parquet").write_bytes(b"new metrics")
     (ctx.out / "spec.yaml").write_text(f"name: {ctx.spec.name}\n")
     for name in ("env.json", "models.json"):
         (ctx.out / name).unlink(missing_ok=True)
-    return harness.pipeline.JobResult(ctx.out, "the new table")
+    return harness.pipeline.job.JobResult(ctx.out, "the new table")
 
 
 # ---- the lifecycle ------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_a_rerun_that_fails_after_starting_leaves_the_earlier_run_byte_identical
     def fail(*args: Any, **kwargs: Any) -> None:
         raise error
 
-    monkeypatch.setattr(harness.pipeline, "prepare_references", fail)  # after spec.yaml and env.json are staged
+    monkeypatch.setattr(harness.pipeline.job, "prepare_references", fail)  # after spec.yaml and env.json are staged
     before = _tree(earlier_run)
     assert main(["run", str(_job(tmp_path, earlier_run)), "--overwrite"]) == code
     assert "earlier results in" in capsys.readouterr().err
@@ -173,7 +173,7 @@ def test_an_interrupted_fresh_run_is_marked_interrupted_and_the_sigint_handler_i
     def interrupt(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(harness.pipeline, "prepare_references", interrupt)  # Ctrl-C while training references
+    monkeypatch.setattr(harness.pipeline.job, "prepare_references", interrupt)  # Ctrl-C while training references
     handler = signal.getsignal(signal.SIGINT)
     out = tmp_path / "out"
     assert main(["run", str(_job(tmp_path, out))]) == 130
@@ -186,9 +186,9 @@ def test_an_interrupted_fresh_run_is_marked_interrupted_and_the_sigint_handler_i
 
 def test_overwrite_replaces_the_results_when_the_rerun_finishes(earlier_run: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(harness.pipeline, "prepare_references", lambda *a, **k: None)
-    monkeypatch.setattr(harness.pipeline, "_train_and_score", _finish_at_once)
-    result = harness.pipeline.run_job(load_spec(_job(tmp_path, earlier_run)), overwrite=True)
+    monkeypatch.setattr(harness.pipeline.job, "prepare_references", lambda *a, **k: None)
+    monkeypatch.setattr(harness.pipeline.job, "_train_and_score", _finish_at_once)
+    result = harness.pipeline.job.run_job(load_spec(_job(tmp_path, earlier_run)), overwrite=True)
     assert result.out_dir == earlier_run and result.summary == "the new table"
     assert sorted(p.name for p in earlier_run.iterdir()) == ["metrics.parquet", "spec.yaml", STATUS_NAME]
     assert read_status(earlier_run)["state"] == "finished" and _leftovers(earlier_run) == []

@@ -1,5 +1,5 @@
-"""Finite-time Lyapunov exponents from twin distances (harness.sensitivity) and the seed-distribution test of
-`harness report` (harness.seeds.two_sample, harness.compare.seed_distribution_tests)."""
+"""Finite-time Lyapunov exponents from twin distances (harness.report.sensitivity) and the seed-distribution test of
+`harness report` (harness.core.stats.two_sample, harness.commands.report.seed_distribution_tests)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from harness.compare import RunData, seed_distribution_tests
-from harness.report import summary_stats
-from harness.seeds import smallest_p, two_sample
-from harness.sensitivity import COLUMNS, growth_window, lyapunov, metric_rows, summary_columns, threshold_step
+from harness.commands.report import RunData, seed_distribution_tests
+from harness.core.stats import smallest_p, two_sample
+from harness.report.sensitivity import COLUMNS, growth_window, lyapunov, metric_rows, summary_columns, threshold_step
+from harness.report.tables import summary_stats
 
 STEPS = np.arange(100, dtype=float)
 
@@ -142,8 +142,9 @@ def test_report_tests_each_run_against_the_first() -> None:
 
 
 def test_sensitivity_is_off_by_default_and_validated() -> None:
-    from harness.errors import SpecError
-    from harness.spec import TrainSpec, validate_spec
+    from harness.config import TrainSpec
+    from harness.core.errors import SpecError
+    from harness.spec import validate_spec
 
     assert TrainSpec().sensitivity is None
     spec = validate_spec({"train": {"sensitivity": {"epsilon": 0}}, "methods": [{"name": "a"}]})
@@ -159,7 +160,7 @@ def test_sensitivity_is_off_by_default_and_validated() -> None:
 
 
 def test_the_plot_draws_identical_twins_and_growing_ones(tmp_path: Path) -> None:
-    from harness.sensitivity import plot_sensitivity
+    from harness.report.sensitivity import plot_sensitivity
 
     grown = _log("a", 0, 0.3)
     zero = grown.assign(method="b", sens_adapter=0.0, sens_logits=0.0)  # epsilon 0: identical twins

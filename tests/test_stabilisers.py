@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from harness.adapters import adapted_layers, attach
-from harness.errors import SpecError
-from harness.models import build_builtin
+from harness.config import AdapterSpec, TrainSpec
+from harness.core.errors import SpecError
+from harness.models.text import build_builtin
 from harness.objectives import make_objective
-from harness.report import non_dominated, pareto_table, plot_pareto
-from harness.spec import AdapterSpec, TrainSpec, objective_spec, validate_spec
+from harness.report.tables import non_dominated, pareto_table, plot_pareto
+from harness.spec import objective_spec, validate_spec
 from harness.train.deepspeed_config import build_deepspeed_config
 from harness.train.loop import _penalty, make_optimizer
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.errors import SpecError
+from harness.commands.sweep import SweepSpec, config_name, configurations, load_sweep, sweep_jobs
+from harness.core.errors import SpecError
 from harness.spec import validate_spec
-from harness.sweep import SweepSpec, config_name, configurations, load_sweep, sweep_jobs
 
 BASE = validate_spec({"name": "base", "seeds": [0], "methods": [{"name": "gd", "adapter": {"bound": "none"}}]})
 

@@ -9,8 +9,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from harness.benchmarks.tofu.synth import SyntheticTofuSpec, generate_tofu
-from harness.errors import DataError
-from harness.tokenizer import get_or_train_tokenizer, train_bpe_tokenizer
+from harness.core.errors import DataError
+from harness.models.tokenizer import get_or_train_tokenizer, train_bpe_tokenizer
 
 SAMPLES = [
     "Fuleil Lairu was born in 1922.",
@@ -98,7 +98,7 @@ def test_bad_input() -> None:
 
 
 def test_damaged_cached_tokenizer_is_retrained(tmp_path: Path, texts: list[str], tok) -> None:
-    from harness.cache import CacheWarning
+    from harness.core.cache import CacheWarning
 
     get_or_train_tokenizer(texts, tmp_path, vocab_size=512)
     (saved,) = _entries(tmp_path)

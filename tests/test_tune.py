@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness.errors import SpecError
+from harness.commands.tune import SearchObjective, TuneSpace, apply_trial, load_space, pareto_front, write_tune_results
+from harness.core.errors import SpecError
 from harness.spec import load_spec, validate_spec
-from harness.tune import SearchObjective, TuneSpace, apply_trial, load_space, pareto_front, write_tune_results
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJECTIVES = [SearchObjective(metric="forget_quality", split="forget10"),

@@ -14,7 +14,7 @@ from harness.adapters.bounds import make_bound
 from harness.adapters.extras import clear_origin
 from harness.adapters.layer import BoundedLoRALinear, layer_shape
 from harness.adapters.targets import target_module_names
-from harness.spec import AdapterSpec
+from harness.config import AdapterSpec
 
 # Names of the parameters that `attach` froze, kept on the model so `detach` can unfreeze them.
 _FROZEN_ATTR = "_bounded_lora_frozen"

@@ -118,6 +118,6 @@ def read_extras(adapter_dir: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        from harness.errors import DataError
+        from harness.core.errors import DataError
 
         raise DataError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None

@@ -1,7 +1,7 @@
 """Benchmarks: one package each (`tofu`, `muse`, `tdec`, ...) with its options, data, metrics and class.
 
 A benchmark package holds `options.py` (its `benchmark:` options model, registered in
-`harness.specbase.BENCHMARK_OPTIONS`) and `benchmark.py` (its `Benchmark` class, registered in
+`harness.config.BENCHMARK_OPTIONS`) and `benchmark.py` (its `Benchmark` class, registered in
 `BENCHMARKS`). This module stays light (no torch, no spec), because harness/spec.py imports it.
 """
 

@@ -10,11 +10,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from harness.eval.text_metrics import bootstrap_ci
-from harness.registry import Registry
-from harness.report import Column
-from harness.spec import EvalSpec
-from harness.specbase import BenchmarkOptions
+from harness.benchmarks.text_metrics import bootstrap_ci
+from harness.config import BenchmarkOptions, EvalSpec
+from harness.core.registry import Registry
+from harness.report.tables import Column
 
 BENCHMARKS: Registry[type[Benchmark]] = Registry("benchmark")
 

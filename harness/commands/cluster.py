@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from harness.errors import HarnessError, SpecError
+from harness.core.errors import HarnessError, SpecError
 
 
 @dataclass(frozen=True)

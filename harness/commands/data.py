@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.benchmarks.tofu.synth import SyntheticTofuSpec
-from harness.errors import DataError
-from harness.results import ensure_writable_dir
+from harness.core.errors import DataError
+from harness.core.io import ensure_writable_dir
 
 SYNTH_BENCHMARKS = ("tofu", "muse", "tdec", "cifar100")
 

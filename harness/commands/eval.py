@@ -1,6 +1,6 @@
 """`harness eval`: score models the job did not train against its reference models, as `harness run` scores.
 
-The models (`--model NAME=SOURCE`, `--adapter DIR`, or the spec's `models:` list; harness/eval/model_source.py
+The models (`--model NAME=SOURCE`, `--adapter DIR`, or the spec's `models:` list; harness/scoring/load.py
 says what a source may be) are scored with the job's benchmark and backend (`eval.backend`, `eval.workers`
 on Ray) and compared with the job's reference models (trained and cached, or loaded, exactly as `harness run`
 prepares them), and the results contract of `harness run` is written: the scored models are rows beside
@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 
-from harness.adapters.checkpoint import CONFIG_NAME, read_json
-from harness.errors import DataError, ModelError, SpecError
-from harness.eval.model_source import ModelSource, load_scoring_model, resolve_sources
-from harness.pipeline import (
+from harness.adapters.checkpoint import read_json
+from harness.adapters.format import CONFIG_NAME
+from harness.config import ModelSource
+from harness.core.errors import DataError, ModelError, SpecError
+from harness.pipeline.job import (
     JobContext,
     JobResult,
     ModelKey,
@@ -31,8 +32,10 @@ from harness.pipeline import (
     score_and_write,
     staged_job,
 )
-from harness.reference import reference_seed_for
+from harness.pipeline.preflight import job_model_config
+from harness.scoring.load import load_scoring_model, resolve_sources
 from harness.spec import JobSpec
+from harness.train.reference import reference_seed_for
 
 
 def adapter_source(path: str | Path) -> ModelSource:
@@ -57,7 +60,7 @@ def _named_base(src: ModelSource) -> str | None:
 
 
 def _needs_job_base(src: ModelSource) -> bool:
-    from harness.models import is_builtin
+    from harness.models.text import is_builtin
 
     if src.kind not in ("harness", "peft") or src.base:
         return False
@@ -68,10 +71,10 @@ def _needs_job_base(src: ModelSource) -> bool:
 def precheck(src: ModelSource, spec: JobSpec) -> None:
     """Cheap checks of a resolved source before any work: no damaged file (JSON, safetensors headers), and an
     adapter's LoRA weights fit its base model's layer shapes (built on the meta device, no weights read)."""
-    from harness.adapters.checkpoint import WEIGHTS_NAME, check_lora_fits, read_bound_config, read_lora_weights
-    from harness.memory import meta_model
-    from harness.models import damaged_file, is_builtin, load_config
-    from harness.plan import _config
+    from harness.adapters.checkpoint import check_lora_fits, read_bound_config, read_lora_weights
+    from harness.adapters.format import WEIGHTS_NAME
+    from harness.models.text import damaged_file, is_builtin, load_config
+    from harness.train.memory import meta_model
 
     path = Path(src.path)
     if path.is_dir():
@@ -84,7 +87,7 @@ def precheck(src: ModelSource, spec: JobSpec) -> None:
         return
     state = read_lora_weights(path / WEIGHTS_NAME)
     base = src.base or _named_base(src)
-    config = load_config(base, src.trust_remote_code) if base and not is_builtin(base) else _config(spec)
+    config = load_config(base, src.trust_remote_code) if base and not is_builtin(base) else job_model_config(spec)
     modules = list(read_bound_config(path)["modules"]) if src.kind == "harness" else None
     check_lora_fits(meta_model(config), state, f"model {src.name!r}: adapter {path}", modules)
 
@@ -106,8 +109,8 @@ def _loader(src: ModelSource, modality: str) -> Any:
 
     def load() -> tuple[torch.nn.Module, Any]:
         from harness.adapters import load_adapter
-        from harness.modalities import get_modality
-        from harness.models import torch_dtype
+        from harness.models.modality import get_modality
+        from harness.models.text import torch_dtype
 
         if src.kind == "peft":
             raise DataError(f"model {src.name!r}: PEFT adapters are scored on text benchmarks only")
@@ -131,7 +134,7 @@ def _processor(src: ModelSource, modality: str) -> Any:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
-    from harness.modalities import get_modality
+    from harness.models.modality import get_modality
 
     return get_modality(modality).load(where, torch.float32, src.trust_remote_code)[1]
 
@@ -144,7 +147,7 @@ def _scored_model(ctx: JobContext, src: ModelSource, seed: int) -> ScoredModel:
     model, adapter = (src.base, src.path) if src.kind == "harness" else (src.path, None)
     if ctx.spec.eval.workers > 1:
         if src.kind == "peft":
-            from harness.modalities import get_modality
+            from harness.models.modality import get_modality
 
             merged, tokenizer = load_scoring_model(src)
             model = str(get_modality(modality).save(merged, tokenizer, ctx.out / "models" / src.name))

@@ -19,8 +19,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from harness.errors import DataError
-from harness.run_record import REFERENCE_NAMES, FinishedRun, load_finished_run
+from harness.core.errors import DataError
+from harness.results.run_record import REFERENCE_NAMES, FinishedRun, load_finished_run
 
 CARD_NAME = "README.md"
 
@@ -52,7 +52,7 @@ def _metric_rows(metrics: pd.DataFrame, method: str, seed: int = 0) -> list[dict
 
 def _metrics_table(metrics: pd.DataFrame, method: str, seed: int = 0) -> str:
     """Markdown table: one row per (split, metric), columns the method (this seed) and the reference models."""
-    from harness.report import to_markdown
+    from harness.report.tables import to_markdown
 
     names = [method] + [m for m in REFERENCE_NAMES if m in set(metrics["method"])]
     shown = pd.concat([_seed_rows(metrics, method, seed), metrics[metrics["method"].isin(REFERENCE_NAMES)]])
@@ -144,9 +144,9 @@ def export_method(run_dir: str | Path, method: str, out_dir: str | Path, seed: i
     The directory appears complete or not at all (written beside it, then renamed).
     """
     from harness.adapters import load_adapter, merge
-    from harness.modalities import get_modality
-    from harness.models import torch_dtype
-    from harness.tokenizer import load_tokenizer
+    from harness.models.modality import get_modality
+    from harness.models.text import torch_dtype
+    from harness.models.tokenizer import load_tokenizer
 
     out = Path(out_dir)
     _check_out(out)

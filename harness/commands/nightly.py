@@ -31,12 +31,11 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
-from harness.config import StrictModel, load_yaml, validate_config
-from harness.errors import HarnessError, SpecError
-from harness.results import ensure_writable_dir, read_json_file, read_parquet_file
-from harness.run_dir import require_finished
+from harness.config import StrictModel, TrackingSpec, load_yaml, validate_config
+from harness.core.errors import HarnessError, SpecError
+from harness.core.io import ensure_writable_dir, read_json_file, read_parquet_file
+from harness.results.run_dir import require_finished
 from harness.spec import JobSpec, load_spec
-from harness.tracking import TrackingSpec
 
 Glob = str | list[str]
 Direction = Literal["higher_is_better", "lower_is_better", "both"]
@@ -242,7 +241,7 @@ def _empty_history() -> pd.DataFrame:
 
 def append_history(path: str | Path, rows: pd.DataFrame) -> pd.DataFrame:
     """Append `rows` to the history and rewrite the parquet atomically; returns the whole history."""
-    from harness.results import atomic_write_parquet
+    from harness.core.io import atomic_write_parquet
 
     hist = read_history(path)
     rows = rows.copy()
@@ -412,11 +411,11 @@ def new_run_id(now: dt.datetime) -> str:
 def job_rows(job: str, out_dir: Path) -> tuple[pd.DataFrame, str | None]:
     """The metric rows of a finished job directory, reduced over its seeds, and its git commit (env.json).
 
-    A multi-seed job is compared on its across-seed statistics (harness.seeds): `value` is the mean over
+    A multi-seed job is compared on its across-seed statistics (harness.core.stats): `value` is the mean over
     seeds and `ci_low`/`ci_high` the across-seed 95% interval; a one-seed job keeps its bootstrap interval.
     A damaged file is a DataError naming it.
     """
-    from harness.seeds import metrics_across_seeds
+    from harness.core.stats import metrics_across_seeds
 
     require_finished(out_dir)
     metrics = read_parquet_file(out_dir / "metrics.parquet", f"metrics of job {job!r}")
@@ -438,9 +437,9 @@ def run_suite(suite: SuiteSpec | str | Path, history_path: str | Path | None = N
     `overrides` are `--set` assignments applied to every job after its own. `resume` continues the latest
     nightly run without a report: its finished jobs are kept, the others resume (`harness run --resume`).
     """
-    from harness.pipeline import log, run_job
-    from harness.resume import check_resumable
-    from harness.run_dir import has_results
+    from harness.pipeline.job import log, run_job
+    from harness.pipeline.resume import check_resumable
+    from harness.results.run_dir import has_results
 
     if not isinstance(suite, SuiteSpec):
         suite = load_suite(suite)
@@ -575,9 +574,9 @@ def write_nightly_report(run_dir: Path, suite: SuiteSpec, run_id: str, baseline:
     """Write nightly_report.md and nightly_report.html (+ plots/trend_<job>.png) under `run_dir`."""
     import re
 
-    from harness.compare import figure_png, html_image, html_page, html_table
-    from harness.report import to_markdown
-    from harness.results import atomic_write_bytes, atomic_write_parquet, atomic_write_text
+    from harness.commands.report import figure_png, html_image, html_page, html_table
+    from harness.core.io import atomic_write_bytes, atomic_write_parquet, atomic_write_text
+    from harness.report.tables import to_markdown
 
     failures = failures or {}
     flagged = comparison[comparison["status"].map(is_flagged)][_SHOW]

@@ -2,44 +2,20 @@
 
 from __future__ import annotations
 
-from transformers import PretrainedConfig
-
-from harness.memory import DTYPE_BYTES, GIB, OVERHEAD_BYTES, MemoryEstimate, estimate_memory, meta_model, model_shape
-from harness.models import builtin_config, is_builtin, load_config
+from harness.pipeline.preflight import job_model_config
 from harness.spec import JobSpec, MethodSpec, dump_spec
+from harness.train.memory import (
+    DTYPE_BYTES,
+    GIB,
+    OVERHEAD_BYTES,
+    MemoryEstimate,
+    estimate_memory,
+    meta_model,
+    model_shape,
+)
 
-#: Vocabulary size assumed for builtin models before their tokenizer is trained.
-BUILTIN_VOCAB = 1024
 #: Device memory the "fits" line checks against (an 80 GiB A100/H100).
 DEVICE_GIB = 80.0
-
-
-#: Classes assumed for an image classifier's head in a plan (CIFAR-100's; the head is a tiny share).
-PLAN_CLASSES = 100
-
-
-def _config(spec: JobSpec) -> PretrainedConfig:
-    if spec.benchmark.modality == "image":
-        from harness.benchmarks.vision.models import image_classifier_config
-
-        return image_classifier_config(spec.model.name, [str(c) for c in range(PLAN_CLASSES)],
-                                       spec.model.trust_remote_code)
-    if is_builtin(spec.model.name):
-        return builtin_config(spec.model.name, BUILTIN_VOCAB)
-    return load_config(spec.model.name, spec.model.trust_remote_code)
-
-
-def preflight(spec: JobSpec, overwrite: bool = False) -> None:
-    """Fail before any work when the job cannot run: its model's config is unreadable (ModelError), a method's
-    adapter finds no MLP layer to wrap (ModelError naming the model), or the out dir cannot take the results
-    (OutputError naming it: not writable, or holding a finished run's results and not `overwrite`)."""
-    from harness.adapters.targets import adapted_mlp_names
-    from harness.run_dir import check_out_dir
-
-    model = meta_model(_config(spec))
-    for method in spec.methods:
-        adapted_mlp_names(model, spec.model.name, method.adapter.targets)
-    check_out_dir(spec.out_dir(), overwrite)
 
 
 def _gib(n_bytes: float) -> str:
@@ -76,7 +52,7 @@ def memory_table(names: list[str], estimates: list[MemoryEstimate], capacity_gib
 
 def describe_plan(spec: JobSpec) -> str:
     """A readable plan: model size, adapted layers, per-method settings and a per-device memory table."""
-    config = _config(spec)
+    config = job_model_config(spec)
     model = meta_model(config)
     n_params = sum(p.numel() for p in model.parameters())
     world = spec.resources.num_workers
@@ -103,7 +79,7 @@ def describe_plan(spec: JobSpec) -> str:
             f"epochs={m.train.epochs} batch={m.train.batch_size}x{m.train.grad_accum}; "
             f"memory ~{_gib(est.total)} per device"
         )
-    lines += ["", f"memory per device in GiB (estimate; {world} worker(s); see harness/memory.py):"]
+    lines += ["", f"memory per device in GiB (estimate; {world} worker(s); see harness/train/memory.py):"]
     tokens_per_image = model_shape(config, None, model).tokens_per_example
     lines += [f"  {_settings(m, world, tokens_per_image)}" for m in spec.methods]
     lines += [memory_table([m.name for m in spec.methods], estimates), ""]

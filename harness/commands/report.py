@@ -20,19 +20,18 @@ import pandas as pd
 import yaml
 from pandas.io.formats.style import Styler
 
-from harness import sensitivity
-from harness.errors import DataError
-from harness.report import TELEMETRY, Column, summary_stats, summary_table, to_markdown
-from harness.results import (
-    METRIC_COLUMNS,
-    TRAIN_LOG_COLUMNS,
+from harness.core.errors import DataError
+from harness.core.io import (
     atomic_write_bytes,
     atomic_write_text,
     ensure_writable_dir,
     read_json_file,
     read_parquet_file,
 )
-from harness.run_dir import require_finished
+from harness.report import sensitivity
+from harness.report.tables import TELEMETRY, Column, summary_stats, summary_table, to_markdown
+from harness.results.contract import METRIC_COLUMNS, TRAIN_LOG_COLUMNS
+from harness.results.run_dir import require_finished
 
 REFERENCE_METHODS = ("target", "retain")
 _CURVES = [("loss", "total loss", False), ("loss_forget", "forget loss", False), ("loss_retain", "retain loss", False),
@@ -105,7 +104,7 @@ def summary_columns_for(spec: dict[str, Any], metrics: pd.DataFrame) -> list[Col
     from pydantic import ValidationError
 
     from harness.benchmarks import load_benchmark_class
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
     from harness.spec import benchmark_spec
 
     bench = spec.get("benchmark") or {}
@@ -143,7 +142,7 @@ def _with_seed(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def comparison_stats(runs: Sequence[RunData]) -> tuple[pd.DataFrame, list[Column], dict[str, pd.DataFrame]]:
-    """Across-seed statistics (harness.report.summary_stats) of every run's summary columns and telemetry,
+    """Across-seed statistics (harness.report.tables.summary_stats) of every run's summary columns and telemetry,
     with a `run` column; the union of the columns; and each run's formatted summary table."""
     columns: list[Column] = []
     frames, tables = [], {}
@@ -198,9 +197,9 @@ SEED_TEST_COLUMNS = ["method", "column", "run A", "run B", "n A", "n B", "mean A
 
 def seed_distribution_tests(runs: Sequence[RunData]) -> pd.DataFrame:
     """Every later run against the first, per method both ran and per summary column and telemetry maximum:
-    whether their per-seed values differ, by a two-sided Mann-Whitney U test (harness.seeds.two_sample), with
+    whether their per-seed values differ, by a two-sided Mann-Whitney U test (harness.core.stats.two_sample), with
     the smallest p the seed counts allow."""
-    from harness.seeds import two_sample
+    from harness.core.stats import two_sample
 
     if len(runs) < 2:
         return pd.DataFrame(columns=SEED_TEST_COLUMNS)
@@ -329,7 +328,7 @@ def figure_png(fig: plt.Figure) -> bytes:
 def html_table(table: pd.DataFrame, table_id: str, row_class: Sequence[str] | None = None) -> str:
     """`table` as HTML (pandas Styler) with the markdown tables' number formatting; `row_class` classes each
     row's cells (`regression`, ...); `table_id` names the table, unique within a page."""
-    from harness.report import _fmt
+    from harness.report.tables import _fmt
 
     data = table.reset_index(drop=True)
     styler = (Styler(data, uuid=table_id, cell_ids=False).hide(axis="index")

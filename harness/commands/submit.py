@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 # Files the upload leaves out (gitignore-style, relative to the project directory); Ray also skips
 # what .gitignore names.

@@ -21,10 +21,10 @@ import torch
 import yaml
 from pydantic import Field, model_validator
 
-from harness.config import StrictModel, load_config
-from harness.errors import SpecError
-from harness.results import atomic_write_parquet, atomic_write_text
-from harness.spec import JobSpec, apply_override, dump_spec, validate_spec
+from harness.config import StrictModel, apply_override, load_config
+from harness.core.errors import SpecError
+from harness.core.io import atomic_write_parquet, atomic_write_text
+from harness.spec import JobSpec, dump_spec, validate_spec
 
 
 class SearchObjective(StrictModel):
@@ -111,8 +111,8 @@ def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
 
     from harness.adapters import load_adapter
     from harness.benchmarks import load_benchmark
-    from harness.modalities import get_modality
-    from harness.pipeline import score_model
+    from harness.models.modality import get_modality
+    from harness.pipeline.job import score_model
     from harness.train.placement import guarded_trainer
     from harness.train.ray_run import run_unlearning
 
@@ -154,7 +154,7 @@ def _release_callback() -> Any:
     """
     from ray import tune
 
-    from harness.pipeline import log
+    from harness.pipeline.job import log
     from harness.train.placement import release_orphans, release_trainers, worker_of_actor
 
     class ReleaseTrainers(tune.Callback):
@@ -221,7 +221,7 @@ def _progress_callback(total: int) -> Any:
 
     from ray import tune
 
-    from harness.pipeline import log
+    from harness.pipeline.job import log
 
     class TrialProgress(tune.Callback):
         def __init__(self) -> None:
@@ -275,14 +275,14 @@ def pareto_front(frame: pd.DataFrame, objectives: list[SearchObjective]) -> pd.D
     done = frame.dropna(subset=cols)
     if done.empty:
         return done
-    from harness.report import non_dominated
+    from harness.report.tables import non_dominated
 
     signed = done[cols].to_numpy(dtype=float) * np.array([1.0 if o.mode == "max" else -1.0 for o in objectives])
     return done[non_dominated(signed)].sort_values(cols[0], ascending=objectives[0].mode == "min")
 
 
 def _plot_pareto(frame: pd.DataFrame, front: pd.DataFrame, objectives: list[SearchObjective], path: Path) -> None:
-    from harness.report import plt, save_figure
+    from harness.report.tables import plt, save_figure
 
     x, y = objectives[0].metric, objectives[1].metric if len(objectives) > 1 else "diverged"
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -304,12 +304,12 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
     from ray.tune.search.optuna import OptunaSearch
 
     from harness.benchmarks import load_benchmark
-    from harness.console import is_verbose
+    from harness.core.console import is_verbose
+    from harness.core.ray_env import ensure_ray
     from harness.objectives import make_objective, original_targets
-    from harness.pipeline import log, resolve_device, score_model
-    from harness.reference import prepare_references
+    from harness.pipeline.job import log, resolve_device, score_model
     from harness.tracking import tune_callback
-    from harness.train.ray_run import ensure_ray
+    from harness.train.reference import prepare_references
 
     method_name = space.method or spec.methods[0].name
     base = next((m for m in spec.methods if m.name == method_name), None)
@@ -377,7 +377,7 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
 
 def write_tune_results(frame: pd.DataFrame, spec: JobSpec, method_name: str, space: TuneSpace, out: Path) -> Path:
     """trials.parquet, pareto.md, plots/pareto.png and best/*.yaml from Tune's results frame."""
-    from harness.report import to_markdown
+    from harness.report.tables import to_markdown
 
     # Trial, objectives, settings, then how the trial went.
     order = ["trial_id", *[o.metric for o in space.objectives],
@@ -412,7 +412,7 @@ def _quiet_tune() -> None:
     """Hide what Tune and Optuna print besides the harness's own per-trial lines: Tune's new output engine
     prints its experiment box, results path and TensorBoard hint at any verbosity (its legacy reporter at
     verbosity 0 prints nothing), and Optuna logs the study's creation and each trial's result. (The Optuna
-    searcher's warning for trials ASHA stops is one of harness.console's NOISE messages.)"""
+    searcher's warning for trials ASHA stops is one of harness.core.console's NOISE messages.)"""
     import optuna
 
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"

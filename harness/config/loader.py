@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from harness.errors import SpecError
+from harness.core.errors import SpecError
 
 Model = TypeVar("Model", bound=BaseModel)
 

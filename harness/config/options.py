@@ -7,8 +7,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Discriminator, Field, Tag
 
-from harness.config import StrictModel
-from harness.registry import Registry
+from harness.config.loader import StrictModel
+from harness.core.registry import Registry
 
 __all__ = ["BENCHMARK_OPTIONS", "BenchmarkOptions", "ObjectiveOptions", "StrictModel", "tagged_union"]
 

@@ -41,8 +41,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from harness.errors import CacheError
-from harness.results import ensure_writable_dir
+from harness.core.errors import CacheError
+from harness.core.io import ensure_writable_dir
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -146,7 +146,7 @@ def entry_problem(entry: str | Path, required: Iterable[str] = ()) -> str | None
 
 
 def _scratch_pattern(name: str) -> re.Pattern[str]:
-    """Scratch names of an entry: ours, and those of the harness before harness.cache (`<name>.tmp`, and
+    """Scratch names of an entry: ours, and those of the harness before harness.core.cache (`<name>.tmp`, and
     `.<name>.<8 chars>` from tempfile.mkdtemp), so a killed old builder's leftovers go too."""
     n = re.escape(name)
     return re.compile(rf"\.{n}\.[0-9a-f]{{32}}\.tmp|{n}\.tmp|\.{n}\.[a-z0-9_]{{8}}")

@@ -23,7 +23,7 @@ NOISE = (
     # `[None, None]`, Optuna refuses and keeps the trial as failed (what a stopped trial is to its sampler).
     "The value None could not be cast to float",
     # Ray Tune, when handling a trial's result takes over 0.5 s: a stopped trial's result waits for its
-    # trainer's release (harness.tune), which is the point.
+    # trainer's release (harness.commands.tune), which is the point.
     "which may be a performance bottleneck",
 )
 #: The loggers those messages come from.

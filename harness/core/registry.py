@@ -5,9 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from harness.errors import SpecError
+from harness.core.errors import SpecError
 
 T = TypeVar("T")
+
+#: The first registry made for each kind, so that a lower layer can check a name against a registry that lives
+#: above it once that registry's module is loaded (`loaded`), without importing it.
+_BY_KIND: dict[str, Registry] = {}  # type: ignore[type-arg]
+
+
+def loaded(kind: str) -> Registry | None:  # type: ignore[type-arg]
+    """The registry of `kind` if the module that defines it has been imported, else None."""
+    return _BY_KIND.get(kind)
 
 
 class Registry(Generic[T]):
@@ -16,6 +25,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        _BY_KIND.setdefault(kind, self)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator that registers an object under `name` (names are unique)."""

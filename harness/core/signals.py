@@ -64,7 +64,7 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
 
 def handle_sigterm() -> None:
     """Make SIGTERM raise `Interrupted` in the main thread (elsewhere: nothing). `ray.init` installs its own
-    SIGTERM handler (exit without clean-up), so `harness.train.ray_run.ensure_ray` calls this again after it."""
+    SIGTERM handler (exit without clean-up), so `harness.core.ray_env.ensure_ray` calls this again after it."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_interrupted)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from harness.batch import IGNORE, Batch, TokenBatch
-from harness.text import encode_pair
+from harness.data.batch import IGNORE, Batch, TokenBatch
+from harness.data.text import encode_pair
 
 #: A context and its continuation, or several continuations of one context (DPO: preferred, rejected).
 Pair = tuple[str, str | tuple[str, ...]]

@@ -15,7 +15,7 @@ checkpoint's own head of another size (ImageNet's 1000 classes) is dropped and r
 a model whose MLP the target map (`harness.adapters.targets.MLP_TARGETS`) does not know is a ModelError.
 
 Builtin image models live in their own registry, `BUILTIN_IMAGE_MODELS`, beside the causal LMs'
-`harness.models.BUILTIN_MODELS`: a builtin LM is sized by its tokenizer's vocabulary and built as a causal LM,
+`harness.models.text.BUILTIN_MODELS`: a builtin LM is sized by its tokenizer's vocabulary and built as a causal LM,
 an image model by the dataset's classes and built as an image classifier, so the two builders do not share a
 signature. Names are unique across both registries (a test checks it), so `builtin:<name>` means one model.
 """
@@ -30,11 +30,19 @@ from typing import Any
 import torch
 from transformers import AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
 
-from harness.benchmarks.vision.preprocess import BUILTIN_PREPROCESSOR
-from harness.errors import ModelError
-from harness.models import BUILTIN_PREFIX, SHIPPED_CONFIG_DIR, load_config
-from harness.registry import Registry
-from harness.results import atomic_write_json
+from harness.core.errors import ModelError
+from harness.core.io import atomic_write_json
+from harness.core.registry import Registry
+from harness.models.preprocess import BUILTIN_PREPROCESSOR
+from harness.models.text import (
+    BUILTIN_MODELS,
+    BUILTIN_PREFIX,
+    SHIPPED_CONFIG_DIR,
+    is_builtin,
+    load_config,
+    loading,
+    own_aligned,
+)
 
 #: Builtin tiny image classifiers: name -> function(num_labels) -> config. Built from config, random init.
 BUILTIN_IMAGE_MODELS: Registry[Callable[[int], PretrainedConfig]] = Registry("builtin image model")
@@ -171,3 +179,29 @@ def load_preprocessor_config(name: str) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ModelError(f"{path} is not valid JSON: {err}") from None
+
+
+def builtin_modality(name: str) -> str | None:
+    """"text" or "image" for a known `builtin:<name>`, None for anything else (a hub id, a directory)."""
+    if not is_builtin(name):
+        return None
+    from harness.models.image import BUILTIN_IMAGE_MODELS
+
+    bare = name.removeprefix(BUILTIN_PREFIX)
+    if bare in BUILTIN_MODELS:
+        return "text"
+    return "image" if bare in BUILTIN_IMAGE_MODELS else None
+
+
+def load_image_model(name: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+                     revision: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load a saved image classifier (its own head) and its `preprocessor_config.json` from a directory or hub id."""
+    from transformers import AutoModelForImageClassification
+
+    from harness.models.image import load_preprocessor_config
+
+    source = _resolve(name)
+    with loading(name, source, revision):
+        model = AutoModelForImageClassification.from_pretrained(
+            source, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision, use_safetensors=True)
+    return own_aligned(model), load_preprocessor_config(source)

@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from harness.batch import Batch, ImageBatch
-from harness.registry import Registry
+from harness.core.registry import Registry
+from harness.data.batch import Batch, ImageBatch
 
 MODALITIES: Registry[type[Modality]] = Registry("modality")
 
@@ -83,20 +83,20 @@ class TextModality(Modality):
 
     def load(self, source: str, dtype: torch.dtype = torch.float32,
              trust_remote_code: bool = False) -> tuple[torch.nn.Module, Any]:
-        from harness.models import load_pretrained
+        from harness.models.text import load_pretrained
 
         return load_pretrained(source, dtype, trust_remote_code)
 
     def processor(self, spec: Any, bench: Any, cache_root: Path) -> Any:
-        from harness.models import is_builtin, load_pretrained
-        from harness.tokenizer import get_or_train_tokenizer
+        from harness.models.text import is_builtin, load_pretrained
+        from harness.models.tokenizer import get_or_train_tokenizer
 
         if is_builtin(spec.model.name):
             return get_or_train_tokenizer(bench.corpus_texts(), cache_root / "tokenizers")
         return load_pretrained(spec.model.name, torch.float32, spec.model.trust_remote_code, spec.model.revision)[1]
 
     def base_model(self, spec: Any, processor: Any, bench: Any, seed: int) -> torch.nn.Module:
-        from harness.models import build_builtin, is_builtin, load_pretrained, torch_dtype
+        from harness.models.text import build_builtin, is_builtin, load_pretrained, torch_dtype
 
         dtype = torch_dtype(spec.model.dtype)
         if is_builtin(spec.model.name):
@@ -104,7 +104,7 @@ class TextModality(Modality):
         return load_pretrained(spec.model.name, dtype, spec.model.trust_remote_code, spec.model.revision)[0]
 
     def save(self, model: torch.nn.Module, processor: Any, out_dir: Path) -> Path:
-        from harness.models import save_model
+        from harness.models.text import save_model
 
         return save_model(model, processor, out_dir)
 
@@ -115,12 +115,12 @@ class TextModality(Modality):
         return fingerprint(examples)
 
     def encode(self, processor: Any, examples: Sequence[Any], max_length: int) -> list[Any]:
-        from harness.train.data import encode_pairs
+        from harness.data.encode import encode_pairs
 
         return encode_pairs(processor, [tuple(e) for e in examples], max_length)
 
     def collate(self, processor: Any) -> Callable[[list[Any]], Batch]:
-        from harness.train.data import collate
+        from harness.data.encode import collate
 
         pad = processor.pad_token_id if processor.pad_token_id is not None else processor.eos_token_id
         return partial(collate, pad_id=pad)
@@ -134,7 +134,7 @@ class ImageProcessor:
     transform: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        from harness.benchmarks.vision.preprocess import ImageTransform
+        from harness.models.preprocess import ImageTransform
 
         self.transform = ImageTransform.from_config(self.config)
 
@@ -158,26 +158,26 @@ class ImageModality(Modality):
 
     def load(self, source: str, dtype: torch.dtype = torch.float32,
              trust_remote_code: bool = False) -> tuple[torch.nn.Module, Any]:
-        from harness.models import load_image_model
+        from harness.models.image import load_image_model
 
         model, config = load_image_model(source, dtype, trust_remote_code)
         return model, ImageProcessor(config)
 
     def processor(self, spec: Any, bench: Any, cache_root: Path) -> Any:
-        from harness.benchmarks.vision.models import load_preprocessor_config
+        from harness.models.image import load_preprocessor_config
 
         return ImageProcessor(load_preprocessor_config(spec.model.name))
 
     def base_model(self, spec: Any, processor: Any, bench: Any, seed: int) -> torch.nn.Module:
-        from harness.benchmarks.vision.models import load_image_classifier
-        from harness.models import torch_dtype
+        from harness.models.image import load_image_classifier
+        from harness.models.text import torch_dtype
 
         return load_image_classifier(spec.model.name, bench.class_names, seed=seed,
                                      dtype=torch_dtype(spec.model.dtype), revision=spec.model.revision,
                                      trust_remote_code=spec.model.trust_remote_code)
 
     def save(self, model: torch.nn.Module, processor: Any, out_dir: Path) -> Path:
-        from harness.benchmarks.vision.models import save_image_classifier
+        from harness.models.image import save_image_classifier
 
         return save_image_classifier(model, out_dir, processor.config)
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.errors import DataError
+from harness.core.errors import DataError
 
 #: PIL resampling filter codes as `resample` stores them (PIL.Image.Resampling values).
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}

@@ -11,10 +11,9 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
-from harness.errors import ModelError
-from harness.registry import Registry
-
-BUILTIN_PREFIX = "builtin:"
+from harness.config import BUILTIN_PREFIX
+from harness.core.errors import ModelError
+from harness.core.registry import Registry
 
 #: Builtin tiny architectures: name -> function(vocab_size) -> config. Built from config, random init.
 BUILTIN_MODELS: Registry[Any] = Registry("builtin model")
@@ -97,18 +96,6 @@ def is_builtin(name: str) -> bool:
     return name.startswith(BUILTIN_PREFIX)
 
 
-def builtin_modality(name: str) -> str | None:
-    """"text" or "image" for a known `builtin:<name>`, None for anything else (a hub id, a directory)."""
-    if not is_builtin(name):
-        return None
-    from harness.benchmarks.vision.models import BUILTIN_IMAGE_MODELS
-
-    bare = name.removeprefix(BUILTIN_PREFIX)
-    if bare in BUILTIN_MODELS:
-        return "text"
-    return "image" if bare in BUILTIN_IMAGE_MODELS else None
-
-
 def builtin_config(name: str, vocab_size: int) -> PretrainedConfig:
     """Config of a builtin tiny model (`builtin:tiny-llama` or `tiny-llama`)."""
     return BUILTIN_MODELS.get(name.removeprefix(BUILTIN_PREFIX))(vocab_size)
@@ -186,7 +173,7 @@ def load_pretrained(name: str, dtype: torch.dtype = torch.float32, trust_remote_
     (a truncated safetensors file, a JSON file cut short), that file and what is wrong with it.
     """
     source = _resolve(name)
-    with _loading(name, source, revision):
+    with loading(name, source, revision):
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision, use_safetensors=True
         )
@@ -216,7 +203,7 @@ def own_aligned(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def _loading(name: str, source: str, revision: str | None) -> Iterator[None]:
+def loading(name: str, source: str, revision: str | None) -> Iterator[None]:
     """Turn any failure to read a model's files into a ModelError naming the model and its damaged file."""
     try:
         yield
@@ -226,20 +213,6 @@ def _loading(name: str, source: str, revision: str | None) -> Iterator[None]:
         files = _files_of(name, source, revision)
         cause = (damaged_file(files) if files is not None else None) or f"{type(err).__name__}: {err}"
         raise ModelError(f"cannot load model {name!r}: {cause}") from None
-
-
-def load_image_model(name: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
-                     revision: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Load a saved image classifier (its own head) and its `preprocessor_config.json` from a directory or hub id."""
-    from transformers import AutoModelForImageClassification
-
-    from harness.benchmarks.vision.models import load_preprocessor_config
-
-    source = _resolve(name)
-    with _loading(name, source, revision):
-        model = AutoModelForImageClassification.from_pretrained(
-            source, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision, use_safetensors=True)
-    return own_aligned(model), load_preprocessor_config(source)
 
 
 #: Published config.json files of the models the shipped job specs name, for offline `--dry-run` plans.

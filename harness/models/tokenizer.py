@@ -9,8 +9,8 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from harness.cache import ensure_entry
-from harness.errors import DataError, ModelError
+from harness.core.cache import ensure_entry
+from harness.core.errors import DataError, ModelError
 
 #: Special tokens and their fixed ids (the builtin model configs use pad 0, bos 1, eos 2).
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -69,14 +69,14 @@ def load_tokenizer(path: str | Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as err:  # noqa: BLE001 - tokenizers and transformers raise their own types
-        from harness.models import damaged_file
+        from harness.models.text import damaged_file
 
         cause = (damaged_file(path) if Path(path).is_dir() else None) or f"{type(err).__name__}: {err}"
         raise ModelError(f"cannot load the tokenizer in {path}: {cause}") from None
 
 
 def get_or_train_tokenizer(texts: list[str], cache_dir: str | Path, vocab_size: int = 1024) -> Any:
-    """The tokenizer for `texts` from the cache entry `cache_dir/bpe-<key>` (harness.cache), trained on first use."""
+    """The tokenizer for `texts` from the cache entry `cache_dir/bpe-<key>` (harness.core.cache), trained on first use."""
 
     def build(scratch: Path) -> None:
         train_bpe_tokenizer(texts, vocab_size).save_pretrained(scratch)

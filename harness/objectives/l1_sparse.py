@@ -20,9 +20,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from harness.config import ObjectiveOptions
 from harness.objectives.base import OBJECTIVES
 from harness.objectives.ft import FineTune
-from harness.specbase import ObjectiveOptions
 
 
 class L1SparseOptions(ObjectiveOptions):

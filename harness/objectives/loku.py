@@ -31,10 +31,10 @@ from typing import Any, Literal
 
 import torch
 
-from harness.batch import Batch
+from harness.config import ObjectiveOptions
+from harness.data.batch import Batch
 from harness.objectives.base import OBJECTIVES, Objective, mean_nll
 from harness.objectives.prepare import FORGET, RETAIN, PrepareContext, base_weight_gradients
-from harness.specbase import ObjectiveOptions
 
 #: The reference's constants: Fisher ratio and row-weight regularisers.
 FISHER_EPS = 1e-5

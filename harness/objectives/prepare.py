@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from harness.batch import Batch
+from harness.data.batch import Batch
 
 #: The data a preparation pass can read: the forget set with the benchmark's own targets (the answers or
 #: labels the target model learned, whatever the objective trains toward), and the retain set.

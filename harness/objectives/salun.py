@@ -22,10 +22,10 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from harness.config import ObjectiveOptions
 from harness.objectives.base import OBJECTIVES, mean_nll
 from harness.objectives.prepare import FORGET, PrepareContext, base_weight_gradients
 from harness.objectives.rl import RandomLabels
-from harness.specbase import ObjectiveOptions
 
 
 class SalUnOptions(ObjectiveOptions):

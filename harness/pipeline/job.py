@@ -15,15 +15,25 @@ from typing import Any
 import pandas as pd
 import torch
 
-from harness import sensitivity
 from harness.adapters import adapter_norm_bound, load_adapter
 from harness.benchmarks import load_benchmark
 from harness.benchmarks.base import Benchmark, ModelScores
-from harness.errors import SpecError
-from harness.eval.backend import make_backend
+from harness.core.errors import SpecError
+from harness.core.io import atomic_write_json, atomic_write_parquet, atomic_write_text, read_parquet_file
+from harness.core.ray_env import stop_ray
+from harness.core.signals import cleaning_up, describe
 from harness.objectives import make_objective, original_targets
-from harness.reference import References, prepare_references, reference_seed_for, reference_seeds
-from harness.report import (
+from harness.pipeline.preflight import preflight
+from harness.pipeline.resume import (
+    SCORES_DIR,
+    check_same_spec,
+    earlier_runs,
+    load_scores,
+    next_train_run_name,
+    save_scores,
+)
+from harness.report import sensitivity
+from harness.report.tables import (
     Column,
     pareto_table,
     plot_metrics,
@@ -33,24 +43,21 @@ from harness.report import (
     summary_table,
     write_summary,
 )
-from harness.results import (
+from harness.results.contract import (
     EXAMPLE_COLUMNS,
     GENERATION_COLUMNS,
     METRIC_COLUMNS,
     TRAIN_LOG_COLUMNS,
-    atomic_write_json,
-    atomic_write_parquet,
-    atomic_write_text,
-    environment,
     frame,
-    read_parquet_file,
+    run_key,
 )
-from harness.resume import SCORES_DIR, check_same_spec, earlier_runs, load_scores, next_train_run_name, save_scores
-from harness.run_dir import RunDirectory, require_finished
-from harness.run_record import record_models
-from harness.signals import cleaning_up, describe
+from harness.results.env import environment
+from harness.results.run_dir import RunDirectory, require_finished
+from harness.results.run_record import record_models
+from harness.scoring.backend import make_backend
 from harness.spec import JobSpec, dump_spec
-from harness.train.ray_run import TrainRequest, run_key, run_unlearning_many, stop_ray
+from harness.train.ray_run import TrainRequest, run_unlearning_many
+from harness.train.reference import References, prepare_references, reference_seed_for, reference_seeds
 
 REFERENCE_METHODS = ("target", "retain")
 
@@ -68,7 +75,7 @@ def resolve_device(kind: str) -> torch.device:
     if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if kind == "cuda" and not torch.cuda.is_available():
-        from harness.errors import SpecError
+        from harness.core.errors import SpecError
 
         raise SpecError("resources.device is 'cuda' but no CUDA device is visible")
     return torch.device(kind)
@@ -119,9 +126,9 @@ def score_all(bench: Benchmark, refs: dict[int, References],
     """Score every model ((name, seed) -> ScoredModel, or (model dir, adapter dir or None)).
 
     With `eval.workers` > 1 the models are scored together on Ray: each gets a group of long-lived
-    scoring workers that load it once (harness.eval.parallel); otherwise one after another here.
+    scoring workers that load it once (harness.scoring.parallel); otherwise one after another here.
     With a `cache` directory, each model's scores are kept there as they are computed, and scores kept by
-    an earlier attempt of the job for the same model are reused (harness.resume).
+    an earlier attempt of the job for the same model are reused (harness.pipeline.resume).
     """
     if _lm_eval_tasks(spec) and bench.modality != "text":
         raise SpecError(f"eval.lm_eval_tasks: lm-evaluation-harness tasks score language models; benchmark "
@@ -146,7 +153,7 @@ def _score_models(bench: Benchmark, refs: dict[int, References], models: dict[Mo
         return {}
     default = next(iter(refs.values())).processor
     if spec.eval.workers > 1:
-        from harness.eval.parallel import ScoringPool
+        from harness.scoring.parallel import ScoringPool
 
         scores: dict[ModelKey, ModelScores] = {}
         groups: dict[int, list[ModelKey]] = {}  # one pool call per processor (the score function takes one)
@@ -187,8 +194,8 @@ def _driver_model(key: ModelKey, src: ScoredModel, refs: dict[int, References],
     ref = refs[reference_seed_for(spec, seed)] if name not in REFERENCE_METHODS else refs[seed]
     if name in REFERENCE_METHODS or src.source == ref.target_source:
         return _in_memory_model(name, ref, src.adapter), src.processor
-    from harness.modalities import get_modality
-    from harness.models import torch_dtype
+    from harness.models.modality import get_modality
+    from harness.models.text import torch_dtype
 
     model, processor = get_modality("text").load(src.source, torch_dtype(spec.model.dtype),
                                                  spec.model.trust_remote_code)
@@ -206,7 +213,7 @@ def _lm_eval_rows(key: ModelKey, model: torch.nn.Module, processor: Any, spec: J
     """`eval.lm_eval_tasks` on one in-memory model: lm-evaluation-harness's metric rows (none when unset)."""
     if not _lm_eval_tasks(spec):
         return []
-    from harness.eval.lm_eval_tasks import run_lm_eval_tasks
+    from harness.scoring.lm_eval import run_lm_eval_tasks
 
     log(f"lm-evaluation-harness tasks {spec.eval.lm_eval_tasks.tasks} on {run_key(*key)}")
     return run_lm_eval_tasks(model, processor, spec.eval.lm_eval_tasks, device=str(device))
@@ -305,13 +312,11 @@ def staged_job(spec: JobSpec, work: Callable[[JobContext], JobResult], progress:
 
     Bad input (spec, model, data, an out dir that cannot take the results) fails before anything is
     written. The run stages its files beside the out dir and replaces the out dir only once it has
-    finished (harness.run_dir); an out dir with a finished run's results is refused unless `overwrite`.
+    finished (harness.results.run_dir); an out dir with a finished run's results is refused unless `overwrite`.
     Ctrl-C or SIGTERM stops the run's Ray workers, marks the out dir interrupted (its staging directory kept
     when it holds progress) and re-raises the KeyboardInterrupt. `resume` continues the staging directory an
-    interrupted or failed attempt with the same spec left (harness.resume).
+    interrupted or failed attempt with the same spec left (harness.pipeline.resume).
     """
-    from harness.plan import preflight
-
     started = dt.datetime.now(dt.UTC)
     preflight(spec, overwrite)
     device = resolve_device(spec.resources.device)

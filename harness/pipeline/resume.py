@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.config import load_yaml
-from harness.errors import DataError, SpecError
-from harness.results import atomic_write_bytes
+from harness.core.errors import DataError, SpecError
+from harness.core.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     from harness.train.ray_run import TrainRequest, TrainRun
@@ -66,7 +66,7 @@ def check_same_spec(staging: Path, new: dict[str, Any]) -> None:
 def check_resumable(out: Path, new: dict[str, Any]) -> None:
     """`check_same_spec` against what a job's out dir holds: its finished results, else the latest staging
     directory an interrupted attempt left beside it (nothing to check when there is neither)."""
-    from harness.run_dir import has_results
+    from harness.results.run_dir import has_results
 
     if has_results(out):
         check_same_spec(out, new)
@@ -123,7 +123,8 @@ def verify_finished(checkpoint: Path, state: dict[str, Any], method: str, seed: 
     0..n-1 once for this method and seed (all `n_steps` unless it diverged), and its adapter must load."""
     import math
 
-    from harness.adapters.checkpoint import WEIGHTS_NAME, lora_modules, read_bound_config, read_lora_weights
+    from harness.adapters.checkpoint import lora_modules, read_bound_config, read_lora_weights
+    from harness.adapters.format import WEIGHTS_NAME
     from harness.train.loop import ADAPTER_DIR
 
     log = state.get("log")
@@ -202,7 +203,7 @@ def _digest(adapter: str | Path | None) -> str | None:
     """sha256 of an adapter's weights (what a kept score was computed with), None without an adapter."""
     if adapter is None:
         return None
-    from harness.adapters.checkpoint import WEIGHTS_NAME
+    from harness.adapters.format import WEIGHTS_NAME
 
     path = Path(adapter) / WEIGHTS_NAME
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None

@@ -15,7 +15,7 @@ signal `s` the distance is measured against (harness/train/twin.py). Per run:
 - **steps to 1% / 100%**: the first step (0-based, as logged) where `d >= 0.01 s` / `d >= s`; NaN if never.
 
 Computed for the adapter update distance (`sens_adapter`, the main one) and the probe logits (`sens_logits`).
-Across seeds the job reports the mean and 95% Student-t interval (harness.seeds), like every other metric.
+Across seeds the job reports the mean and 95% Student-t interval (harness.core.stats), like every other metric.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from harness.report import Column, save_figure
+from harness.report.tables import Column, save_figure
 
 SPLIT = "sensitivity"
 #: Fewest steps a growth window has; a shorter one is widened to the whole run.
@@ -145,8 +145,8 @@ def summary_columns(metrics: pd.DataFrame | Sequence[dict[str, Any]]) -> list[Co
 def notes(rows: Sequence[dict[str, Any]], epsilon: float, methods: Sequence[str], extra_s: float,
           train_s: float) -> list[str]:
     """Summary notes: each method's exponent over seeds, how many seeds decorrelated, and the twins' cost."""
-    from harness.report import format_stat
-    from harness.seeds import across_seeds
+    from harness.core.stats import across_seeds
+    from harness.report.tables import format_stat
 
     if not rows:
         return []

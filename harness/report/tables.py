@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from harness.results import atomic_write_bytes, atomic_write_text
-from harness.seeds import across_seeds
+from harness.core.io import atomic_write_bytes, atomic_write_text
+from harness.core.stats import across_seeds
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def _stat_row(method: str, column: str, split: str, metric: str, better: bool | 
 def summary_stats(metrics: pd.DataFrame, train_log: pd.DataFrame, columns: Sequence[Column],
                   methods: Sequence[str]) -> pd.DataFrame:
     """Long table, one row per (method, column): the across-seed mean, 95% interval, seed count and the
-    per-seed values of every summary metric and of each telemetry maximum (harness.seeds)."""
+    per-seed values of every summary metric and of each telemetry maximum (harness.core.stats)."""
     rows = []
     seed_col = "seed" in metrics.columns
     for method in methods:

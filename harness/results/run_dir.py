@@ -34,9 +34,9 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 import harness
-from harness.errors import DataError, HarnessError, OutputError
-from harness.results import atomic_write_json, ensure_writable_dir, read_json_file
-from harness.signals import cleaning_up, signal_name, signals_deferred
+from harness.core.errors import DataError, HarnessError, OutputError
+from harness.core.io import atomic_write_json, ensure_writable_dir, read_json_file
+from harness.core.signals import cleaning_up, signal_name, signals_deferred
 
 STATUS_NAME = "status.json"
 STATUS_FORMAT = 1

@@ -29,9 +29,9 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from harness.errors import DataError
-from harness.results import atomic_write_json
-from harness.run_dir import require_finished
+from harness.core.errors import DataError
+from harness.core.io import atomic_write_json
+from harness.results.run_dir import require_finished
 
 RECORD_NAME = "models.json"
 RECORD_VERSION = 2

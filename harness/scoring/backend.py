@@ -8,60 +8,14 @@ nothing about how a backend batches, pads or places the model. Backends register
 from __future__ import annotations
 
 import importlib
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from harness.registry import Registry
-from harness.text import encode_pair, encode_pairs
-
-
-@dataclass(frozen=True)
-class LoglikRequest:
-    """Score `continuation` (plus one EOS when `add_eos`) given `context`; tokenised by `encode_pair`."""
-
-    context: str
-    continuation: str
-    add_eos: bool = True
-
-
-@dataclass(frozen=True)
-class GenRequest:
-    """Greedy continuation of `prompt`: at most `max_new_tokens`, cut at the first of `stop`."""
-
-    prompt: str
-    max_new_tokens: int
-    stop: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, eq=False)
-class ClassifyRequest:
-    """Class log-probabilities of one uint8 image `(H, W, 3)`, preprocessed as the model's processor says."""
-
-    image: np.ndarray
-
-
-class Backend(ABC):
-    """A model ready to score: per-token log-probs of continuations and greedy generations (language models),
-    or class log-probabilities of images (image classifiers)."""
-
-    @abstractmethod
-    def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[np.ndarray]:
-        """Per request, the float64 log-probs of its continuation tokens (EOS included), in request order."""
-
-    @abstractmethod
-    def generate(self, requests: Sequence[GenRequest]) -> list[str]:
-        """Per request, the greedy text after the prompt, cut at the first stop string, in request order."""
-
-    def classify(self, requests: Sequence[ClassifyRequest]) -> list[np.ndarray]:
-        """Per request, the float64 log-probabilities over the classes, in request order (image classifiers)."""
-        raise NotImplementedError(f"the {type(self).__name__} backend scores language models only; "
-                                  "use eval.backend: hf for image classifiers")
-
+from harness.core.registry import Registry
+from harness.data.requests import Backend, LoglikRequest
+from harness.data.text import encode_pair, encode_pairs
 
 #: Backend classes by name; each is called as `cls(model, tokenizer, batch_size=..., device=...)`.
 BACKENDS: Registry[type[Backend]] = Registry("backend")
@@ -86,8 +40,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def _import_backend_module(name: str) -> None:
-    """Import `harness.eval.<name>_backend` so its class registers; a missing module is not an error here."""
-    module = f"harness.eval.{name}_backend"
+    """Import `harness.scoring.<name>_backend` so its class registers; a missing module is not an error here."""
+    module = f"harness.scoring.{name}_backend"
     try:
         importlib.import_module(module)
     except ModuleNotFoundError as err:
@@ -97,7 +51,7 @@ def _import_backend_module(name: str) -> None:
 
 def make_backend(name: str, model: Any, tokenizer: Any, batch_size: int = 16,
                  device: str | torch.device | None = "auto") -> Backend:
-    """Build the backend registered as `name`, importing `harness.eval.<name>_backend` on demand."""
+    """Build the backend registered as `name`, importing `harness.scoring.<name>_backend` on demand."""
     if name not in BACKENDS:
         _import_backend_module(name)
     return BACKENDS.get(name)(model, tokenizer, batch_size=batch_size, device=device)

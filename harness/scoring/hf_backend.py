@@ -12,17 +12,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness.eval.backend import (
-    BACKENDS,
-    Backend,
-    ClassifyRequest,
-    GenRequest,
-    LoglikRequest,
-    cut_at_stop,
-    encode_loglik_requests,
-    resolve_device,
-)
-from harness.eval.loglik_plan import Unit, plan_loglik
+from harness.data.requests import Backend, ClassifyRequest, GenRequest, LoglikRequest
+from harness.scoring.backend import BACKENDS, cut_at_stop, encode_loglik_requests, resolve_device
+from harness.scoring.loglik_plan import Unit, plan_loglik
 
 #: Default padded-token budget of one log-likelihood batch, per `batch_size` row.
 TOKENS_PER_ROW = 128

@@ -12,7 +12,7 @@ The metric is lm-eval's name when its filter is `none` (`acc`, `acc_norm`, `exac
 `<metric>_<filter>` in snake case (`exact_match_strict_match`); the interval is
 `value +- 1.96 * stderr` with lm-eval's standard error (missing when lm-eval gives none).
 
-A job's `eval.lm_eval_tasks` (an `LmEvalSpec`) runs this on every model it scores (harness.pipeline). lm-eval is
+A job's `eval.lm_eval_tasks` (an `LmEvalSpec`) runs this on every model it scores (harness.pipeline.job). lm-eval is
 a base dependency of the harness; importing this module does not import it.
 """
 
@@ -30,38 +30,17 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 
-from harness.config import StrictModel
-from harness.errors import DataError, HarnessError, SpecError
+from harness.config import LmEvalSpec
+from harness.core.errors import DataError, HarnessError, SpecError
 
 #: z for a two-sided 95% normal interval around lm-eval's standard error.
 Z_95 = 1.959963984540054
 BENCHMARK = "lm_eval"
-
-
-class LmEvalSpec(StrictModel):
-    """lm-evaluation-harness tasks to run on each scored model (a bare list means `tasks`)."""
-
-    tasks: list[str] = Field(default_factory=list, description="lm-eval task or group names")
-    include_path: str | None = Field(None, description="directory of extra task YAML files")
-    include_defaults: bool = Field(True, description="also index lm-eval's own tasks (takes ~7 s)")
-    limit: float | None = Field(None, gt=0, description="examples per task (a fraction when < 1); null = all")
-    num_fewshot: int | None = Field(None, ge=0, description="null = each task's own default")
-    batch_size: int = Field(8, ge=1)
-    bootstrap_iters: int = Field(1000, ge=0, description="lm-eval's bootstrap for non-mean stderrs; 0 = off")
-    backend: Literal["hf", "vllm"] = "hf"
-    vllm_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vllm.LLM arguments")
-    seed: int = 1234
-
-    @model_validator(mode="before")
-    @classmethod
-    def _list_is_tasks(cls, data: Any) -> Any:
-        return {"tasks": data} if isinstance(data, list) else data
 
 
 def _import_lm_eval() -> Any:
@@ -181,7 +160,7 @@ def _lm_eval_vllm_class() -> Any:
 
 
 def _vllm_lm(model_dir: Path, spec: LmEvalSpec) -> Any:
-    from harness.eval.vllm_backend import CPU_MEMORY_UTILIZATION, _import_vllm, _on_cpu
+    from harness.scoring.vllm_backend import CPU_MEMORY_UTILIZATION, _import_vllm, _on_cpu
 
     _import_vllm()
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
@@ -219,7 +198,7 @@ def run_lm_eval_tasks(model: torch.nn.Module | str | Path, tokenizer: Any, spec:
     try:
         if spec.backend == "vllm":
             if not isinstance(model, str | Path):
-                from harness.eval.vllm_backend import export_merged
+                from harness.scoring.vllm_backend import export_merged
 
                 tmp = Path(tempfile.mkdtemp(prefix="harness-lm-eval-"))
                 model = export_merged(model, tokenizer, tmp)

@@ -20,62 +20,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness.errors import DataError, ModelError, SpecError
-
-SourceKind = Literal["hf", "peft", "harness", "run"]
-#: Names the job's reference models take in the results; a scored model cannot take them.
-RESERVED_NAMES = ("target", "retain")
-
-
-class ModelSource(BaseModel):
-    """One model to score: a name for its result rows, where it is, and how to load it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    path: str = Field(validation_alias=AliasChoices("path", "source"))
-    kind: SourceKind | None = None
-    base: str | None = None
-    method: str | None = None
-    seed: int | None = Field(None, description="a run's method: only this seed (default: every seed it ran)")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    revision: str | None = None
-    trust_remote_code: bool = False
-
-    @field_validator("name")
-    @classmethod
-    def _usable_name(cls, v: str) -> str:
-        if v in RESERVED_NAMES:
-            raise ValueError(f"model name {v!r} is reserved for the job's reference models")
-        if not v or not v.replace("_", "").replace("-", "").replace("+", "").replace(".", "").isalnum():
-            raise ValueError(f"model name {v!r} must be letters, digits, '_', '-', '+' or '.'")
-        return v
-
-
-def parse_model_arg(text: str) -> ModelSource:
-    """`NAME=SOURCE[,key=value...]` (the `--model` syntax) as a ModelSource; SpecError naming the argument."""
-    name, sep, rest = text.partition("=")
-    if not sep or not name.strip() or not rest.strip():
-        raise SpecError(f"--model {text!r}: expected NAME=SOURCE[,key=value...]")
-    path, *options = rest.split(",")
-    fields: dict[str, Any] = {"name": name.strip(), "path": path.strip()}
-    for option in options:
-        key, sep, value = option.partition("=")
-        if not sep:
-            raise SpecError(f"--model {text!r}: option {option!r} is not key=value")
-        fields[key.strip()] = yaml.safe_load(value) if key.strip() == "trust_remote_code" else value.strip()
-    try:
-        return ModelSource.model_validate(fields)
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
-                             for e in err.errors())
-        raise SpecError(f"--model {text!r}: {problems}") from None
+from harness.config import ModelSource, SourceKind
+from harness.core.errors import DataError, ModelError, SpecError
 
 
 def _adapter_config(path: Path) -> dict[str, Any] | None:
@@ -91,8 +41,8 @@ def _adapter_config(path: Path) -> dict[str, Any] | None:
 
 def detect_kind(path: str) -> SourceKind:
     """The kind of a source path: run dir, harness adapter, PEFT adapter, or plain HF model (dir or hub id)."""
-    from harness.adapters.checkpoint import BOUND_CONFIG_NAME, BOUNDED_PEFT_TYPE
-    from harness.run_record import RECORD_NAME
+    from harness.adapters.format import BOUND_CONFIG_NAME, BOUNDED_PEFT_TYPE
+    from harness.results.run_record import RECORD_NAME
 
     local = Path(path).expanduser()
     if not local.exists():
@@ -121,7 +71,7 @@ def resolve_sources(sources: list[ModelSource], seed_in_name: bool = True) -> li
 
     Raises SpecError when two resolved sources share a name (and seed).
     """
-    from harness.run_record import load_finished_run
+    from harness.results.run_record import load_finished_run
 
     out: list[ModelSource] = []
     for src in sources:
@@ -151,7 +101,7 @@ def resolve_sources(sources: list[ModelSource], seed_in_name: bool = True) -> li
 
 def _base_of(src: ModelSource, named: str | None, what: str) -> str:
     """The base model of an adapter source: `base=`, else what the adapter's own files name."""
-    from harness.models import is_builtin
+    from harness.models.text import is_builtin
 
     base = src.base or named
     if not base:
@@ -164,7 +114,7 @@ def _base_of(src: ModelSource, named: str | None, what: str) -> str:
 
 
 def _load_hf(name: str, src: ModelSource) -> tuple[torch.nn.Module, Any]:
-    from harness.models import load_pretrained, torch_dtype
+    from harness.models.text import load_pretrained, torch_dtype
 
     try:
         return load_pretrained(name, torch_dtype(src.dtype), src.trust_remote_code, src.revision)
@@ -176,7 +126,8 @@ def _load_peft(src: ModelSource) -> tuple[torch.nn.Module, Any]:
     from peft import PeftModel
     from safetensors import SafetensorError
 
-    from harness.adapters.checkpoint import WEIGHTS_NAME, check_lora_fits, read_lora_weights
+    from harness.adapters.checkpoint import check_lora_fits, read_lora_weights
+    from harness.adapters.format import WEIGHTS_NAME
 
     path = Path(src.path)
     config = _adapter_config(path) or {}

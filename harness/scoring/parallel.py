@@ -38,11 +38,12 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from harness.errors import HarnessError
-from harness.eval.backend import Backend, ClassifyRequest, GenRequest, LoglikRequest, encode_loglik_requests
-from harness.eval.hf_backend import TOKENS_PER_ROW
-from harness.eval.loglik_plan import plan_loglik
-from harness.text import encode_pair
+from harness.core.errors import HarnessError
+from harness.data.requests import Backend, ClassifyRequest, GenRequest, LoglikRequest
+from harness.data.text import encode_pair
+from harness.scoring.backend import encode_loglik_requests
+from harness.scoring.hf_backend import TOKENS_PER_ROW
+from harness.scoring.loglik_plan import plan_loglik
 
 T = TypeVar("T")
 # How long scoring workers may wait for CPUs/GPUs before the run fails instead of hanging.
@@ -72,9 +73,9 @@ class ScoringWorker:
         import torch
 
         from harness.adapters import load_adapter, merge
-        from harness.eval.backend import make_backend
-        from harness.modalities import get_modality
-        from harness.models import torch_dtype
+        from harness.models.modality import get_modality
+        from harness.models.text import torch_dtype
+        from harness.scoring.backend import make_backend
 
         if threads:
             torch.set_num_threads(threads)
@@ -272,7 +273,7 @@ class ScoringPool:
                  max_concurrent: int | None = None, max_restarts: int = 1, modality: str = "text") -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        from harness.train.ray_run import ensure_ray
+        from harness.core.ray_env import ensure_ray
 
         ensure_ray(address)
         self.workers, self.backend_name, self.batch_size, self.dtype = workers, backend, batch_size, dtype

@@ -33,10 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.errors import HarnessError
-from harness.eval.backend import BACKENDS, Backend, GenRequest, LoglikRequest, cut_at_stop, encode_loglik_requests
+from harness.core.errors import HarnessError
 
 #: Engine arguments used unless the caller passes its own (`dtype` and `enforce_eager` depend on the platform).
+from harness.data.requests import Backend, GenRequest, LoglikRequest
+from harness.scoring.backend import BACKENDS, cut_at_stop, encode_loglik_requests
+
 #: Prefix caching is on (vLLM skips reading it for prompt-log-prob requests, so it helps generation only).
 ENGINE_DEFAULTS: dict[str, Any] = {"seed": 0, "generation_config": "vllm", "enable_prefix_caching": True}
 #: On the CPU platform `gpu_memory_utilization` is the share of host RAM vLLM reserves (weights + KV cache).
@@ -74,7 +76,7 @@ def export_merged(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path) -
 
 
 def _save(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
-    from harness.models import save_model
+    from harness.models.text import save_model
 
     return save_model(model, tokenizer, out_dir)
 
@@ -85,7 +87,7 @@ _NON_ARCH_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype
 
 def _arch_config(path: Path) -> dict[str, Any]:
     """The architecture part of a saved model's config.json."""
-    from harness.results import read_json_file
+    from harness.core.io import read_json_file
 
     data = read_json_file(Path(path) / "config.json", "model config")
     return {k: v for k, v in data.items() if k not in _NON_ARCH_KEYS}
@@ -147,7 +149,7 @@ class VLLMBackend(Backend):
         if not (path / "config.json").is_file():
             raise HarnessError(f"{path} is not a saved model directory (no config.json)")
         if tokenizer is None:
-            from harness.tokenizer import load_tokenizer
+            from harness.models.tokenizer import load_tokenizer
 
             tokenizer = load_tokenizer(path)
         backend = cls.__new__(cls)

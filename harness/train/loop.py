@@ -8,7 +8,7 @@ the next run starts. A run's checkpoints (DeepSpeed engine state + PEFT-format a
 far, plus the objective's preparation result) go through `ray.train.report`; its last one is marked `done`.
 A restarted worker group resumes from the latest checkpoint: finished runs are skipped, an unfinished one
 resumes at its step with its preparation loaded, not recomputed, so each step's telemetry appears exactly
-once. A run named in `config["resume_from"]` (a resumed job, harness.resume) starts from that checkpoint of
+once. A run named in `config["resume_from"]` (a resumed job, harness.pipeline.resume) starts from that checkpoint of
 an earlier attempt the same way. Rank 0 also streams every step to an optional progress actor. With
 `train.sensitivity`, each run trains a perturbed twin in lockstep and logs their distance per step
 (harness/train/twin.py).
@@ -37,11 +37,12 @@ from safetensors.torch import load_file, save_file
 
 from harness.adapters import adapted_layers, adapter_norms, adapter_parameters, attach
 from harness.adapters.checkpoint import save_adapter
-from harness.batch import Batch
-from harness.modalities import Modality, get_modality
+from harness.config import TrainSpec
+from harness.data.batch import Batch
+from harness.data.encode import BatchStream
+from harness.models.modality import Modality, get_modality
 from harness.objectives import FORGET, RETAIN, Objective, PrepareContext, make_objective
-from harness.spec import MethodSpec, TrainSpec
-from harness.train.data import BatchStream
+from harness.spec import MethodSpec
 from harness.train.schedule import make_scheduler
 from harness.train.step import MicroBatch, accumulate, all_reduce_mean, finite
 from harness.train.step import penalty as _penalty  # noqa: F401 - tests import it from here

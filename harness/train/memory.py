@@ -44,7 +44,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from harness.adapters.bounds import BOUNDS
-from harness.spec import AdapterSpec, TrainSpec
+from harness.config import AdapterSpec, TrainSpec
 
 GIB = 2**30
 #: Bytes per element of each model dtype name.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import shutil
 import signal
@@ -20,19 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
-from harness.results import atomic_write_json
-from harness.signals import cleaning_up, handle_sigterm
+from harness.core.errors import HarnessError
+from harness.core.io import atomic_write_json
+from harness.core.ray_env import ensure_ray, started_locally
+from harness.core.signals import cleaning_up
+from harness.results.contract import run_key
 from harness.spec import JobSpec, MethodSpec
 from harness.train.deepspeed_config import build_deepspeed_config
 from harness.train.loop import ADAPTER_DIR, RUN_DONE_KEY, STATE_FILE, train_loop_per_worker
 from harness.train.progress import TrainingProgress
 
-#: How often Ray Train's controller polls its workers (Ray's default is 2 s). Every `ray.train.report`
-#: waits for that poll, and so does the worker group's start, so a short interval cuts both.
-HEALTH_CHECK_INTERVAL_S = "0.2"
 #: Whether this process started the Ray instance it uses (its `ray.shutdown` then stops every worker).
-_local_instance = False
 
 
 class TrainingError(HarnessError):
@@ -60,11 +57,6 @@ class TrainRequest:
         return run_key(self.method.name, self.seed)
 
 
-def run_key(method: str, seed: int) -> str:
-    """The name of the run of `method` with `seed`."""
-    return f"{method}/seed{seed}"
-
-
 @dataclass
 class TrainRun:
     """What one run's training produced: step log, divergence, and the PEFT-format adapter."""
@@ -80,46 +72,6 @@ class TrainRun:
     #: the objective's preparation: `passes` (times computed: 1, also across resumes), `loads` (times a resumed
     #: worker group loaded it from a checkpoint) and `seconds` (of the pass)
     prepare: dict[str, Any] = field(default_factory=lambda: {"passes": 0, "loads": 0, "seconds": 0.0})
-
-
-def ensure_ray(address: str | None = None) -> None:
-    """Connect to `address` (or RAY_ADDRESS), or start a local Ray instance, once per process."""
-    import ray
-
-    from harness.console import quiet_libraries
-
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
-    if ray.is_initialized():
-        return
-    global _local_instance
-    quiet_libraries()  # Ray's token notice at init (unless verbose)
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        _local_instance = True
-        # Worker logs stay in Ray's session logs; failures come back with their traceback in the result.
-        # The dashboard serves the State API, which Ray Train's PlacementGroupCleaner polls: without it, a
-        # trainer whose controller is killed (a Tune trial stopped by ASHA) leaks its workers' placement
-        # group and the next trainer waits for those CPUs forever.
-        # Each worker process hides the library noise the driver hides (harness.console) before it runs a task.
-        ray.init(include_dashboard=True, log_to_driver=False, configure_logging=False,
-                 runtime_env={"worker_process_setup_hook": "harness.console.quiet_libraries"})
-    handle_sigterm()  # ray.init replaced it with Ray's own (exit at once, no clean-up)
-
-
-def stop_ray() -> None:
-    """Disconnect from Ray (a local instance started here stops, with every worker; a cluster's drops the
-    actors this driver owns). Nothing when Ray was never started."""
-    import sys
-
-    if "ray" in sys.modules:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-    global _local_instance
-    _local_instance = False
 
 
 def _trainer_class() -> type:
@@ -173,7 +125,7 @@ def fit_keeping_sigint(trainer: Any) -> Any:
     except KeyboardInterrupt:
         with cleaning_up():
             if hasattr(trainer, "abort"):
-                trainer.abort(graceful=not _local_instance)
+                trainer.abort(graceful=not started_locally())
         raise
     finally:
         if main and previous is not None:
@@ -217,7 +169,7 @@ def run_unlearning_many(requests: Sequence[TrainRequest], spec: JobSpec, out_dir
     """Train every request in one Ray Train run (N workers, each a DeepSpeed engine); results by run key.
 
     Each request names the directory (or hub id) its workers load the target model and processor from.
-    `resume_from` maps run keys to a checkpoint directory of an earlier, interrupted attempt (harness.resume):
+    `resume_from` maps run keys to a checkpoint directory of an earlier, interrupted attempt (harness.pipeline.resume):
     those runs continue from it instead of starting over.
     `fault` is a test hook: `{"rank", "run", "step", "marker"}` makes that worker SIGKILL itself once.
     `callbacks` are Ray Train callbacks (Tune passes its `TuneReportCallback` to see each report).

@@ -2,7 +2,7 @@
 
 In `train` mode both are fine-tuned from the job's model on the benchmark's reference examples and
 cached under `reference.cache_dir` by a hash of everything that shapes them (the seed included), so a
-second run of the same job loads them instead of training. Each is a harness.cache entry: one process
+second run of the same job loads them instead of training. Each is a harness.core.cache entry: one process
 trains it while concurrent runs wait, and a damaged entry (a file missing, truncated or edited) is
 retrained with a warning. In `load` mode they come from hub ids or local directories. `reference_seeds`
 says which seeds get a pair: one shared pair (`reference.seed`) by default, one per job seed with
@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from harness.benchmarks.base import Benchmark
-from harness.cache import ensure_entry
-from harness.modalities import fingerprint, get_modality
-from harness.models import torch_dtype
+from harness.core.cache import ensure_entry
+from harness.models.modality import fingerprint, get_modality
+from harness.models.text import torch_dtype
 from harness.spec import JobSpec
 from harness.train.finetune import finetune
 

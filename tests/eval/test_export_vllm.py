@@ -14,12 +14,12 @@ import pytest
 pytest.importorskip("vllm")
 pytest.importorskip("lm_eval")
 
-from harness.eval.backend import LoglikRequest  # noqa: E402
-from harness.eval.hf_backend import HFBackend  # noqa: E402
-from harness.eval.lm_eval_tasks import run_lm_eval_tasks  # noqa: E402
-from harness.eval.vllm_backend import VLLMBackend  # noqa: E402
-from harness.export import export_method  # noqa: E402
-from harness.models import load_pretrained  # noqa: E402
+from harness.commands.export import export_method  # noqa: E402
+from harness.data.requests import LoglikRequest  # noqa: E402
+from harness.models.text import load_pretrained  # noqa: E402
+from harness.scoring.hf_backend import HFBackend  # noqa: E402
+from harness.scoring.lm_eval import run_lm_eval_tasks  # noqa: E402
+from harness.scoring.vllm_backend import VLLMBackend  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from harness.eval.backend import BACKENDS, GenRequest, LoglikRequest, cut_at_stop, make_backend
-from harness.eval.hf_backend import HFBackend
-from harness.text import encode_pair
-from harness.tokenizer import train_bpe_tokenizer
+from harness.data.requests import GenRequest, LoglikRequest
+from harness.data.text import encode_pair
+from harness.models.tokenizer import train_bpe_tokenizer
+from harness.scoring.backend import BACKENDS, cut_at_stop, make_backend
+from harness.scoring.hf_backend import HFBackend
 
 CORPUS = [
     "Question: Who wrote the book?\nAnswer: The author wrote it in Paris.",

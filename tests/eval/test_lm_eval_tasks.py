@@ -21,10 +21,11 @@ import torch
 pytest.importorskip("lm_eval")
 
 from harness.adapters import load_adapter  # noqa: E402
-from harness.errors import DataError, SpecError  # noqa: E402
-from harness.eval.lm_eval_tasks import Z_95, LmEvalSpec, result_rows, run_lm_eval_tasks  # noqa: E402
-from harness.export import export_method  # noqa: E402
-from harness.models import load_pretrained  # noqa: E402
+from harness.commands.export import export_method  # noqa: E402
+from harness.config import LmEvalSpec
+from harness.core.errors import DataError, SpecError  # noqa: E402
+from harness.models.text import load_pretrained  # noqa: E402
+from harness.scoring.lm_eval import Z_95, result_rows, run_lm_eval_tasks  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -228,7 +229,7 @@ def test_a_model_scored_on_workers_is_loaded_here_for_lm_eval(scored: dict[str, 
     """With `eval.workers` > 1 the lm-eval pass loads each (model dir, adapter dir) in the driver."""
     from types import SimpleNamespace
 
-    from harness.pipeline import ScoredModel, _driver_model
+    from harness.pipeline.job import ScoredModel, _driver_model
     from harness.spec import validate_spec
 
     spec = validate_spec({"models": [{"name": "m", "source": "/x"}]})

@@ -7,11 +7,12 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from harness.eval.backend import LoglikRequest, encode_loglik_request
-from harness.eval.hf_backend import HFBackend
-from harness.eval.loglik_plan import plan_loglik
-from harness.eval.parallel import loglik_shards
-from harness.tokenizer import train_bpe_tokenizer
+from harness.data.requests import LoglikRequest
+from harness.models.tokenizer import train_bpe_tokenizer
+from harness.scoring.backend import encode_loglik_request
+from harness.scoring.hf_backend import HFBackend
+from harness.scoring.loglik_plan import plan_loglik
+from harness.scoring.parallel import loglik_shards
 
 CORPUS = [
     "Question: Who wrote the book?\nAnswer: The author wrote it in Paris.",
@@ -101,7 +102,7 @@ def test_pool_shards_reproduce_in_process_results_exactly(model, tokenizer) -> N
 def test_batched_encoding_gives_the_per_request_ids(tokenizer: PreTrainedTokenizerFast) -> None:
     """`encode_loglik_requests` (batched, each distinct text once) == `encode_loglik_request` per request, with
     empty contexts and continuations, no-EOS requests and left truncation to the window."""
-    from harness.eval.backend import encode_loglik_requests
+    from harness.scoring.backend import encode_loglik_requests
 
     reqs = [*tofu_requests(), LoglikRequest("Who wrote", " it", add_eos=False), LoglikRequest("", "", add_eos=False),
             LoglikRequest("word " * 40, " Paris.")]

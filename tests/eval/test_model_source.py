@@ -11,15 +11,10 @@ import pytest
 import torch
 
 from harness.adapters import load_adapter
-from harness.errors import DataError, SpecError
-from harness.eval.model_source import (
-    ModelSource,
-    detect_kind,
-    load_scoring_model,
-    parse_model_arg,
-    resolve_sources,
-)
-from harness.models import build_builtin, load_pretrained, save_model
+from harness.config import ModelSource, parse_model_arg
+from harness.core.errors import DataError, SpecError
+from harness.models.text import build_builtin, load_pretrained, save_model
+from harness.scoring.load import detect_kind, load_scoring_model, resolve_sources
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")]

@@ -17,9 +17,13 @@ import pytest
 import torch
 
 from harness.adapters import adapted_layers, attach, save_adapter
-from harness.eval.backend import GenRequest, LoglikRequest, encode_loglik_request
-from harness.eval.hf_backend import HFBackend
-from harness.eval.parallel import (
+from harness.config import AdapterSpec
+from harness.data.requests import GenRequest, LoglikRequest
+from harness.models.text import load_pretrained, save_model
+from harness.models.tokenizer import train_bpe_tokenizer
+from harness.scoring.backend import encode_loglik_request
+from harness.scoring.hf_backend import HFBackend
+from harness.scoring.parallel import (
     ScoringWorker,
     loglik_length,
     longest_first,
@@ -27,9 +31,6 @@ from harness.eval.parallel import (
     prompt_length,
     shard_requests,
 )
-from harness.models import load_pretrained, save_model
-from harness.spec import AdapterSpec
-from harness.tokenizer import train_bpe_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -157,7 +158,7 @@ def test_scoring_worker_in_process_matches_hf_backend(saved: dict[str, Path]) ->
 @pytest.fixture(scope="module")
 def ray_local() -> None:
     """A local Ray instance for this module (conftest shuts it down after the module)."""
-    from harness.train.ray_run import ensure_ray
+    from harness.core.ray_env import ensure_ray
 
     ensure_ray()
 
@@ -167,7 +168,7 @@ def ray_local() -> None:
 def test_two_workers_match_in_process_backend(saved: dict[str, Path], ray_local: None, adapter: bool) -> None:
     import ray
 
-    from harness.eval.parallel import ScoringPool
+    from harness.scoring.parallel import ScoringPool
 
     want = reference(saved, adapter)
     with ScoringPool(2, batch_size=BATCH, num_cpus=0.5) as pool:
@@ -188,7 +189,7 @@ def test_two_workers_match_in_process_backend(saved: dict[str, Path], ray_local:
 def test_score_models_concurrently_then_releases(saved: dict[str, Path], ray_local: None) -> None:
     import ray
 
-    from harness.eval.parallel import ScoringPool
+    from harness.scoring.parallel import ScoringPool
 
     seen: list[object] = []
 
@@ -227,9 +228,9 @@ def test_throughput_script_quick_prints_json_last() -> None:
 @pytest.mark.e2e
 def test_pipeline_score_with_two_workers_equals_in_process(saved: dict[str, Path], ray_local: None) -> None:
     from harness.benchmarks import load_benchmark
-    from harness.pipeline import score_all
-    from harness.reference import References
+    from harness.pipeline.job import score_all
     from harness.spec import JobSpec
+    from harness.train.reference import References
 
     spec = JobSpec.model_validate({
         "methods": [{"name": "gd"}],

@@ -18,13 +18,14 @@ import torch
 pytest.importorskip("vllm")
 
 from harness.adapters import adapted_layers, attach  # noqa: E402
-from harness.errors import HarnessError  # noqa: E402
-from harness.eval.backend import BACKENDS, GenRequest, LoglikRequest  # noqa: E402
-from harness.eval.hf_backend import HFBackend  # noqa: E402
-from harness.eval.vllm_backend import VLLMBackend, export_merged  # noqa: E402
-from harness.models import build_builtin, load_pretrained  # noqa: E402
-from harness.spec import AdapterSpec  # noqa: E402
-from harness.tokenizer import train_bpe_tokenizer  # noqa: E402
+from harness.config import AdapterSpec  # noqa: E402
+from harness.core.errors import HarnessError  # noqa: E402
+from harness.data.requests import GenRequest, LoglikRequest
+from harness.models.text import build_builtin, load_pretrained  # noqa: E402
+from harness.models.tokenizer import train_bpe_tokenizer  # noqa: E402
+from harness.scoring.backend import BACKENDS  # noqa: E402
+from harness.scoring.hf_backend import HFBackend  # noqa: E402
+from harness.scoring.vllm_backend import VLLMBackend, export_merged  # noqa: E402
 
 #: Largest |log p_vllm - log p_hf| accepted (float32 on both sides; measured at most 5.3e-6).
 ATOL = 1e-4

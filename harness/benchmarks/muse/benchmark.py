@@ -46,9 +46,9 @@ from harness.benchmarks.muse.metrics import (
     truncate_tokens,
 )
 from harness.benchmarks.muse.options import MuseOptions
-from harness.eval.backend import GenRequest, LoglikRequest
-from harness.report import Column
-from harness.spec import EvalSpec
+from harness.config import EvalSpec
+from harness.data.requests import GenRequest, LoglikRequest
+from harness.report.tables import Column
 
 KNOWMEM_SPLITS = ("forget", "retain")
 PRIVLEAK_SPLITS = ("forget", "holdout")

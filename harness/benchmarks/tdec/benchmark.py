@@ -52,11 +52,11 @@ from harness.benchmarks.tdec.metrics import (
 )
 from harness.benchmarks.tdec.options import TdecOptions
 from harness.benchmarks.tdec.synth import SYNTH_SEQUENCE_LENGTH
-from harness.errors import DataError
-from harness.eval.backend import Backend, GenRequest, LoglikRequest
-from harness.registry import Registry
-from harness.report import Column
-from harness.spec import EvalSpec
+from harness.config import EvalSpec
+from harness.core.errors import DataError
+from harness.core.registry import Registry
+from harness.data.requests import Backend, GenRequest, LoglikRequest
+from harness.report.tables import Column
 
 #: A utility task scores one model: `task(backend, tokenizer, eval_spec)` -> rows `{split, metric, value}`.
 UtilityTask = Callable[[Backend, Any, EvalSpec], list[dict[str, Any]]]

@@ -15,8 +15,8 @@ from harness.benchmarks.tofu.evaluate import (
     split_kind,
 )
 from harness.benchmarks.tofu.options import TofuOptions
-from harness.report import Column
-from harness.spec import EvalSpec
+from harness.config import EvalSpec
+from harness.report.tables import Column
 
 
 @BENCHMARKS.register("tofu")

@@ -18,10 +18,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from harness.benchmarks.text_metrics import bootstrap_ci, rouge_l_recall
 from harness.benchmarks.tofu import metrics as M
-from harness.errors import DataError
-from harness.eval.backend import Backend, GenRequest, LoglikRequest
-from harness.eval.text_metrics import bootstrap_ci, rouge_l_recall
+from harness.core.errors import DataError
+from harness.data.requests import Backend, GenRequest, LoglikRequest
 
 Kind = Literal["forget", "retain", "mc"]
 PromptFormat = Literal["plain", "chat_template"]

@@ -29,12 +29,13 @@ import numpy as np
 import pandas as pd
 
 from harness.benchmarks.base import BENCHMARKS, Benchmark, ModelScores, mean_metric_row
-from harness.benchmarks.vision.data import SPLITS, class_deletion_splits, load_image_dataset
+from harness.benchmarks.vision.data import SPLITS, class_deletion_splits
 from harness.benchmarks.vision.metrics import avg_gap, forget_quality, image_rows, model_utility, salun_metrics
 from harness.benchmarks.vision.options import VisionOptions
-from harness.eval.backend import ClassifyRequest
-from harness.report import Column
-from harness.spec import EvalSpec
+from harness.benchmarks.vision.sources import load_image_dataset
+from harness.config import EvalSpec
+from harness.data.requests import ClassifyRequest
+from harness.report.tables import Column
 
 Example = tuple[np.ndarray, int]
 
@@ -131,7 +132,7 @@ class Vision(Benchmark):
 
     def plots(self, examples: pd.DataFrame, methods: Sequence[str], out_dir: Path) -> list[Path]:
         """`per_class.png`: each model's per-class test accuracy (mean over seeds), deleted classes marked."""
-        from harness.report import plt, save_figure
+        from harness.report.tables import plt, save_figure
 
         test = examples[examples["split"].isin(["test_retain", "test_forget"])]
         if test.empty:

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from harness.errors import DataError
+from harness.core.errors import DataError
 
 #: Per-image values of `ImageRows`, as they go to examples.parquet (`metric` column).
 ROW_METRICS = ("loss", "correct", "confidence", "entropy", "predicted")

@@ -20,7 +20,9 @@ from transformers import (
 )
 
 from harness.adapters.targets import adapted_mlp_names
-from harness.benchmarks.vision.models import (
+from harness.config import AdapterSpec, TrainSpec
+from harness.core.errors import ModelError
+from harness.models.image import (
     BUILTIN_IMAGE_MODELS,
     build_builtin_image_model,
     image_classifier_config,
@@ -29,10 +31,8 @@ from harness.benchmarks.vision.models import (
     save_image_classifier,
     shipped_preprocessor_ids,
 )
-from harness.errors import ModelError
-from harness.memory import ATTN_FACTOR, estimate_memory, meta_model, model_shape
-from harness.models import BUILTIN_MODELS, shipped_config
-from harness.spec import AdapterSpec, TrainSpec
+from harness.models.text import BUILTIN_MODELS, shipped_config
+from harness.train.memory import ATTN_FACTOR, estimate_memory, meta_model, model_shape
 
 CLASSES = tuple(f"c{i}" for i in range(5))
 SHIPPED = ("google/vit-base-patch16-224", "openai/clip-vit-large-patch14", "facebook/deit-small-patch16-224")
@@ -146,7 +146,7 @@ def test_model_without_an_mlp_to_adapt_is_a_model_error() -> None:
 
 
 def test_non_image_model_is_a_model_error(tmp_path: Path) -> None:
-    from harness.models import build_builtin
+    from harness.models.text import build_builtin
 
     build_builtin("tiny-llama", 64).save_pretrained(tmp_path / "llm")
     with pytest.raises(ModelError, match="is not an image classifier"):
@@ -187,7 +187,7 @@ def test_memory_estimate_of_an_image_classifier_by_hand() -> None:
 def test_tiny_vit_learns_digits_in_under_a_minute() -> None:
     """Full fine-tune of the builtin tiny ViT on the digits (one thread): high test accuracy, well under a minute."""
     from harness.benchmarks.vision.data import digits_dataset
-    from harness.benchmarks.vision.preprocess import ImageTransform
+    from harness.models.preprocess import ImageTransform
 
     data = digits_dataset(0.2, seed=0)
     transform = ImageTransform.from_config(load_preprocessor_config("builtin:tiny-vit"))

@@ -8,9 +8,9 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.models.deit.image_processing_pil_deit import DeiTImageProcessorPil
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
-from harness.benchmarks.vision.models import load_preprocessor_config
-from harness.benchmarks.vision.preprocess import BUILTIN_PREPROCESSOR, ImageTransform, shortest_edge_size
-from harness.errors import DataError
+from harness.core.errors import DataError
+from harness.models.image import load_preprocessor_config
+from harness.models.preprocess import BUILTIN_PREPROCESSOR, ImageTransform, shortest_edge_size
 
 PROCESSORS = {
     "google/vit-base-patch16-224": ViTImageProcessorPil,
