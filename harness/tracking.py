@@ -28,6 +28,8 @@ from typing import Any
 import pandas as pd
 
 from harness.config import TrackingSpec
+from harness.core.console import is_verbose
+from harness.results.contract import run_key
 from harness.spec import JobSpec
 
 LOCAL_STORE = "mlflow.db"
@@ -92,7 +94,6 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 def _quiet_mlflow() -> None:
     """MLflow's INFO lines (creating the database tables, ...) only with `--verbose`."""
-    from harness.core.console import is_verbose
 
     if not is_verbose():
         for name in ("mlflow", "alembic"):
@@ -178,7 +179,6 @@ def log_job(spec: JobSpec, out: Path, metrics: pd.DataFrame, train_log: pd.DataF
     """
     if spec.tracking is None:
         return {}
-    from harness.results.contract import run_key
 
     tracker = Tracker(resolve_uri(spec.tracking, out), spec.tracking.experiment or spec.name)
     env = json.loads((out / "env.json").read_text()) if (out / "env.json").is_file() else {}

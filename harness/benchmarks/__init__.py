@@ -11,6 +11,9 @@ import importlib
 import pkgutil
 from typing import TYPE_CHECKING, Any
 
+from harness.benchmarks import base
+from harness.benchmarks.base import BENCHMARKS
+
 if TYPE_CHECKING:
     from harness.benchmarks.base import Benchmark
 
@@ -20,7 +23,6 @@ PACKAGES = tuple(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg)
 
 def load_benchmark_class(name: str) -> type[Benchmark]:
     """The Benchmark class registered as `name` (no data loaded)."""
-    from harness.benchmarks.base import BENCHMARKS
 
     for package in PACKAGES:
         importlib.import_module(f"harness.benchmarks.{package}.benchmark")
@@ -34,8 +36,6 @@ def load_benchmark(spec: Any) -> Benchmark:
 
 def __getattr__(name: str) -> Any:
     if name in ("BENCHMARKS", "Benchmark", "ModelScores"):
-        from harness.benchmarks import base
-
         return getattr(base, name)
     raise AttributeError(name)
 

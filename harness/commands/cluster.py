@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from harness.core.errors import HarnessError, SpecError
+from harness.spec import validate_spec
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,6 @@ def _job_specs(jobs_dir: Path) -> list[tuple[Path, dict[str, Any] | None]]:
 
 def check_cluster(path: str | Path, jobs_dir: str | Path | None = None) -> list[str]:
     """Problems of a Ray cluster config and of the job specs (default: `jobs/` beside it) it must run."""
-    from harness.spec import validate_spec
 
     path = Path(path)
     if not path.is_file():

@@ -19,10 +19,13 @@ from typing import Any
 
 import torch
 
-from harness.adapters.checkpoint import read_json
-from harness.adapters.format import CONFIG_NAME
+from harness.adapters import load_adapter
+from harness.adapters.checkpoint import check_lora_fits, read_bound_config, read_json, read_lora_weights
+from harness.adapters.format import CONFIG_NAME, WEIGHTS_NAME
 from harness.config import ModelSource
 from harness.core.errors import DataError, ModelError, SpecError
+from harness.models.modality import get_modality
+from harness.models.text import damaged_file, is_builtin, load_config, torch_dtype
 from harness.pipeline.job import (
     JobContext,
     JobResult,
@@ -35,6 +38,7 @@ from harness.pipeline.job import (
 from harness.pipeline.preflight import job_model_config
 from harness.scoring.load import load_scoring_model, resolve_sources
 from harness.spec import JobSpec
+from harness.train.memory import meta_model
 from harness.train.reference import reference_seed_for
 
 
@@ -51,8 +55,6 @@ def adapter_source(path: str | Path) -> ModelSource:
 def _named_base(src: ModelSource) -> str | None:
     """The base model an adapter source's own files name (None for plain models)."""
     if src.kind == "harness":
-        from harness.adapters import read_bound_config
-
         return read_bound_config(src.path).get("base_model")
     if src.kind == "peft":
         return read_json(Path(src.path) / CONFIG_NAME).get("base_model_name_or_path")
@@ -60,8 +62,6 @@ def _named_base(src: ModelSource) -> str | None:
 
 
 def _needs_job_base(src: ModelSource) -> bool:
-    from harness.models.text import is_builtin
-
     if src.kind not in ("harness", "peft") or src.base:
         return False
     named = _named_base(src)  # reads the adapter's config: a damaged one fails here, before any work
@@ -71,10 +71,6 @@ def _needs_job_base(src: ModelSource) -> bool:
 def precheck(src: ModelSource, spec: JobSpec) -> None:
     """Cheap checks of a resolved source before any work: no damaged file (JSON, safetensors headers), and an
     adapter's LoRA weights fit its base model's layer shapes (built on the meta device, no weights read)."""
-    from harness.adapters.checkpoint import check_lora_fits, read_bound_config, read_lora_weights
-    from harness.adapters.format import WEIGHTS_NAME
-    from harness.models.text import damaged_file, is_builtin, load_config
-    from harness.train.memory import meta_model
 
     path = Path(src.path)
     if path.is_dir():
@@ -108,10 +104,6 @@ def _loader(src: ModelSource, modality: str) -> Any:
         return lambda: load_scoring_model(src)
 
     def load() -> tuple[torch.nn.Module, Any]:
-        from harness.adapters import load_adapter
-        from harness.models.modality import get_modality
-        from harness.models.text import torch_dtype
-
         if src.kind == "peft":
             raise DataError(f"model {src.name!r}: PEFT adapters are scored on text benchmarks only")
         where = src.base if src.kind == "harness" and src.base else src.path
@@ -134,7 +126,6 @@ def _processor(src: ModelSource, modality: str) -> Any:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
-    from harness.models.modality import get_modality
 
     return get_modality(modality).load(where, torch.float32, src.trust_remote_code)[1]
 
@@ -147,8 +138,6 @@ def _scored_model(ctx: JobContext, src: ModelSource, seed: int) -> ScoredModel:
     model, adapter = (src.base, src.path) if src.kind == "harness" else (src.path, None)
     if ctx.spec.eval.workers > 1:
         if src.kind == "peft":
-            from harness.models.modality import get_modality
-
             merged, tokenizer = load_scoring_model(src)
             model = str(get_modality(modality).save(merged, tokenizer, ctx.out / "models" / src.name))
         processor = None if model == ref.target_source else _processor(src, modality)

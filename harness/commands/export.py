@@ -19,8 +19,14 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from harness.adapters import load_adapter, merge
 from harness.core.errors import DataError
+from harness.models.modality import get_modality
+from harness.models.text import torch_dtype
+from harness.models.tokenizer import load_tokenizer
+from harness.report.tables import to_markdown
 from harness.results.run_record import REFERENCE_NAMES, FinishedRun, load_finished_run
+from harness.spec import benchmark_spec
 
 CARD_NAME = "README.md"
 
@@ -52,7 +58,6 @@ def _metric_rows(metrics: pd.DataFrame, method: str, seed: int = 0) -> list[dict
 
 def _metrics_table(metrics: pd.DataFrame, method: str, seed: int = 0) -> str:
     """Markdown table: one row per (split, metric), columns the method (this seed) and the reference models."""
-    from harness.report.tables import to_markdown
 
     names = [method] + [m for m in REFERENCE_NAMES if m in set(metrics["method"])]
     shown = pd.concat([_seed_rows(metrics, method, seed), metrics[metrics["method"].isin(REFERENCE_NAMES)]])
@@ -122,8 +127,6 @@ def _modality(run: FinishedRun) -> str:
     """The modality of the run's benchmark (text when its spec no longer validates)."""
     from pydantic import ValidationError
 
-    from harness.spec import benchmark_spec
-
     try:
         return benchmark_spec(**(run.spec.get("benchmark") or {})).modality
     except (ValidationError, TypeError):
@@ -143,10 +146,6 @@ def export_method(run_dir: str | Path, method: str, out_dir: str | Path, seed: i
     diverged method, a missing or truncated weights file, an adapter that does not fit the base model.
     The directory appears complete or not at all (written beside it, then renamed).
     """
-    from harness.adapters import load_adapter, merge
-    from harness.models.modality import get_modality
-    from harness.models.text import torch_dtype
-    from harness.models.tokenizer import load_tokenizer
 
     out = Path(out_dir)
     _check_out(out)

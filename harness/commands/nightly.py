@@ -31,11 +31,24 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
+from harness.commands.report import figure_png, html_image, html_page, html_table
 from harness.config import StrictModel, TrackingSpec, load_yaml, validate_config
 from harness.core.errors import HarnessError, SpecError
-from harness.core.io import ensure_writable_dir, read_json_file, read_parquet_file
-from harness.results.run_dir import require_finished
+from harness.core.io import (
+    atomic_write_bytes,
+    atomic_write_parquet,
+    atomic_write_text,
+    ensure_writable_dir,
+    read_json_file,
+    read_parquet_file,
+)
+from harness.core.stats import metrics_across_seeds
+from harness.pipeline.job import log, run_job
+from harness.pipeline.resume import check_resumable
+from harness.report.tables import to_markdown
+from harness.results.run_dir import has_results, require_finished
 from harness.spec import JobSpec, load_spec
+from harness.tracking import log_nightly, resolve_uri, warn_failed, with_store
 
 Glob = str | list[str]
 Direction = Literal["higher_is_better", "lower_is_better", "both"]
@@ -241,7 +254,6 @@ def _empty_history() -> pd.DataFrame:
 
 def append_history(path: str | Path, rows: pd.DataFrame) -> pd.DataFrame:
     """Append `rows` to the history and rewrite the parquet atomically; returns the whole history."""
-    from harness.core.io import atomic_write_parquet
 
     hist = read_history(path)
     rows = rows.copy()
@@ -415,7 +427,6 @@ def job_rows(job: str, out_dir: Path) -> tuple[pd.DataFrame, str | None]:
     seeds and `ci_low`/`ci_high` the across-seed 95% interval; a one-seed job keeps its bootstrap interval.
     A damaged file is a DataError naming it.
     """
-    from harness.core.stats import metrics_across_seeds
 
     require_finished(out_dir)
     metrics = read_parquet_file(out_dir / "metrics.parquet", f"metrics of job {job!r}")
@@ -437,9 +448,6 @@ def run_suite(suite: SuiteSpec | str | Path, history_path: str | Path | None = N
     `overrides` are `--set` assignments applied to every job after its own. `resume` continues the latest
     nightly run without a report: its finished jobs are kept, the others resume (`harness run --resume`).
     """
-    from harness.pipeline.job import log, run_job
-    from harness.pipeline.resume import check_resumable
-    from harness.results.run_dir import has_results
 
     if not isinstance(suite, SuiteSpec):
         suite = load_suite(suite)
@@ -454,8 +462,6 @@ def run_suite(suite: SuiteSpec | str | Path, history_path: str | Path | None = N
     run_dir = suite_out / run_id
     jobs = resolve_jobs(suite, run_dir, overrides)
     if suite.tracking is not None:
-        from harness.tracking import resolve_uri, with_store
-
         store = resolve_uri(suite.tracking, suite_out)
         jobs = [(name, with_store(spec, store)) for name, spec in jobs]
     ensure_writable_dir(history_path.parent, "nightly history directory")
@@ -505,8 +511,6 @@ def run_suite(suite: SuiteSpec | str | Path, history_path: str | Path | None = N
     report = write_nightly_report(run_dir, suite, run_id, description, comparison, full, failures)
     result = SuiteResult(run_id, run_dir, report, comparison, description, outs, failures)
     if suite.tracking is not None:
-        from harness.tracking import log_nightly, warn_failed
-
         try:
             log_nightly(suite.tracking, suite_out, suite.name, run_id, description, comparison, run_dir, failures)
         except Exception as err:  # noqa: BLE001 - tracking must not fail a finished suite
@@ -573,10 +577,6 @@ def write_nightly_report(run_dir: Path, suite: SuiteSpec, run_id: str, baseline:
                          history: pd.DataFrame, failures: dict[str, str] | None = None) -> Path:
     """Write nightly_report.md and nightly_report.html (+ plots/trend_<job>.png) under `run_dir`."""
     import re
-
-    from harness.commands.report import figure_png, html_image, html_page, html_table
-    from harness.core.io import atomic_write_bytes, atomic_write_parquet, atomic_write_text
-    from harness.report.tables import to_markdown
 
     failures = failures or {}
     flagged = comparison[comparison["status"].map(is_flagged)][_SHOW]

@@ -20,7 +20,8 @@ import pandas as pd
 import yaml
 from pandas.io.formats.style import Styler
 
-from harness.core.errors import DataError
+from harness.benchmarks import load_benchmark_class
+from harness.core.errors import DataError, HarnessError
 from harness.core.io import (
     atomic_write_bytes,
     atomic_write_text,
@@ -28,10 +29,12 @@ from harness.core.io import (
     read_json_file,
     read_parquet_file,
 )
+from harness.core.stats import two_sample
 from harness.report import sensitivity
-from harness.report.tables import TELEMETRY, Column, summary_stats, summary_table, to_markdown
+from harness.report.tables import TELEMETRY, Column, _fmt, summary_stats, summary_table, to_markdown
 from harness.results.contract import METRIC_COLUMNS, TRAIN_LOG_COLUMNS
 from harness.results.run_dir import require_finished
+from harness.spec import benchmark_spec
 
 REFERENCE_METHODS = ("target", "retain")
 _CURVES = [("loss", "total loss", False), ("loss_forget", "forget loss", False), ("loss_retain", "retain loss", False),
@@ -102,10 +105,6 @@ def summary_columns_for(spec: dict[str, Any], metrics: pd.DataFrame) -> list[Col
     an unknown one, or a spec that no longer validates, one column per (split, metric) in metrics.parquet.
     """
     from pydantic import ValidationError
-
-    from harness.benchmarks import load_benchmark_class
-    from harness.core.errors import HarnessError
-    from harness.spec import benchmark_spec
 
     bench = spec.get("benchmark") or {}
     try:
@@ -199,7 +198,6 @@ def seed_distribution_tests(runs: Sequence[RunData]) -> pd.DataFrame:
     """Every later run against the first, per method both ran and per summary column and telemetry maximum:
     whether their per-seed values differ, by a two-sided Mann-Whitney U test (harness.core.stats.two_sample), with
     the smallest p the seed counts allow."""
-    from harness.core.stats import two_sample
 
     if len(runs) < 2:
         return pd.DataFrame(columns=SEED_TEST_COLUMNS)
@@ -328,7 +326,6 @@ def figure_png(fig: plt.Figure) -> bytes:
 def html_table(table: pd.DataFrame, table_id: str, row_class: Sequence[str] | None = None) -> str:
     """`table` as HTML (pandas Styler) with the markdown tables' number formatting; `row_class` classes each
     row's cells (`regression`, ...); `table_id` names the table, unique within a page."""
-    from harness.report.tables import _fmt
 
     data = table.reset_index(drop=True)
     styler = (Styler(data, uuid=table_id, cell_ids=False).hide(axis="index")

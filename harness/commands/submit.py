@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from harness.core.errors import HarnessError
+from harness.spec import load_spec
 
 # Files the upload leaves out (gitignore-style, relative to the project directory); Ray also skips
 # what .gitignore names.
@@ -169,7 +170,7 @@ def _client(address: str | None, job_id: str | None = None) -> Iterator[Any]:
 def project_root(start: Path | None = None) -> Path:
     """The checkout uploaded as the job's working_dir: the directory holding `harness/` and `jobs/`."""
     here = (start or Path.cwd()).resolve()
-    candidates = [here, *here.parents, Path(__file__).resolve().parents[1]]
+    candidates = [here, *here.parents, Path(__file__).resolve().parents[2]]
     for c in candidates:
         if (c / "harness" / "__init__.py").is_file() and (c / "jobs").is_dir():
             return c
@@ -208,7 +209,6 @@ def submit_job(spec_path: str | Path, address: str | None, overrides: Sequence[s
     `out` is the results directory on the cluster (`harness run --out`); a relative one lands in the
     job's temporary working directory there. With `wait`, follow the logs until the job ends.
     """
-    from harness.spec import load_spec
 
     stream = stream or sys.stdout
     spec = load_spec(spec_path, list(overrides))  # bad specs fail here, before anything is uploaded

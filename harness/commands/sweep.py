@@ -39,11 +39,18 @@ import pandas as pd
 import yaml
 from pydantic import Field, model_validator
 
+from harness.benchmarks import load_benchmark_class
+from harness.commands.tune import SearchObjective, pareto_front
 from harness.config import StrictModel, apply_override, load_config
 from harness.core.errors import SpecError
-from harness.core.io import atomic_write_parquet, atomic_write_text, read_parquet_file
-from harness.results.run_dir import require_finished
+from harness.core.io import atomic_write_parquet, atomic_write_text, ensure_writable_dir, read_parquet_file
+from harness.core.stats import across_seeds
+from harness.pipeline.job import log, run_job
+from harness.pipeline.resume import check_resumable
+from harness.report.tables import format_stat, plt, save_figure, to_markdown
+from harness.results.run_dir import has_results, require_finished
 from harness.spec import JobSpec, validate_spec
+from harness.tracking import resolve_uri, with_store
 
 METHOD_SECTIONS = ("adapter", "objective", "train")
 _DISTRIBUTIONS = ("choice", "uniform", "loguniform")
@@ -207,10 +214,6 @@ def run_sweep(base: JobSpec, sweep: SweepSpec, out: Path, progress: bool = True,
     `resume` continues an interrupted sweep: a job whose directory holds finished results of the same spec is
     kept, the others resume (`harness run --resume`); a job whose spec differs is refused (SpecError).
     """
-    from harness.core.io import ensure_writable_dir
-    from harness.pipeline.job import log, run_job
-    from harness.pipeline.resume import check_resumable
-    from harness.results.run_dir import has_results
 
     ensure_writable_dir(out)
     jobs = sweep_jobs(base, sweep)
@@ -220,7 +223,6 @@ def run_sweep(base: JobSpec, sweep: SweepSpec, out: Path, progress: bool = True,
     for spec, named in jobs:
         job_out = out / spec.name
         if spec.tracking is not None:  # one MLflow store and experiment for the whole sweep
-            from harness.tracking import resolve_uri, with_store
 
             spec = with_store(spec, resolve_uri(spec.tracking, out), f"sweep-{base.name}")
         spec = spec.model_copy(update={"out": str(job_out)})
@@ -251,7 +253,6 @@ def _objectives(spec: JobSpec, sweep: SweepSpec) -> list[SweepObjective]:
     """The sweep's objectives, else the benchmark's first two summary columns."""
     if sweep.objectives:
         return list(sweep.objectives)
-    from harness.benchmarks import load_benchmark_class
 
     cols = load_benchmark_class(spec.benchmark.name).summary_columns_for(spec.benchmark)
     return [SweepObjective(metric=c.metric, split=c.split, mode="min" if c.higher_is_better is False else "max")
@@ -262,8 +263,6 @@ def sweep_markdown(table: pd.DataFrame, jobs: list[tuple[JobSpec, dict[str, dict
                    objectives: list[str]) -> str:
     """One row per configuration: its settings, then mean [95% interval] over seeds of the objectives and the
     telemetry maxima, and how many seeds diverged."""
-    from harness.core.stats import across_seeds
-    from harness.report.tables import format_stat, to_markdown
 
     paths = list(dict.fromkeys(k for _, named in jobs for c in named.values() for k in c))
     shown = [*objectives, "max_grad_norm", "max_adapter_norm", "max_logit_norm"]
@@ -287,7 +286,6 @@ def sweep_markdown(table: pd.DataFrame, jobs: list[tuple[JobSpec, dict[str, dict
 def plot_curves(curves: pd.DataFrame, group: str, path: Path) -> Path | None:
     """Gradient norm (top) and adapter norm (bottom) against step, log scale, a panel per `group` value; one
     line per configuration (median over seeds), its seed range shaded."""
-    from harness.report.tables import plt, save_figure
 
     if curves.empty:
         return None
@@ -322,8 +320,6 @@ def plot_curves(curves: pd.DataFrame, group: str, path: Path) -> Path | None:
 def plot_tradeoff(table: pd.DataFrame, objectives: list[SweepObjective], group: str, path: Path) -> Path | None:
     """The two objectives, one panel per `group` value: a point per configuration (mean over seeds) with the seed
     range as bars; every panel also shows the Pareto front of all configurations' means."""
-    from harness.commands.tune import SearchObjective, pareto_front
-    from harness.report.tables import plt, save_figure
 
     if len(objectives) < 2 or table.empty or any(o.column not in table for o in objectives):
         return None

@@ -21,10 +21,22 @@ import torch
 import yaml
 from pydantic import Field, model_validator
 
+from harness.adapters import load_adapter
+from harness.benchmarks import load_benchmark
 from harness.config import StrictModel, apply_override, load_config
+from harness.core.console import is_verbose
 from harness.core.errors import SpecError
 from harness.core.io import atomic_write_parquet, atomic_write_text
+from harness.core.ray_env import ensure_ray
+from harness.models.modality import get_modality
+from harness.objectives import make_objective, original_targets
+from harness.pipeline.job import log, resolve_device, score_model
+from harness.report.tables import non_dominated, plt, save_figure, to_markdown
 from harness.spec import JobSpec, dump_spec, validate_spec
+from harness.tracking import tune_callback
+from harness.train.placement import guarded_trainer, release_orphans, release_trainers, worker_of_actor
+from harness.train.ray_run import run_unlearning
+from harness.train.reference import prepare_references
 
 
 class SearchObjective(StrictModel):
@@ -109,13 +121,6 @@ def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from harness.adapters import load_adapter
-    from harness.benchmarks import load_benchmark
-    from harness.models.modality import get_modality
-    from harness.pipeline.job import score_model
-    from harness.train.placement import guarded_trainer
-    from harness.train.ray_run import run_unlearning
-
     spec = apply_trial(validate_spec(context["spec"]), context["method"], config)
     method = spec.methods[0]
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
@@ -153,9 +158,6 @@ def _release_callback() -> Any:
     also releases its own trainer when its function ends (`guarded_trainer`).
     """
     from ray import tune
-
-    from harness.pipeline.job import log
-    from harness.train.placement import release_orphans, release_trainers, worker_of_actor
 
     class ReleaseTrainers(tune.Callback):
         def __init__(self) -> None:
@@ -207,7 +209,6 @@ def release_trainer_groups() -> None:
 
     if not ray.is_initialized():
         return
-    from harness.train.placement import release_orphans
 
     if _releaser is not None:
         _releaser.release_all()
@@ -220,8 +221,6 @@ def _progress_callback(total: int) -> Any:
     import time
 
     from ray import tune
-
-    from harness.pipeline.job import log
 
     class TrialProgress(tune.Callback):
         def __init__(self) -> None:
@@ -275,15 +274,12 @@ def pareto_front(frame: pd.DataFrame, objectives: list[SearchObjective]) -> pd.D
     done = frame.dropna(subset=cols)
     if done.empty:
         return done
-    from harness.report.tables import non_dominated
 
     signed = done[cols].to_numpy(dtype=float) * np.array([1.0 if o.mode == "max" else -1.0 for o in objectives])
     return done[non_dominated(signed)].sort_values(cols[0], ascending=objectives[0].mode == "min")
 
 
 def _plot_pareto(frame: pd.DataFrame, front: pd.DataFrame, objectives: list[SearchObjective], path: Path) -> None:
-    from harness.report.tables import plt, save_figure
-
     x, y = objectives[0].metric, objectives[1].metric if len(objectives) > 1 else "diverged"
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.scatter(frame[x], frame[y], color="0.6", label="trials")
@@ -302,14 +298,6 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
-
-    from harness.benchmarks import load_benchmark
-    from harness.core.console import is_verbose
-    from harness.core.ray_env import ensure_ray
-    from harness.objectives import make_objective, original_targets
-    from harness.pipeline.job import log, resolve_device, score_model
-    from harness.tracking import tune_callback
-    from harness.train.reference import prepare_references
 
     method_name = space.method or spec.methods[0].name
     base = next((m for m in spec.methods if m.name == method_name), None)
@@ -377,7 +365,6 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
 
 def write_tune_results(frame: pd.DataFrame, spec: JobSpec, method_name: str, space: TuneSpace, out: Path) -> Path:
     """trials.parquet, pareto.md, plots/pareto.png and best/*.yaml from Tune's results frame."""
-    from harness.report.tables import to_markdown
 
     # Trial, objectives, settings, then how the trial went.
     order = ["trial_id", *[o.metric for o in space.objectives],

@@ -7,11 +7,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from harness.core.errors import DataError, OutputError
+
+if TYPE_CHECKING:  # pandas is imported where a table is read, so the adapters load without it
+    import pandas as pd
 
 
 def ensure_writable_dir(path: str | Path, what: str = "output directory") -> Path:
@@ -58,6 +59,8 @@ def read_parquet_file(path: str | Path, what: str = "parquet file") -> pd.DataFr
     if not path.is_file():
         raise DataError(f"{what} {path} is missing")
     try:
+        import pandas as pd
+
         return pd.read_parquet(path)
     except Exception as err:  # noqa: BLE001 - pyarrow raises several unrelated types for damaged files
         raise DataError(f"{what} {path} is not a readable parquet file (truncated or damaged?): {err}") from None

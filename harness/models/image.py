@@ -185,7 +185,6 @@ def builtin_modality(name: str) -> str | None:
     """"text" or "image" for a known `builtin:<name>`, None for anything else (a hub id, a directory)."""
     if not is_builtin(name):
         return None
-    from harness.models.image import BUILTIN_IMAGE_MODELS
 
     bare = name.removeprefix(BUILTIN_PREFIX)
     if bare in BUILTIN_MODELS:
@@ -197,8 +196,6 @@ def load_image_model(name: str, dtype: torch.dtype = torch.float32, trust_remote
                      revision: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Load a saved image classifier (its own head) and its `preprocessor_config.json` from a directory or hub id."""
     from transformers import AutoModelForImageClassification
-
-    from harness.models.image import load_preprocessor_config
 
     source = _resolve(name)
     with loading(name, source, revision):

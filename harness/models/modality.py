@@ -27,6 +27,16 @@ import torch
 
 from harness.core.registry import Registry
 from harness.data.batch import Batch, ImageBatch
+from harness.data.encode import collate, encode_pairs
+from harness.models.image import (
+    load_image_classifier,
+    load_image_model,
+    load_preprocessor_config,
+    save_image_classifier,
+)
+from harness.models.preprocess import ImageTransform
+from harness.models.text import build_builtin, is_builtin, load_pretrained, save_model, torch_dtype
+from harness.models.tokenizer import get_or_train_tokenizer
 
 MODALITIES: Registry[type[Modality]] = Registry("modality")
 
@@ -83,29 +93,20 @@ class TextModality(Modality):
 
     def load(self, source: str, dtype: torch.dtype = torch.float32,
              trust_remote_code: bool = False) -> tuple[torch.nn.Module, Any]:
-        from harness.models.text import load_pretrained
-
         return load_pretrained(source, dtype, trust_remote_code)
 
     def processor(self, spec: Any, bench: Any, cache_root: Path) -> Any:
-        from harness.models.text import is_builtin, load_pretrained
-        from harness.models.tokenizer import get_or_train_tokenizer
-
         if is_builtin(spec.model.name):
             return get_or_train_tokenizer(bench.corpus_texts(), cache_root / "tokenizers")
         return load_pretrained(spec.model.name, torch.float32, spec.model.trust_remote_code, spec.model.revision)[1]
 
     def base_model(self, spec: Any, processor: Any, bench: Any, seed: int) -> torch.nn.Module:
-        from harness.models.text import build_builtin, is_builtin, load_pretrained, torch_dtype
-
         dtype = torch_dtype(spec.model.dtype)
         if is_builtin(spec.model.name):
             return build_builtin(spec.model.name, len(processor), seed=seed, dtype=dtype)
         return load_pretrained(spec.model.name, dtype, spec.model.trust_remote_code, spec.model.revision)[0]
 
     def save(self, model: torch.nn.Module, processor: Any, out_dir: Path) -> Path:
-        from harness.models.text import save_model
-
         return save_model(model, processor, out_dir)
 
     def processor_key(self, processor: Any) -> str:
@@ -115,13 +116,9 @@ class TextModality(Modality):
         return fingerprint(examples)
 
     def encode(self, processor: Any, examples: Sequence[Any], max_length: int) -> list[Any]:
-        from harness.data.encode import encode_pairs
-
         return encode_pairs(processor, [tuple(e) for e in examples], max_length)
 
     def collate(self, processor: Any) -> Callable[[list[Any]], Batch]:
-        from harness.data.encode import collate
-
         pad = processor.pad_token_id if processor.pad_token_id is not None else processor.eos_token_id
         return partial(collate, pad_id=pad)
 
@@ -134,8 +131,6 @@ class ImageProcessor:
     transform: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        from harness.models.preprocess import ImageTransform
-
         self.transform = ImageTransform.from_config(self.config)
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
@@ -158,27 +153,18 @@ class ImageModality(Modality):
 
     def load(self, source: str, dtype: torch.dtype = torch.float32,
              trust_remote_code: bool = False) -> tuple[torch.nn.Module, Any]:
-        from harness.models.image import load_image_model
-
         model, config = load_image_model(source, dtype, trust_remote_code)
         return model, ImageProcessor(config)
 
     def processor(self, spec: Any, bench: Any, cache_root: Path) -> Any:
-        from harness.models.image import load_preprocessor_config
-
         return ImageProcessor(load_preprocessor_config(spec.model.name))
 
     def base_model(self, spec: Any, processor: Any, bench: Any, seed: int) -> torch.nn.Module:
-        from harness.models.image import load_image_classifier
-        from harness.models.text import torch_dtype
-
         return load_image_classifier(spec.model.name, bench.class_names, seed=seed,
                                      dtype=torch_dtype(spec.model.dtype), revision=spec.model.revision,
                                      trust_remote_code=spec.model.trust_remote_code)
 
     def save(self, model: torch.nn.Module, processor: Any, out_dir: Path) -> Path:
-        from harness.models.image import save_image_classifier
-
         return save_image_classifier(model, out_dir, processor.config)
 
     def processor_key(self, processor: Any) -> str:

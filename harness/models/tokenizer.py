@@ -11,6 +11,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from harness.core.cache import ensure_entry
 from harness.core.errors import DataError, ModelError
+from harness.models.text import damaged_file
 
 #: Special tokens and their fixed ids (the builtin model configs use pad 0, bos 1, eos 2).
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -69,7 +70,6 @@ def load_tokenizer(path: str | Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as err:  # noqa: BLE001 - tokenizers and transformers raise their own types
-        from harness.models.text import damaged_file
 
         cause = (damaged_file(path) if Path(path).is_dir() else None) or f"{type(err).__name__}: {err}"
         raise ModelError(f"cannot load the tokenizer in {path}: {cause}") from None

@@ -22,6 +22,8 @@ from harness.core.errors import SpecError
 from harness.core.io import atomic_write_json, atomic_write_parquet, atomic_write_text, read_parquet_file
 from harness.core.ray_env import stop_ray
 from harness.core.signals import cleaning_up, describe
+from harness.models.modality import get_modality
+from harness.models.text import torch_dtype
 from harness.objectives import make_objective, original_targets
 from harness.pipeline.preflight import preflight
 from harness.pipeline.resume import (
@@ -55,7 +57,10 @@ from harness.results.env import environment
 from harness.results.run_dir import RunDirectory, require_finished
 from harness.results.run_record import record_models
 from harness.scoring.backend import make_backend
+from harness.scoring.lm_eval import run_lm_eval_tasks
+from harness.scoring.parallel import ScoringPool
 from harness.spec import JobSpec, dump_spec
+from harness.tracking import log_job, resolve_uri, warn_failed
 from harness.train.ray_run import TrainRequest, run_unlearning_many
 from harness.train.reference import References, prepare_references, reference_seed_for, reference_seeds
 
@@ -75,8 +80,6 @@ def resolve_device(kind: str) -> torch.device:
     if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if kind == "cuda" and not torch.cuda.is_available():
-        from harness.core.errors import SpecError
-
         raise SpecError("resources.device is 'cuda' but no CUDA device is visible")
     return torch.device(kind)
 
@@ -153,8 +156,6 @@ def _score_models(bench: Benchmark, refs: dict[int, References], models: dict[Mo
         return {}
     default = next(iter(refs.values())).processor
     if spec.eval.workers > 1:
-        from harness.scoring.parallel import ScoringPool
-
         scores: dict[ModelKey, ModelScores] = {}
         groups: dict[int, list[ModelKey]] = {}  # one pool call per processor (the score function takes one)
         for key, src in models.items():
@@ -194,8 +195,6 @@ def _driver_model(key: ModelKey, src: ScoredModel, refs: dict[int, References],
     ref = refs[reference_seed_for(spec, seed)] if name not in REFERENCE_METHODS else refs[seed]
     if name in REFERENCE_METHODS or src.source == ref.target_source:
         return _in_memory_model(name, ref, src.adapter), src.processor
-    from harness.models.modality import get_modality
-    from harness.models.text import torch_dtype
 
     model, processor = get_modality("text").load(src.source, torch_dtype(spec.model.dtype),
                                                  spec.model.trust_remote_code)
@@ -213,7 +212,6 @@ def _lm_eval_rows(key: ModelKey, model: torch.nn.Module, processor: Any, spec: J
     """`eval.lm_eval_tasks` on one in-memory model: lm-evaluation-harness's metric rows (none when unset)."""
     if not _lm_eval_tasks(spec):
         return []
-    from harness.scoring.lm_eval import run_lm_eval_tasks
 
     log(f"lm-evaluation-harness tasks {spec.eval.lm_eval_tasks.tasks} on {run_key(*key)}")
     return run_lm_eval_tasks(model, processor, spec.eval.lm_eval_tasks, device=str(device))
@@ -510,7 +508,6 @@ def _track(spec: JobSpec, out: Path) -> None:
     warning, the files stand."""
     if spec.tracking is None:
         return
-    from harness.tracking import log_job, resolve_uri, warn_failed
 
     try:
         ids = log_job(spec, out, pd.read_parquet(out / "metrics.parquet"), pd.read_parquet(out / "train_log.parquet"))

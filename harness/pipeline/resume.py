@@ -20,9 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.adapters.checkpoint import lora_modules, read_bound_config, read_lora_weights
+from harness.adapters.format import WEIGHTS_NAME
 from harness.config import load_yaml
 from harness.core.errors import DataError, SpecError
 from harness.core.io import atomic_write_bytes
+from harness.results.run_dir import has_results
+from harness.train.loop import ADAPTER_DIR, ENGINE_TAG, STATE_FILE, total_steps
+from harness.train.ray_run import read_finished_run
 
 if TYPE_CHECKING:
     from harness.train.ray_run import TrainRequest, TrainRun
@@ -66,7 +71,6 @@ def check_same_spec(staging: Path, new: dict[str, Any]) -> None:
 def check_resumable(out: Path, new: dict[str, Any]) -> None:
     """`check_same_spec` against what a job's out dir holds: its finished results, else the latest staging
     directory an interrupted attempt left beside it (nothing to check when there is neither)."""
-    from harness.results.run_dir import has_results
 
     if has_results(out):
         check_same_spec(out, new)
@@ -99,7 +103,6 @@ class EarlierTraining:
 def registered_checkpoints(out: Path) -> list[tuple[Path, dict[str, Any]]]:
     """(checkpoint dir, its state.json) of every checkpoint each attempt's Ray Train run registered (its
     `checkpoint_manager_snapshot.json` lists those fully written), oldest first."""
-    from harness.train.loop import STATE_FILE
 
     found = []
     for attempt in (out / "ray").glob("*/"):
@@ -122,10 +125,6 @@ def verify_finished(checkpoint: Path, state: dict[str, Any], method: str, seed: 
     """Why a run's `done` checkpoint cannot be reused (None: it can): its step log must hold each step
     0..n-1 once for this method and seed (all `n_steps` unless it diverged), and its adapter must load."""
     import math
-
-    from harness.adapters.checkpoint import lora_modules, read_bound_config, read_lora_weights
-    from harness.adapters.format import WEIGHTS_NAME
-    from harness.train.loop import ADAPTER_DIR
 
     log = state.get("log")
     if not isinstance(log, list) or state.get("step") != len(log):
@@ -151,7 +150,6 @@ def verify_finished(checkpoint: Path, state: dict[str, Any], method: str, seed: 
 
 def earlier_training(out: Path, runs: Iterable[tuple[str, str, int, int]]) -> EarlierTraining:
     """What earlier attempts left for `runs` ((key, method, seed, expected steps)) under `<out>/ray`."""
-    from harness.train.loop import ENGINE_TAG
 
     states = registered_checkpoints(out)
     found = EarlierTraining()
@@ -178,8 +176,6 @@ def earlier_runs(out: Path, requests: Sequence[TrainRequest], log: Callable[[str
     """For a resumed job writing into `out`: the runs an earlier attempt finished (verified, their adapters copied
     to `<out>/checkpoints/`: reused, not retrained), the requests still to train, and the checkpoint each
     unfinished one continues from; each decision is logged."""
-    from harness.train.loop import total_steps
-    from harness.train.ray_run import read_finished_run
 
     found = earlier_training(out, [(r.key, r.method.name, r.seed, total_steps(len(r.forget), r.method))
                                    for r in requests])
@@ -203,7 +199,6 @@ def _digest(adapter: str | Path | None) -> str | None:
     """sha256 of an adapter's weights (what a kept score was computed with), None without an adapter."""
     if adapter is None:
         return None
-    from harness.adapters.format import WEIGHTS_NAME
 
     path = Path(adapter) / WEIGHTS_NAME
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None

@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from harness.report.tables import Column, save_figure
+from harness.core.stats import across_seeds
+from harness.report.tables import Column, format_stat, save_figure
 
 SPLIT = "sensitivity"
 #: Fewest steps a growth window has; a shorter one is widened to the whole run.
@@ -145,8 +146,6 @@ def summary_columns(metrics: pd.DataFrame | Sequence[dict[str, Any]]) -> list[Co
 def notes(rows: Sequence[dict[str, Any]], epsilon: float, methods: Sequence[str], extra_s: float,
           train_s: float) -> list[str]:
     """Summary notes: each method's exponent over seeds, how many seeds decorrelated, and the twins' cost."""
-    from harness.core.stats import across_seeds
-    from harness.report.tables import format_stat
 
     if not rows:
         return []

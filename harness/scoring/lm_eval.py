@@ -37,6 +37,7 @@ import torch
 
 from harness.config import LmEvalSpec
 from harness.core.errors import DataError, HarnessError, SpecError
+from harness.scoring.vllm_backend import CPU_MEMORY_UTILIZATION, _import_vllm, _on_cpu, export_merged
 
 #: z for a two-sided 95% normal interval around lm-eval's standard error.
 Z_95 = 1.959963984540054
@@ -160,8 +161,6 @@ def _lm_eval_vllm_class() -> Any:
 
 
 def _vllm_lm(model_dir: Path, spec: LmEvalSpec) -> Any:
-    from harness.scoring.vllm_backend import CPU_MEMORY_UTILIZATION, _import_vllm, _on_cpu
-
     _import_vllm()
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     on_cpu = _on_cpu()  # resolves vLLM's platform before lm-eval's module is imported
@@ -198,8 +197,6 @@ def run_lm_eval_tasks(model: torch.nn.Module | str | Path, tokenizer: Any, spec:
     try:
         if spec.backend == "vllm":
             if not isinstance(model, str | Path):
-                from harness.scoring.vllm_backend import export_merged
-
                 tmp = Path(tempfile.mkdtemp(prefix="harness-lm-eval-"))
                 model = export_merged(model, tokenizer, tmp)
             lm = _vllm_lm(Path(model), spec)

@@ -24,8 +24,13 @@ from typing import Any
 
 import torch
 
+from harness.adapters import load_adapter, read_bound_config
+from harness.adapters.checkpoint import check_lora_fits, read_lora_weights
+from harness.adapters.format import BOUND_CONFIG_NAME, BOUNDED_PEFT_TYPE, WEIGHTS_NAME
 from harness.config import ModelSource, SourceKind
 from harness.core.errors import DataError, ModelError, SpecError
+from harness.models.text import is_builtin, load_pretrained, torch_dtype
+from harness.results.run_record import RECORD_NAME, load_finished_run
 
 
 def _adapter_config(path: Path) -> dict[str, Any] | None:
@@ -41,8 +46,6 @@ def _adapter_config(path: Path) -> dict[str, Any] | None:
 
 def detect_kind(path: str) -> SourceKind:
     """The kind of a source path: run dir, harness adapter, PEFT adapter, or plain HF model (dir or hub id)."""
-    from harness.adapters.format import BOUND_CONFIG_NAME, BOUNDED_PEFT_TYPE
-    from harness.results.run_record import RECORD_NAME
 
     local = Path(path).expanduser()
     if not local.exists():
@@ -71,7 +74,6 @@ def resolve_sources(sources: list[ModelSource], seed_in_name: bool = True) -> li
 
     Raises SpecError when two resolved sources share a name (and seed).
     """
-    from harness.results.run_record import load_finished_run
 
     out: list[ModelSource] = []
     for src in sources:
@@ -101,7 +103,6 @@ def resolve_sources(sources: list[ModelSource], seed_in_name: bool = True) -> li
 
 def _base_of(src: ModelSource, named: str | None, what: str) -> str:
     """The base model of an adapter source: `base=`, else what the adapter's own files name."""
-    from harness.models.text import is_builtin
 
     base = src.base or named
     if not base:
@@ -114,8 +115,6 @@ def _base_of(src: ModelSource, named: str | None, what: str) -> str:
 
 
 def _load_hf(name: str, src: ModelSource) -> tuple[torch.nn.Module, Any]:
-    from harness.models.text import load_pretrained, torch_dtype
-
     try:
         return load_pretrained(name, torch_dtype(src.dtype), src.trust_remote_code, src.revision)
     except ModelError as err:
@@ -125,9 +124,6 @@ def _load_hf(name: str, src: ModelSource) -> tuple[torch.nn.Module, Any]:
 def _load_peft(src: ModelSource) -> tuple[torch.nn.Module, Any]:
     from peft import PeftModel
     from safetensors import SafetensorError
-
-    from harness.adapters.checkpoint import check_lora_fits, read_lora_weights
-    from harness.adapters.format import WEIGHTS_NAME
 
     path = Path(src.path)
     config = _adapter_config(path) or {}
@@ -147,8 +143,6 @@ def _load_peft(src: ModelSource) -> tuple[torch.nn.Module, Any]:
 
 
 def _load_harness(src: ModelSource) -> tuple[torch.nn.Module, Any]:
-    from harness.adapters import load_adapter, read_bound_config
-
     cfg = read_bound_config(src.path)
     model, tokenizer = _load_hf(_base_of(src, cfg.get("base_model"), "harness adapter"), src)
     load_adapter(model, src.path)

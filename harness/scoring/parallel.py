@@ -38,10 +38,14 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
+from harness.adapters import load_adapter, merge
 from harness.core.errors import HarnessError
+from harness.core.ray_env import ensure_ray
 from harness.data.requests import Backend, ClassifyRequest, GenRequest, LoglikRequest
 from harness.data.text import encode_pair
-from harness.scoring.backend import encode_loglik_requests
+from harness.models.modality import get_modality
+from harness.models.text import torch_dtype
+from harness.scoring.backend import encode_loglik_requests, make_backend
 from harness.scoring.hf_backend import TOKENS_PER_ROW
 from harness.scoring.loglik_plan import plan_loglik
 
@@ -71,11 +75,6 @@ class ScoringWorker:
                  device: str = "cpu", dtype: str = "float32", threads: int | None = None,
                  trust_remote_code: bool = False, merge_adapter: bool | None = None, modality: str = "text") -> None:
         import torch
-
-        from harness.adapters import load_adapter, merge
-        from harness.models.modality import get_modality
-        from harness.models.text import torch_dtype
-        from harness.scoring.backend import make_backend
 
         if threads:
             torch.set_num_threads(threads)
@@ -273,7 +272,6 @@ class ScoringPool:
                  max_concurrent: int | None = None, max_restarts: int = 1, modality: str = "text") -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        from harness.core.ray_env import ensure_ray
 
         ensure_ray(address)
         self.workers, self.backend_name, self.batch_size, self.dtype = workers, backend, batch_size, dtype

@@ -33,10 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.adapters import adapted_layers, merge
 from harness.core.errors import HarnessError
+from harness.core.io import read_json_file
 
 #: Engine arguments used unless the caller passes its own (`dtype` and `enforce_eager` depend on the platform).
 from harness.data.requests import Backend, GenRequest, LoglikRequest
+from harness.models.text import save_model
+from harness.models.tokenizer import load_tokenizer
 from harness.scoring.backend import BACKENDS, cut_at_stop, encode_loglik_requests
 
 #: Prefix caching is on (vLLM skips reading it for prompt-log-prob requests, so it helps generation only).
@@ -67,7 +71,6 @@ def _on_cpu() -> bool:
 
 def export_merged(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
     """Save `model` with every bounded adapter merged (into a copy; `model` is untouched) plus the tokenizer."""
-    from harness.adapters import adapted_layers, merge
 
     if adapted_layers(model):
         model = copy.deepcopy(model)
@@ -76,8 +79,6 @@ def export_merged(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path) -
 
 
 def _save(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
-    from harness.models.text import save_model
-
     return save_model(model, tokenizer, out_dir)
 
 
@@ -87,7 +88,6 @@ _NON_ARCH_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype
 
 def _arch_config(path: Path) -> dict[str, Any]:
     """The architecture part of a saved model's config.json."""
-    from harness.core.io import read_json_file
 
     data = read_json_file(Path(path) / "config.json", "model config")
     return {k: v for k, v in data.items() if k not in _NON_ARCH_KEYS}
@@ -149,8 +149,6 @@ class VLLMBackend(Backend):
         if not (path / "config.json").is_file():
             raise HarnessError(f"{path} is not a saved model directory (no config.json)")
         if tokenizer is None:
-            from harness.models.tokenizer import load_tokenizer
-
             tokenizer = load_tokenizer(path)
         backend = cls.__new__(cls)
         backend._init(path, tokenizer, batch_size, False, engine_kwargs)

@@ -44,6 +44,8 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from harness.adapters.bounds import BOUNDS
+from harness.adapters.layer import layer_shape
+from harness.adapters.targets import target_module_names
 from harness.config import AdapterSpec, TrainSpec
 
 GIB = 2**30
@@ -161,8 +163,6 @@ def meta_model(config: PretrainedConfig) -> torch.nn.Module:
 def model_shape(config: PretrainedConfig, targets: list[str] | None = None,
                 model: torch.nn.Module | None = None) -> ModelShape:
     """Sizes of the model of `config` and its adapted layers (builds a meta model unless given one)."""
-    from harness.adapters.layer import layer_shape
-    from harness.adapters.targets import target_module_names
 
     model = meta_model(config) if model is None else model
     modules = dict(model.named_modules())

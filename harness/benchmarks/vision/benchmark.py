@@ -35,7 +35,7 @@ from harness.benchmarks.vision.options import VisionOptions
 from harness.benchmarks.vision.sources import load_image_dataset
 from harness.config import EvalSpec
 from harness.data.requests import ClassifyRequest
-from harness.report.tables import Column
+from harness.report.tables import Column, plt, save_figure
 
 Example = tuple[np.ndarray, int]
 
@@ -132,7 +132,6 @@ class Vision(Benchmark):
 
     def plots(self, examples: pd.DataFrame, methods: Sequence[str], out_dir: Path) -> list[Path]:
         """`per_class.png`: each model's per-class test accuracy (mean over seeds), deleted classes marked."""
-        from harness.report.tables import plt, save_figure
 
         test = examples[examples["split"].isin(["test_retain", "test_forget"])]
         if test.empty:

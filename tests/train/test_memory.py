@@ -13,7 +13,7 @@ from harness.models.text import builtin_config, load_config, shipped_config, shi
 from harness.spec import load_spec
 from harness.train.memory import GIB, OVERHEAD_BYTES, ModelShape, estimate_memory, model_shape
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # builtin tiny-llama with a 1024-token vocabulary, counted by hand: hidden 128, intermediate 384,
 # 4 layers, tied embeddings. Block: q,k,v,o 4*128*128 + gate,up,down 3*128*384 + 2 norms of 128.

@@ -1,4 +1,4 @@
-"""harness.results: the one atomic-write helper (temp file, fsync, rename, mode 0644) and its wrappers."""
+"""harness.core.io: the one atomic-write helper (temp file, fsync, rename, mode 0644) and its wrappers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import results
+from harness.core import io
 from harness.core.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet, atomic_write_text
 
 
@@ -35,7 +35,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.M
         synced.append(fd)
         raise OSError("disk full")
 
-    monkeypatch.setattr(results.os, "fsync", failing_fsync)
+    monkeypatch.setattr(io.os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="disk full"):
         atomic_write_text(path, "new")
     assert synced and path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["r.txt"]

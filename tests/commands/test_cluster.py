@@ -13,7 +13,7 @@ import yaml
 from harness.cli import main
 from harness.commands.cluster import check_cluster
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GPU_TYPE = "gpu_8x_a100"
 
 

@@ -29,7 +29,7 @@ from harness.commands.nightly import (
 )
 from harness.core.errors import HarnessError, SpecError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NAN = float("nan")
 
 

@@ -65,7 +65,7 @@ def test_bad_sweep_files_name_the_field(tmp_path: Path) -> None:
 
 
 def test_shipped_sweeps_validate() -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     files = sorted((root / "sweeps").glob("*.yaml"))
     assert files
     for path in files:

@@ -12,7 +12,7 @@ from harness.commands.tune import SearchObjective, TuneSpace, apply_trial, load_
 from harness.core.errors import SpecError
 from harness.spec import load_spec, validate_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OBJECTIVES = [SearchObjective(metric="forget_quality", split="forget10"),
               SearchObjective(metric="model_utility", split="all")]
 

@@ -26,7 +26,7 @@ from harness.pipeline.resume import check_same_spec, earlier_training, spec_diff
 from harness.results.run_dir import RunDirectory, read_status
 from harness.spec import dump_spec, load_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 JOB = {"name": "tiny", "seeds": [0],
        "benchmark": {"synthetic": {"n_authors": 10, "qa_per_author": 2, "n_real_authors": 4, "n_world_facts": 4}},
        "methods": [{"name": "gd", "adapter": {"bound": "sine"}}]}

@@ -9,7 +9,7 @@ import pytest
 
 from harness.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 JOB = str(ROOT / "jobs/quickstart.yaml")
 #: Line 3 is indented one space less than the mapping it continues: a YAML parse error there.
 MALFORMED = "objectives:\n  - metric: x\n   split: y\n"
