@@ -13,6 +13,7 @@ import harness.adapters.bounds  # noqa: F401 - fills the bound registry AdapterS
 from harness.benchmarks import PACKAGES
 from harness.config import (
     BENCHMARK_OPTIONS,
+    REFERENCE_METHODS,
     AdapterSpec,
     BenchmarkOptions,
     EvalSpec,
@@ -83,7 +84,7 @@ class MethodSpec(StrictModel):
     @field_validator("name")
     @classmethod
     def _reserved(cls, v: str) -> str:
-        if v in ("target", "retain"):
+        if v in REFERENCE_METHODS:
             raise ValueError(f"method name {v!r} is reserved for the reference models")
         if not v.replace("_", "").replace("-", "").replace("+", "").isalnum():
             raise ValueError(f"method name {v!r} must be letters, digits, '_', '-' or '+'")

@@ -27,14 +27,13 @@ from typing import Any
 
 import pandas as pd
 
-from harness.config import TrackingSpec
+from harness.config import REFERENCE_METHODS, TrackingSpec
 from harness.core.console import is_verbose
 from harness.results.contract import run_key
 from harness.spec import JobSpec
 
 LOCAL_STORE = "mlflow.db"
 LOCAL_ARTIFACTS = "mlartifacts"
-REFERENCE_METHODS = ("target", "retain")
 #: Files of a job's out dir attached to each of its MLflow runs (those present).
 JOB_ARTIFACTS = ("spec.yaml", "env.json", "summary.md")
 _MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH

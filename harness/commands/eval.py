@@ -22,20 +22,14 @@ import torch
 from harness.adapters import load_adapter
 from harness.adapters.checkpoint import check_lora_fits, read_bound_config, read_json, read_lora_weights
 from harness.adapters.format import CONFIG_NAME, WEIGHTS_NAME
-from harness.config import ModelSource
+from harness.config import REFERENCE_METHODS, ModelSource
 from harness.core.errors import DataError, ModelError, SpecError
 from harness.models.modality import get_modality
 from harness.models.text import damaged_file, is_builtin, load_config, torch_dtype
-from harness.pipeline.job import (
-    JobContext,
-    JobResult,
-    ModelKey,
-    ScoredModel,
-    reference_sources,
-    score_and_write,
-    staged_job,
-)
+from harness.pipeline.context import JobContext, JobResult, ModelKey, ScoredModel
+from harness.pipeline.job import reference_sources, staged_job
 from harness.pipeline.preflight import job_model_config
+from harness.pipeline.write import score_and_write
 from harness.scoring.load import load_scoring_model, resolve_sources
 from harness.spec import JobSpec
 from harness.train.memory import meta_model
@@ -49,7 +43,7 @@ def adapter_source(path: str | Path) -> ModelSource:
         raise DataError(f"--adapter {path}: the directory does not exist")
     stem = p.parent.name if re.fullmatch(r"seed\d+", p.name) and p.parent.name else p.name
     name = re.sub(r"[^A-Za-z0-9_.+-]", "_", stem) or "adapter"
-    return ModelSource(name="adapter" if name in ("target", "retain") else name, path=str(p))
+    return ModelSource(name="adapter" if name in REFERENCE_METHODS else name, path=str(p))
 
 
 def _named_base(src: ModelSource) -> str | None:

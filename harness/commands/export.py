@@ -20,12 +20,13 @@ import pandas as pd
 import yaml
 
 from harness.adapters import load_adapter, merge
+from harness.config import REFERENCE_METHODS
 from harness.core.errors import DataError
 from harness.models.modality import get_modality
 from harness.models.text import torch_dtype
 from harness.models.tokenizer import load_tokenizer
 from harness.report.tables import to_markdown
-from harness.results.run_record import REFERENCE_NAMES, FinishedRun, load_finished_run
+from harness.results.run_record import FinishedRun, load_finished_run
 from harness.spec import benchmark_spec
 
 CARD_NAME = "README.md"
@@ -59,8 +60,8 @@ def _metric_rows(metrics: pd.DataFrame, method: str, seed: int = 0) -> list[dict
 def _metrics_table(metrics: pd.DataFrame, method: str, seed: int = 0) -> str:
     """Markdown table: one row per (split, metric), columns the method (this seed) and the reference models."""
 
-    names = [method] + [m for m in REFERENCE_NAMES if m in set(metrics["method"])]
-    shown = pd.concat([_seed_rows(metrics, method, seed), metrics[metrics["method"].isin(REFERENCE_NAMES)]])
+    names = [method] + [m for m in REFERENCE_METHODS if m in set(metrics["method"])]
+    shown = pd.concat([_seed_rows(metrics, method, seed), metrics[metrics["method"].isin(REFERENCE_METHODS)]])
     shown = shown[shown["split"] != "train"]
     if shown.empty:
         return "(the run recorded no metrics for this method)"

@@ -21,6 +21,7 @@ import yaml
 from pandas.io.formats.style import Styler
 
 from harness.benchmarks import load_benchmark_class
+from harness.config import REFERENCE_METHODS
 from harness.core.errors import DataError, HarnessError
 from harness.core.io import (
     atomic_write_bytes,
@@ -36,7 +37,6 @@ from harness.results.contract import METRIC_COLUMNS, TRAIN_LOG_COLUMNS
 from harness.results.run_dir import require_finished
 from harness.spec import benchmark_spec
 
-REFERENCE_METHODS = ("target", "retain")
 _CURVES = [("loss", "total loss", False), ("loss_forget", "forget loss", False), ("loss_retain", "retain loss", False),
            ("grad_norm", "gradient norm", True), ("adapter_norm", "adapter norm ‖ΔW‖", True),
            ("logit_norm", "logit norm", True)]

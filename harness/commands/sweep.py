@@ -45,7 +45,8 @@ from harness.config import StrictModel, apply_override, load_config
 from harness.core.errors import SpecError
 from harness.core.io import atomic_write_parquet, atomic_write_text, ensure_writable_dir, read_parquet_file
 from harness.core.stats import across_seeds
-from harness.pipeline.job import log, run_job
+from harness.pipeline.context import log
+from harness.pipeline.job import run_job
 from harness.pipeline.resume import check_resumable
 from harness.report.tables import format_stat, plt, save_figure, to_markdown
 from harness.results.run_dir import has_results, require_finished

@@ -30,7 +30,8 @@ from harness.core.io import atomic_write_parquet, atomic_write_text
 from harness.core.ray_env import ensure_ray
 from harness.models.modality import get_modality
 from harness.objectives import make_objective, original_targets
-from harness.pipeline.job import log, resolve_device, score_model
+from harness.pipeline.context import log, resolve_device
+from harness.pipeline.score import score_model
 from harness.report.tables import non_dominated, plt, save_figure, to_markdown
 from harness.spec import JobSpec, dump_spec, validate_spec
 from harness.tracking import tune_callback

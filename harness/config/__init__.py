@@ -10,6 +10,7 @@ from harness.config.options import BENCHMARK_OPTIONS, BenchmarkOptions, Objectiv
 from harness.config.overrides import apply_override
 from harness.config.sections import (
     BUILTIN_PREFIX,
+    REFERENCE_METHODS,
     AdapterSpec,
     EvalSpec,
     ModelSpec,
@@ -23,7 +24,7 @@ from harness.config.sources import RESERVED_NAMES, ModelSource, SourceKind, pars
 from harness.config.tracking import TrackingSpec
 
 __all__ = [
-    "BENCHMARK_OPTIONS", "BUILTIN_PREFIX", "RESERVED_NAMES", "AdapterSpec", "BenchmarkOptions", "EvalSpec",
+    "BENCHMARK_OPTIONS", "BUILTIN_PREFIX", "REFERENCE_METHODS", "RESERVED_NAMES", "AdapterSpec", "BenchmarkOptions", "EvalSpec",
     "LmEvalSpec", "ModelSource", "ModelSpec", "ObjectiveOptions", "ReferenceSpec", "ReferenceTrainSpec",
     "ResourcesSpec", "SensitivitySpec", "SourceKind", "StrictModel", "TrackingSpec", "TrainSpec", "apply_override",
     "error_lines", "load_config", "load_yaml", "parse_model_arg", "tagged_union", "validate_config", "yaml_error",

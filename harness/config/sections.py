@@ -14,6 +14,10 @@ from harness.config.lm_eval import LmEvalSpec
 from harness.config.loader import StrictModel
 from harness.core.registry import loaded
 
+#: The names the job's reference models take in the results (their method column); no method or scored model may
+#: take them.
+REFERENCE_METHODS = ("target", "retain")
+
 #: The prefix of a config-built model's name (`builtin:tiny-llama`).
 BUILTIN_PREFIX = "builtin:"
 

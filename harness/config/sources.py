@@ -10,13 +10,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from harness.config.sections import REFERENCE_METHODS
 from harness.core.errors import SpecError
 
 SourceKind = Literal["hf", "peft", "harness", "run"]
 
 
 #: Names the job's reference models take in the results; a scored model cannot take them.
-RESERVED_NAMES = ("target", "retain")
+RESERVED_NAMES = REFERENCE_METHODS
 
 
 class ModelSource(BaseModel):

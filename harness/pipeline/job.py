@@ -2,219 +2,40 @@
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
-import shutil
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
 
-from harness.adapters import adapter_norm_bound, load_adapter
+from harness.adapters import adapter_norm_bound
 from harness.benchmarks import load_benchmark
-from harness.benchmarks.base import Benchmark, ModelScores
+from harness.benchmarks.base import Benchmark
 from harness.core.errors import SpecError
-from harness.core.io import atomic_write_json, atomic_write_parquet, atomic_write_text, read_parquet_file
+from harness.core.io import atomic_write_json, atomic_write_text
 from harness.core.ray_env import stop_ray
 from harness.core.signals import cleaning_up, describe
-from harness.models.modality import get_modality
-from harness.models.text import torch_dtype
 from harness.objectives import make_objective, original_targets
+from harness.pipeline.context import JobContext, JobResult, ModelKey, ScoredModel, Training, log, resolve_device
 from harness.pipeline.preflight import preflight
 from harness.pipeline.resume import (
-    SCORES_DIR,
     check_same_spec,
     earlier_runs,
-    load_scores,
     next_train_run_name,
-    save_scores,
 )
+from harness.pipeline.write import score_and_write
 from harness.report import sensitivity
-from harness.report.tables import (
-    Column,
-    pareto_table,
-    plot_metrics,
-    plot_pareto,
-    plot_training,
-    summary_stats,
-    summary_table,
-    write_summary,
-)
 from harness.results.contract import (
-    EXAMPLE_COLUMNS,
-    GENERATION_COLUMNS,
-    METRIC_COLUMNS,
-    TRAIN_LOG_COLUMNS,
-    frame,
     run_key,
 )
 from harness.results.env import environment
-from harness.results.run_dir import RunDirectory, require_finished
-from harness.results.run_record import record_models
-from harness.scoring.backend import make_backend
-from harness.scoring.lm_eval import run_lm_eval_tasks
-from harness.scoring.parallel import ScoringPool
+from harness.results.run_dir import RunDirectory
 from harness.spec import JobSpec, dump_spec
 from harness.tracking import log_job, resolve_uri, warn_failed
 from harness.train.ray_run import TrainRequest, run_unlearning_many
 from harness.train.reference import References, prepare_references, reference_seed_for, reference_seeds
-
-REFERENCE_METHODS = ("target", "retain")
-
-#: A model to score: (method name, seed) -> (model directory, adapter directory or None).
-ModelKey = tuple[str, int]
-
-
-def log(message: str) -> None:
-    """A timestamped progress line on stderr."""
-    print(f"[{dt.datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
-
-
-def resolve_device(kind: str) -> torch.device:
-    """`auto` picks CUDA when present, else CPU."""
-    if kind == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise SpecError("resources.device is 'cuda' but no CUDA device is visible")
-    return torch.device(kind)
-
-
-@dataclass
-class JobResult:
-    """Where a job wrote its results, and the summary table it printed."""
-
-    out_dir: Path
-    summary: str
-    diverged: dict[str, bool] = field(default_factory=dict)
-
-
-def score_model(bench: Benchmark, model: torch.nn.Module, processor: Any, spec: JobSpec,
-                device: torch.device) -> ModelScores:
-    """Score one in-memory model in this process with the spec's backend."""
-    backend = make_backend(spec.eval.backend, model, processor, spec.eval.batch_size, device)
-    return bench.score(backend, processor, spec.eval)
-
-
-@dataclass
-class ScoredModel:
-    """A model to score: where it is (model dir or hub id + adapter dir: what Ray scoring workers load and
-    models.json records), how this process loads it (`load`, default: the reference target with the adapter
-    attached), and its processor (default: the references')."""
-
-    source: str
-    adapter: str | Path | None = None
-    load: Callable[[], tuple[torch.nn.Module, Any]] | None = None
-    processor: Any = None
-
-
-def _in_memory_model(name: str, refs: References, adapter_dir: str | Path | None) -> torch.nn.Module:
-    if name == "target":
-        return refs.target
-    if name == "retain":
-        assert refs.retain is not None
-        return refs.retain
-    model = copy.deepcopy(refs.target)
-    load_adapter(model, adapter_dir)
-    return model.eval()
-
-
-def score_all(bench: Benchmark, refs: dict[int, References],
-              sources: Mapping[ModelKey, ScoredModel | tuple[str, str | Path | None]],
-              spec: JobSpec, device: torch.device, cache: Path | None = None) -> dict[ModelKey, ModelScores]:
-    """Score every model ((name, seed) -> ScoredModel, or (model dir, adapter dir or None)).
-
-    With `eval.workers` > 1 the models are scored together on Ray: each gets a group of long-lived
-    scoring workers that load it once (harness.scoring.parallel); otherwise one after another here.
-    With a `cache` directory, each model's scores are kept there as they are computed, and scores kept by
-    an earlier attempt of the job for the same model are reused (harness.pipeline.resume).
-    """
-    if _lm_eval_tasks(spec) and bench.modality != "text":
-        raise SpecError(f"eval.lm_eval_tasks: lm-evaluation-harness tasks score language models; benchmark "
-                        f"{bench.name!r} is {bench.modality}")
-    every = {key: src if isinstance(src, ScoredModel) else ScoredModel(*src) for key, src in sources.items()}
-    kept = load_scores(cache, {k: (m.source, m.adapter) for k, m in every.items()}) if cache else {}
-    if kept:
-        log(f"reusing the scores of {', '.join(run_key(*k) for k in kept)} from the interrupted run")
-    models = {key: src for key, src in every.items() if key not in kept}
-    scored = _score_models(bench, refs, models, spec, device, cache)
-    return {key: kept[key] if key in kept else scored[key] for key in every}
-
-
-def _score_models(bench: Benchmark, refs: dict[int, References], models: dict[ModelKey, ScoredModel],
-                  spec: JobSpec, device: torch.device, cache: Path | None) -> dict[ModelKey, ModelScores]:
-    """`score_all` on the models not scored yet, each one's scores kept in `cache` once computed."""
-    def keep(key: ModelKey) -> None:
-        if cache is not None:
-            save_scores(cache, key, models[key].source, models[key].adapter, scores[key])
-
-    if not models:
-        return {}
-    default = next(iter(refs.values())).processor
-    if spec.eval.workers > 1:
-        scores: dict[ModelKey, ModelScores] = {}
-        groups: dict[int, list[ModelKey]] = {}  # one pool call per processor (the score function takes one)
-        for key, src in models.items():
-            groups.setdefault(id(src.processor), []).append(key)
-        with ScoringPool.from_spec(spec, device) as pool:
-            for keys in groups.values():
-                processor = models[keys[0]].processor or default
-                named = {run_key(*key): (models[key].source, models[key].adapter) for key in keys}
-                scored = pool.score_models(named, lambda backend, p=processor: bench.score(backend, p, spec.eval))
-                scores.update({key: scored[run_key(*key)] for key in keys})
-        if _lm_eval_tasks(spec):  # lm-eval runs its own model classes: on each model loaded here
-            for key, src in models.items():
-                model, processor = _driver_model(key, src, refs, spec)
-                scores[key].metric_rows = _lm_eval_rows(key, model.to(device), processor or default, spec, device)
-                del model
-        for key in models:
-            keep(key)
-        return scores
-    scores = {}
-    for key, src in models.items():
-        log(f"scoring {run_key(*key)}")
-        model, processor = _driver_model(key, src, refs, spec)
-        model = model.to(device)
-        scores[key] = score_model(bench, model, processor or default, spec, device)
-        scores[key].metric_rows = _lm_eval_rows(key, model, processor or default, spec, device)
-        keep(key)
-        del model
-    return scores
-
-
-def _driver_model(key: ModelKey, src: ScoredModel, refs: dict[int, References],
-                  spec: JobSpec) -> tuple[torch.nn.Module, Any]:
-    """A model to score loaded in this process, and its processor (None: the references')."""
-    name, seed = key
-    if src.load is not None:
-        return src.load()
-    ref = refs[reference_seed_for(spec, seed)] if name not in REFERENCE_METHODS else refs[seed]
-    if name in REFERENCE_METHODS or src.source == ref.target_source:
-        return _in_memory_model(name, ref, src.adapter), src.processor
-
-    model, processor = get_modality("text").load(src.source, torch_dtype(spec.model.dtype),
-                                                 spec.model.trust_remote_code)
-    if src.adapter is not None:
-        load_adapter(model, src.adapter)
-    return model.eval(), src.processor or processor
-
-
-def _lm_eval_tasks(spec: JobSpec) -> bool:
-    return spec.eval.lm_eval_tasks is not None and bool(spec.eval.lm_eval_tasks.tasks)
-
-
-def _lm_eval_rows(key: ModelKey, model: torch.nn.Module, processor: Any, spec: JobSpec,
-                  device: torch.device) -> list[dict[str, Any]]:
-    """`eval.lm_eval_tasks` on one in-memory model: lm-evaluation-harness's metric rows (none when unset)."""
-    if not _lm_eval_tasks(spec):
-        return []
-
-    log(f"lm-evaluation-harness tasks {spec.eval.lm_eval_tasks.tasks} on {run_key(*key)}")
-    return run_lm_eval_tasks(model, processor, spec.eval.lm_eval_tasks, device=str(device))
 
 
 def train_requests(spec: JobSpec, bench: Benchmark, refs: dict[int, References]) -> list[TrainRequest]:
@@ -235,39 +56,6 @@ def train_requests(spec: JobSpec, bench: Benchmark, refs: dict[int, References])
     return requests
 
 
-def aggregate_all(bench: Benchmark, scores: dict[ModelKey, ModelScores], spec: JobSpec, ref_seeds: list[int],
-                  names: Sequence[str] | None = None, seeds: Sequence[int] | None = None) -> list[dict[str, Any]]:
-    """Metric rows with their seed: the references once per reference seed, then each scored model per seed
-    (default: the spec's methods and seeds), each compared with the references of its own reference seed."""
-    names = [m.name for m in spec.methods] if names is None else list(names)
-    seeds = spec.seeds if seeds is None else list(seeds)
-    rows: list[dict[str, Any]] = []
-
-    def refs_of(seed: int) -> dict[str, ModelScores]:
-        return {name: scores[(name, seed)] for name in REFERENCE_METHODS if (name, seed) in scores}
-
-    def extra(group: dict[str, ModelScores], seed: int) -> list[dict[str, Any]]:
-        return [{**r, "method": name, "seed": seed} for name, sc in group.items() for r in sc.metric_rows]
-
-    for seed in ref_seeds:
-        rows += [{**r, "seed": seed} for r in bench.aggregate(refs_of(seed), spec.eval)] + extra(refs_of(seed), seed)
-    for seed in seeds:
-        mine = {n: scores[(n, seed)] for n in names if (n, seed) in scores}
-        if not mine:
-            continue
-        group = {**refs_of(reference_seed_for(spec, seed)), **mine}
-        rows += [{**r, "seed": seed} for r in bench.aggregate(group, spec.eval) if r["method"] not in REFERENCE_METHODS]
-        rows += extra(mine, seed)
-    return rows
-
-
-def extra_columns(metric_rows: Sequence[dict[str, Any]], benchmark: str) -> list[Column]:
-    """Summary columns for the metric rows of other benchmarks than the job's (lm-evaluation-harness tasks)."""
-    seen = dict.fromkeys((r["benchmark"], r["split"], r["metric"]) for r in metric_rows
-                         if r.get("benchmark", benchmark) != benchmark)
-    return [Column(split, metric, f"{split} {metric}") for _, split, metric in seen]
-
-
 def _bound_notes(spec: JobSpec, target: torch.nn.Module) -> list[str]:
     notes = []
     for method in spec.methods:
@@ -280,27 +68,6 @@ def _bound_notes(spec: JobSpec, target: torch.nn.Module) -> list[str]:
                 notes.append(f"{method.name}: bound {method.adapter.bound} caps the adapter norm at {bound:.4g} "
                              "by construction.")
     return notes
-
-
-@dataclass
-class JobContext:
-    """A started job: its spec, the directory it writes into (the staging directory), device, benchmark,
-    reference models per reference seed, timings."""
-
-    spec: JobSpec
-    out: Path
-    device: torch.device
-    bench: Benchmark
-    refs: dict[int, References]
-    started: dt.datetime
-    timings: dict[str, float] = field(default_factory=dict)
-    #: whether it continues an interrupted or failed attempt (`--resume`) whose staging it writes into
-    resumed: bool = False
-
-    @property
-    def ref_seeds(self) -> list[int]:
-        """The reference seeds with their own pair of reference models."""
-        return sorted(self.refs)
 
 
 def staged_job(spec: JobSpec, work: Callable[[JobContext], JobResult], progress: bool = True,
@@ -381,79 +148,6 @@ def reference_sources(ctx: JobContext) -> dict[ModelKey, ScoredModel]:
     return sources
 
 
-@dataclass
-class Training:
-    """What training adds to a job's results: diverged rows, the training log, divergence counts, run times."""
-
-    metric_rows: list[dict[str, Any]] = field(default_factory=list)
-    log_rows: list[dict[str, Any]] = field(default_factory=list)
-    diverged: dict[str, tuple[int, int]] = field(default_factory=dict)
-    run_seconds: dict[str, float] = field(default_factory=dict)
-
-
-def score_and_write(ctx: JobContext, sources: dict[ModelKey, ScoredModel], names: Sequence[str],
-                    seeds: Sequence[int], notes: list[str], training: Training | None = None,
-                    copies: Mapping[ModelKey, ModelKey] | None = None) -> JobResult:
-    """Score `sources` (the references and the models `names`), aggregate per seed and write the results
-    contract (DESIGN.md section 4) under the job's out dir; shared by `harness run` and `harness eval`.
-
-    `copies` maps extra (name, seed) keys to a scored key whose scores they reuse (one model reported under
-    several seeds, each compared with its own seed's references).
-    """
-    spec, bench, out, refs = ctx.spec, ctx.bench, ctx.out, ctx.refs
-    training = training or Training()
-    record_models(out, {key: (src.source, src.adapter) for key, src in sources.items()})
-    t0 = time.perf_counter()
-    scores = score_all(bench, refs, sources, spec, ctx.device, cache=out / SCORES_DIR)
-    scores.update({key: scores[of] for key, of in (copies or {}).items()})
-    ctx.timings["score_s"] = time.perf_counter() - t0
-
-    metric_rows = aggregate_all(bench, scores, spec, ctx.ref_seeds, names, seeds) + training.metric_rows
-    for row in metric_rows:
-        row.setdefault("benchmark", bench.name)
-    examples = [{"method": m, "seed": s, "benchmark": bench.name, **r} for (m, s), sc in scores.items()
-                for r in sc.examples]
-    generations = [{"method": m, "seed": s, "benchmark": bench.name, **r} for (m, s), sc in scores.items()
-                   for r in sc.generations]
-
-    metrics_df = frame(metric_rows, METRIC_COLUMNS)
-    train_df = frame(training.log_rows, TRAIN_LOG_COLUMNS)
-    atomic_write_parquet(out / "metrics.parquet", metrics_df)
-    atomic_write_parquet(out / "train_log.parquet", train_df)
-    examples_df = frame(examples, EXAMPLE_COLUMNS)
-    atomic_write_parquet(out / "examples.parquet", examples_df)
-    atomic_write_parquet(out / "generations.parquet", frame(generations, GENERATION_COLUMNS))
-
-    methods = [m for m in REFERENCE_METHODS if any(k[0] == m for k in scores)] + list(names)
-    columns = bench.summary_columns + extra_columns(metric_rows, bench.name) + sensitivity.summary_columns(metrics_df)
-    stats = summary_stats(metrics_df, train_df, columns, methods)
-    atomic_write_parquet(out / "summary.parquet", stats)
-    table = summary_table(stats, methods, training.diverged)
-    notes = [*notes, _seeds_note(spec, ctx.ref_seeds),
-             "reference models: " + "; ".join(f"seed {s}: target = {r.target_source}, retain = {r.retain_source}"
-                                              for s, r in refs.items())]
-    if len(names) > 1:
-        pareto = pareto_table(stats, methods, REFERENCE_METHODS)
-        if plot_pareto(pareto, out / "plots" / "pareto.png") is not None:
-            atomic_write_parquet(out / "pareto.parquet", pareto)
-            notes.append("Pareto front of (forget quality, model utility), seed means, among the methods: "
-                         + ", ".join(pareto.loc[pareto["pareto"], "method"]) + " (plots/pareto.png).")
-    summary = write_summary(out / "summary.md", f"{spec.name}: {bench.describe()}", table, notes)
-    plot_training(train_df, out / "plots" / "training.png")
-    sensitivity.plot_sensitivity(train_df, out / "plots" / "sensitivity.png")
-    plot_metrics(stats, columns, out / "plots" / "metrics.png")
-    bench.plots(examples_df, methods, out / "plots")
-
-    finished = dt.datetime.now(dt.UTC)
-    env = environment(spec.seeds, str(ctx.device), ctx.started, finished)
-    env["timings_s"] = {k: round(v, 2) for k, v in ctx.timings.items()}
-    env["run_seconds"] = {key: round(s, 2) for key, s in training.run_seconds.items()}
-    atomic_write_json(out / "env.json", env)
-    shutil.rmtree(out / SCORES_DIR, ignore_errors=True)  # kept for a resume only; the results are written
-    any_diverged = {name: k > 0 for name, (k, _) in training.diverged.items()}
-    return JobResult(out, summary, any_diverged)
-
-
 def run_job(spec: JobSpec, progress: bool = True, overwrite: bool = False, resume: bool = False) -> JobResult:
     """Run a whole job (references, training, scoring) and write the results contract (DESIGN.md section 4)
     under its out dir; see `staged_job` for the out dir's life cycle and `resume`."""
@@ -518,17 +212,3 @@ def _track(spec: JobSpec, out: Path) -> None:
         f"{resolve_uri(spec.tracking, out)}")
 
 
-def _seeds_note(spec: JobSpec, ref_seeds: list[int]) -> str:
-    n = len(spec.seeds)
-    refs = "one pair per seed" if spec.reference.per_seed else f"one shared pair (seed {ref_seeds[0]})"
-    if n == 1:
-        return f"one seed ({spec.seeds[0]}): no interval; one seed of a chaotic optimisation supports no conclusion. " \
-               f"Reference models: {refs}."
-    return (f"{n} seeds ({', '.join(map(str, spec.seeds))}): each cell is the mean [95% Student-t interval] over the "
-            f"seeds (diverged seeds left out of the metrics). Reference models: {refs}.")
-
-
-def read_metrics(out_dir: str | Path) -> pd.DataFrame:
-    """The metrics.parquet of a finished run (DataError naming the run when it did not finish)."""
-    require_finished(out_dir)
-    return read_parquet_file(Path(out_dir) / "metrics.parquet", "metrics file")

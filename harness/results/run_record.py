@@ -29,13 +29,13 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from harness.config import REFERENCE_METHODS
 from harness.core.errors import DataError
 from harness.core.io import atomic_write_json
 from harness.results.run_dir import require_finished
 
 RECORD_NAME = "models.json"
 RECORD_VERSION = 2
-REFERENCE_NAMES = ("target", "retain")
 
 
 class MethodModels(BaseModel):
@@ -107,7 +107,7 @@ def record_models(run_dir: str | Path,
     for key, (model, adapter) in sources.items():
         name, seed = _key(key)
         entry: Any = _stored(model, run_dir)
-        if name not in REFERENCE_NAMES:
+        if name not in REFERENCE_METHODS:
             entry = {"base": entry, "adapter": _stored(adapter, run_dir)}
         models.setdefault(name, {})[str(seed)] = entry
     if "target" not in models:
@@ -133,7 +133,7 @@ def read_models(run_dir: str | Path) -> RunModels:
         raise DataError(f"{path} is malformed: {err!r}") from None
     methods: dict[str, dict[int, dict[str, Any]]] = {}
     for name, seeds in per_seed.items():
-        if name in REFERENCE_NAMES:
+        if name in REFERENCE_METHODS:
             continue
         for seed, entry in seeds.items():
             if not isinstance(entry, dict):

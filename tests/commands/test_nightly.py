@@ -227,7 +227,7 @@ def test_shipped_suites_validate_with_every_job(name: str, tmp_path: Path) -> No
 def _fake_run_job(spec, progress: bool = True):  # noqa: ANN001, ANN202 - the pipeline.run_job signature
     """Writes the files nightly reads; a learning rate above 1 makes the method diverge."""
     from harness.core.io import atomic_write_json, atomic_write_parquet
-    from harness.pipeline.job import JobResult
+    from harness.pipeline.context import JobResult
 
     out = spec.out_dir()
     rows = [{"method": "target", "seed": 0, "benchmark": "tofu", "split": "forget10", "metric": "prob", "value": 0.9,
@@ -249,9 +249,9 @@ def _fake_run_job(spec, progress: bool = True):  # noqa: ANN001, ANN202 - the pi
 
 @pytest.fixture
 def suite_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    import harness.pipeline.job
+    import harness.commands.nightly.run
 
-    monkeypatch.setattr(harness.pipeline.job, "run_job", _fake_run_job)
+    monkeypatch.setattr(harness.commands.nightly.run, "run_job", _fake_run_job)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({"name": "tiny", "methods": [{"name": "gd_sine"}]}))
     suite = {"name": "t", "out": str(tmp_path / "runs"), "history": str(tmp_path / "history.parquet"),
              "jobs": [{"spec": "tiny.yaml"}, {"spec": "tiny.yaml", "name": "tiny2", "set": ["seeds=[1,2]"]}]}
@@ -304,12 +304,12 @@ def test_pinned_baseline_and_failed_jobs(suite_file: Path, monkeypatch: pytest.M
     assert not against_first.regressed and first.run_id in against_first.baseline
     assert set(against_first.comparison["status"]) == {"ok"}
 
-    import harness.pipeline.job
+    import harness.commands.nightly.run
 
     def boom(spec, progress=True):  # noqa: ANN001, ANN202
         raise RuntimeError("worker died")
 
-    monkeypatch.setattr(harness.pipeline.job, "run_job", boom)
+    monkeypatch.setattr(harness.commands.nightly.run, "run_job", boom)
     failed = run_suite(suite_file, progress=False)
     assert failed.regressed and "worker died" in failed.failures["tiny"]
     assert failed.regressions.set_index(["job", "metric"])["status"][("tiny", "job_failed")] == "regression"
@@ -333,7 +333,7 @@ def test_cli_exit_codes(suite_file: Path, capsys: pytest.CaptureFixture) -> None
 
 def test_resume_continues_the_unfinished_run_keeping_its_finished_jobs(suite_file: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import harness.pipeline.job
+    import harness.commands.nightly.run
     from harness.core.signals import Interrupted
 
     calls: list[tuple[str, bool]] = []
@@ -344,14 +344,14 @@ def test_resume_continues_the_unfinished_run_keeping_its_finished_jobs(suite_fil
             raise Interrupted(15)  # SIGTERM while the second job runs
         return _fake_run_job(spec, progress)
 
-    monkeypatch.setattr(harness.pipeline.job, "run_job", stopped_at_the_second_job)
+    monkeypatch.setattr(harness.commands.nightly.run, "run_job", stopped_at_the_second_job)
     with pytest.raises(Interrupted):
         run_suite(suite_file, progress=False)
     (unfinished,) = list((suite_file.parent / "runs").iterdir())
     assert not (suite_file.parent / "history.parquet").exists()
 
     calls.clear()
-    monkeypatch.setattr(harness.pipeline.job, "run_job", lambda spec, progress=True, resume=False: (
+    monkeypatch.setattr(harness.commands.nightly.run, "run_job", lambda spec, progress=True, resume=False: (
         calls.append((spec.out_dir().name, resume)), _fake_run_job(spec, progress))[1])
     resumed = run_suite(suite_file, progress=False, resume=True)
     assert resumed.run_id == unfinished.name and calls == [("tiny2", True)]  # tiny is kept, not rerun

@@ -97,16 +97,16 @@ def test_readers_name_the_file(tmp_path: Path) -> None:
 
 
 def test_nightly_names_a_damaged_job_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import harness.pipeline.job
+    import harness.commands.nightly.run
     from harness.commands.nightly import run_suite
-    from harness.pipeline.job import JobResult
+    from harness.pipeline.context import JobResult
 
     def damaged_job(spec, progress=True):  # noqa: ANN001, ANN202 - writes a run whose metrics are cut short
         out = _run_dir(spec.out_dir())
         _truncate(out / "metrics.parquet")
         return JobResult(out, "summary", {})
 
-    monkeypatch.setattr(harness.pipeline.job, "run_job", damaged_job)
+    monkeypatch.setattr(harness.commands.nightly.run, "run_job", damaged_job)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({"name": "tiny", "methods": [{"name": "gd"}]}))
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({"name": "t", "out": str(tmp_path / "runs"), "jobs": [{"spec": "tiny.yaml"}],

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 import harness.pipeline.job
+import harness.pipeline.score
 from harness.cli import main
 from harness.core.signals import Interrupted, cleaning_up, exit_code, sigterm_raises
 from harness.pipeline.resume import check_same_spec, earlier_training, spec_differences
@@ -179,7 +180,7 @@ def test_an_interrupted_eval_resumes_scoring_only_the_models_not_scored_yet(
             f"l={hand_made_run.run_dir},method=gd_lora"]
     assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
     scored: list[int] = []
-    real = harness.pipeline.job.score_model
+    real = harness.pipeline.score.score_model
 
     def stop_at_the_fourth(*args: Any, **kwargs: Any) -> Any:
         scored.append(1)
@@ -187,7 +188,7 @@ def test_an_interrupted_eval_resumes_scoring_only_the_models_not_scored_yet(
             raise Interrupted(signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(harness.pipeline.job, "score_model", stop_at_the_fourth)
+    monkeypatch.setattr(harness.pipeline.score, "score_model", stop_at_the_fourth)
     out = tmp_path / "stopped"
     assert main([*argv, "--out", str(out)]) == 143
     assert read_status(out)["resume"]

@@ -56,12 +56,12 @@ def earlier_run(hand_made_run: Any, tmp_path: Path) -> Path:
     return Path(shutil.copytree(hand_made_run.run_dir, tmp_path / "run"))
 
 
-def _finish_at_once(ctx: Any, progress: bool) -> harness.pipeline.job.JobResult:
+def _finish_at_once(ctx: Any, progress: bool) -> harness.pipeline.context.JobResult:
     (ctx.out / "metrics.parquet").write_bytes(b"new metrics")
     (ctx.out / "spec.yaml").write_text(f"name: {ctx.spec.name}\n")
     for name in ("env.json", "models.json"):
         (ctx.out / name).unlink(missing_ok=True)
-    return harness.pipeline.job.JobResult(ctx.out, "the new table")
+    return harness.pipeline.context.JobResult(ctx.out, "the new table")
 
 
 # ---- the lifecycle ------------------------------------------------------------------------------------

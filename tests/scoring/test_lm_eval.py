@@ -229,11 +229,12 @@ def test_a_model_scored_on_workers_is_loaded_here_for_lm_eval(scored: dict[str, 
     """With `eval.workers` > 1 the lm-eval pass loads each (model dir, adapter dir) in the driver."""
     from types import SimpleNamespace
 
-    from harness.pipeline.job import ScoredModel, _driver_model
+    from harness.pipeline.context import ScoredModel
+    from harness.pipeline.score import driver_model
     from harness.spec import validate_spec
 
     spec = validate_spec({"models": [{"name": "m", "source": "/x"}]})
     refs: Any = {0: SimpleNamespace(target_source="elsewhere")}
     adapter = hand_made_run.run_dir / "checkpoints" / "gd_sine"
-    model, processor = _driver_model(("sine", 0), ScoredModel(str(hand_made_run.target_dir), adapter), refs, spec)
+    model, processor = driver_model(("sine", 0), ScoredModel(str(hand_made_run.target_dir), adapter), refs, spec)
     _assert_expected(run_lm_eval_tasks(model, processor, scored["spec"]), scored["correct"])

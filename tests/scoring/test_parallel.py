@@ -228,7 +228,7 @@ def test_throughput_script_quick_prints_json_last() -> None:
 @pytest.mark.e2e
 def test_pipeline_score_with_two_workers_equals_in_process(saved: dict[str, Path], ray_local: None) -> None:
     from harness.benchmarks import load_benchmark
-    from harness.pipeline.job import score_all
+    from harness.pipeline.score import score_all
     from harness.spec import JobSpec
     from harness.train.reference import References
 
