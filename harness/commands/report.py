@@ -32,7 +32,7 @@ from harness.core.io import (
 )
 from harness.core.stats import two_sample
 from harness.report import sensitivity
-from harness.report.tables import TELEMETRY, Column, _fmt, summary_stats, summary_table, to_markdown
+from harness.report.tables import TELEMETRY, Column, fmt_value, summary_stats, summary_table, to_markdown
 from harness.results.contract import METRIC_COLUMNS, TRAIN_LOG_COLUMNS
 from harness.results.run_dir import require_finished
 from harness.spec import benchmark_spec
@@ -329,7 +329,7 @@ def html_table(table: pd.DataFrame, table_id: str, row_class: Sequence[str] | No
 
     data = table.reset_index(drop=True)
     styler = (Styler(data, uuid=table_id, cell_ids=False).hide(axis="index")
-              .format(lambda v: html.escape(_fmt(v) if isinstance(v, float) else str(v)))
+              .format(lambda v: html.escape(fmt_value(v) if isinstance(v, float) else str(v)))
               .format_index(escape="html", axis=1))
     if row_class is not None:
         styler = styler.set_td_classes(pd.DataFrame([[cls or ""] * data.shape[1] for cls in row_class],

@@ -40,15 +40,14 @@ import yaml
 from pydantic import Field, model_validator
 
 from harness.benchmarks import load_benchmark_class
-from harness.commands.tune import SearchObjective, pareto_front
-from harness.config import StrictModel, apply_override, load_config
+from harness.config import SearchObjective, StrictModel, apply_override, load_config
 from harness.core.errors import SpecError
 from harness.core.io import atomic_write_parquet, atomic_write_text, ensure_writable_dir, read_parquet_file
 from harness.core.stats import across_seeds
 from harness.pipeline.context import log
 from harness.pipeline.job import run_job
 from harness.pipeline.resume import check_resumable
-from harness.report.tables import format_stat, plt, save_figure, to_markdown
+from harness.report.tables import format_stat, pareto_front, plt, save_figure, to_markdown
 from harness.results.run_dir import has_results, require_finished
 from harness.spec import JobSpec, validate_spec
 from harness.tracking import resolve_uri, with_store
@@ -61,19 +60,6 @@ _SHORT = {"adapter.bound": "", "adapter.omega": "w", "adapter.clip_value": "c", 
           "train.max_steps": "st", "objective.name": "", "objective.w_forget": "wf", "objective.w_retain": "wr"}
 
 
-class SweepObjective(StrictModel):
-    """A final metric of the trade-off plot, and which way is better."""
-
-    metric: str
-    split: str
-    mode: Literal["max", "min"] = "max"
-
-    @property
-    def column(self) -> str:
-        """Its column in sweep.parquet."""
-        return f"{self.split}/{self.metric}"
-
-
 class SweepSpec(StrictModel):
     """A sweep over spec fields: alternative grids (`cases`) crossed with a shared `grid`, or random draws."""
 
@@ -84,7 +70,7 @@ class SweepSpec(StrictModel):
     sample_seed: int = 0
     cases: list[dict[str, Any]] = []
     grid: dict[str, Any] = {}
-    objectives: list[SweepObjective] = Field([], max_length=2)
+    objectives: list[SearchObjective] = Field([], max_length=2)
     group_by: str = "adapter.bound"
     curves: dict[str, Any] = Field({}, description="only configurations with these values are drawn in curves.png")
 
@@ -250,13 +236,13 @@ def run_sweep(base: JobSpec, sweep: SweepSpec, out: Path, progress: bool = True,
     return out
 
 
-def _objectives(spec: JobSpec, sweep: SweepSpec) -> list[SweepObjective]:
+def _objectives(spec: JobSpec, sweep: SweepSpec) -> list[SearchObjective]:
     """The sweep's objectives, else the benchmark's first two summary columns."""
     if sweep.objectives:
         return list(sweep.objectives)
 
     cols = load_benchmark_class(spec.benchmark.name).summary_columns_for(spec.benchmark)
-    return [SweepObjective(metric=c.metric, split=c.split, mode="min" if c.higher_is_better is False else "max")
+    return [SearchObjective(metric=c.metric, split=c.split, mode="min" if c.higher_is_better is False else "max")
             for c in cols[:2]]
 
 
@@ -318,7 +304,7 @@ def plot_curves(curves: pd.DataFrame, group: str, path: Path) -> Path | None:
     return path
 
 
-def plot_tradeoff(table: pd.DataFrame, objectives: list[SweepObjective], group: str, path: Path) -> Path | None:
+def plot_tradeoff(table: pd.DataFrame, objectives: list[SearchObjective], group: str, path: Path) -> Path | None:
     """The two objectives, one panel per `group` value: a point per configuration (mean over seeds) with the seed
     range as bars; every panel also shows the Pareto front of all configurations' means."""
 

@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -23,7 +22,7 @@ from pydantic import Field, model_validator
 
 from harness.adapters import load_adapter
 from harness.benchmarks import load_benchmark
-from harness.config import StrictModel, apply_override, load_config
+from harness.config import SearchObjective, StrictModel, apply_override, load_config
 from harness.core.console import is_verbose
 from harness.core.errors import SpecError
 from harness.core.io import atomic_write_parquet, atomic_write_text
@@ -32,20 +31,12 @@ from harness.models.modality import get_modality
 from harness.objectives import make_objective, original_targets
 from harness.pipeline.context import log, resolve_device
 from harness.pipeline.score import score_model
-from harness.report.tables import non_dominated, plt, save_figure, to_markdown
+from harness.report.tables import pareto_front, plt, save_figure, to_markdown
 from harness.spec import JobSpec, dump_spec, validate_spec
 from harness.tracking import tune_callback
 from harness.train.placement import guarded_trainer, release_orphans, release_trainers, worker_of_actor
 from harness.train.ray_run import run_unlearning
 from harness.train.reference import prepare_references
-
-
-class SearchObjective(StrictModel):
-    """A final metric the search optimises (forget quality up, model utility up, ...)."""
-
-    metric: str
-    split: str
-    mode: Literal["max", "min"] = "max"
 
 
 class Proxy(StrictModel):
@@ -267,17 +258,6 @@ def _short(value: Any) -> str:
 
 def _values(result: dict[str, Any], keys: tuple[str, ...]) -> str:
     return ", ".join(f"{k} {_short(result[k])}" for k in keys if k in result) or "no metrics"
-
-
-def pareto_front(frame: pd.DataFrame, objectives: list[SearchObjective]) -> pd.DataFrame:
-    """Rows not dominated by any other (every objective at least as good, one strictly better)."""
-    cols = [o.metric for o in objectives]
-    done = frame.dropna(subset=cols)
-    if done.empty:
-        return done
-
-    signed = done[cols].to_numpy(dtype=float) * np.array([1.0 if o.mode == "max" else -1.0 for o in objectives])
-    return done[non_dominated(signed)].sort_values(cols[0], ascending=objectives[0].mode == "min")
 
 
 def _plot_pareto(frame: pd.DataFrame, front: pd.DataFrame, objectives: list[SearchObjective], path: Path) -> None:

@@ -8,6 +8,7 @@ from harness.config.lm_eval import LmEvalSpec
 from harness.config.loader import StrictModel, error_lines, load_config, load_yaml, validate_config, yaml_error
 from harness.config.options import BENCHMARK_OPTIONS, BenchmarkOptions, ObjectiveOptions, tagged_union
 from harness.config.overrides import apply_override
+from harness.config.search import SearchObjective
 from harness.config.sections import (
     BUILTIN_PREFIX,
     REFERENCE_METHODS,
@@ -26,6 +27,6 @@ from harness.config.tracking import TrackingSpec
 __all__ = [
     "BENCHMARK_OPTIONS", "BUILTIN_PREFIX", "REFERENCE_METHODS", "RESERVED_NAMES", "AdapterSpec", "BenchmarkOptions", "EvalSpec",
     "LmEvalSpec", "ModelSource", "ModelSpec", "ObjectiveOptions", "ReferenceSpec", "ReferenceTrainSpec",
-    "ResourcesSpec", "SensitivitySpec", "SourceKind", "StrictModel", "TrackingSpec", "TrainSpec", "apply_override",
+    "ResourcesSpec", "SearchObjective", "SensitivitySpec", "SourceKind", "StrictModel", "TrackingSpec", "TrainSpec", "apply_override",
     "error_lines", "load_config", "load_yaml", "parse_model_arg", "tagged_union", "validate_config", "yaml_error",
 ]

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from harness.config import SearchObjective
 from harness.core.io import atomic_write_bytes, atomic_write_text
 from harness.core.stats import across_seeds
 
@@ -35,7 +36,7 @@ STAT_COLUMNS = ["method", "column", "split", "metric", "higher_is_better", "mean
                 "values"]
 
 
-def _fmt(value: float) -> str:
+def fmt_value(value: float) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if value == 0:
@@ -76,8 +77,8 @@ def summary_stats(metrics: pd.DataFrame, train_log: pd.DataFrame, columns: Seque
 def format_stat(mean: float, low: float, high: float) -> str:
     """`mean [low, high]`, or the mean alone when there is no interval."""
     if math.isnan(low) or math.isnan(high):
-        return _fmt(mean)
-    return f"{_fmt(mean)} [{_fmt(low)}, {_fmt(high)}]"
+        return fmt_value(mean)
+    return f"{fmt_value(mean)} [{fmt_value(low)}, {fmt_value(high)}]"
 
 
 def summary_table(stats: pd.DataFrame, methods: Sequence[str], diverged: dict[str, tuple[int, int]]) -> pd.DataFrame:
@@ -102,7 +103,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     headers = list(table.columns)
     lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
     for _, row in table.iterrows():
-        cells = [_fmt(v) if isinstance(v, float) else str(v) for v in row.tolist()]
+        cells = [fmt_value(v) if isinstance(v, float) else str(v) for v in row.tolist()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -256,3 +257,14 @@ def plot_pareto(table: pd.DataFrame, path: Path) -> Path | None:
     ax.set_title("Forget quality vs model utility (mean over seeds, 95% interval)", fontsize=10)
     save_figure(fig, path)
     return path
+
+
+def pareto_front(frame: pd.DataFrame, objectives: list[SearchObjective]) -> pd.DataFrame:
+    """Rows not dominated by any other (every objective at least as good, one strictly better)."""
+    cols = [o.metric for o in objectives]
+    done = frame.dropna(subset=cols)
+    if done.empty:
+        return done
+
+    signed = done[cols].to_numpy(dtype=float) * np.array([1.0 if o.mode == "max" else -1.0 for o in objectives])
+    return done[non_dominated(signed)].sort_values(cols[0], ascending=objectives[0].mode == "min")

@@ -37,7 +37,7 @@ import torch
 
 from harness.config import LmEvalSpec
 from harness.core.errors import DataError, HarnessError, SpecError
-from harness.scoring.vllm_backend import CPU_MEMORY_UTILIZATION, _import_vllm, _on_cpu, export_merged
+from harness.scoring.vllm_backend import CPU_MEMORY_UTILIZATION, export_merged, import_vllm, on_cpu
 
 #: z for a two-sided 95% normal interval around lm-eval's standard error.
 Z_95 = 1.959963984540054
@@ -161,12 +161,12 @@ def _lm_eval_vllm_class() -> Any:
 
 
 def _vllm_lm(model_dir: Path, spec: LmEvalSpec) -> Any:
-    _import_vllm()
+    import_vllm()
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-    on_cpu = _on_cpu()  # resolves vLLM's platform before lm-eval's module is imported
+    cpu = on_cpu()  # resolves vLLM's platform before lm-eval's module is imported
     VLLM = _lm_eval_vllm_class()  # noqa: N806
     kwargs: dict[str, Any] = {"dtype": "float32", "enforce_eager": True,
-                              "gpu_memory_utilization": CPU_MEMORY_UTILIZATION} if on_cpu else {}
+                              "gpu_memory_utilization": CPU_MEMORY_UTILIZATION} if cpu else {}
     kwargs.update(spec.vllm_kwargs)
     return VLLM(pretrained=str(model_dir), batch_size=spec.batch_size, seed=spec.seed, **kwargs)
 

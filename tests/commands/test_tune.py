@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness.commands.tune import SearchObjective, TuneSpace, apply_trial, load_space, pareto_front, write_tune_results
+from harness.commands.tune import TuneSpace, apply_trial, load_space, write_tune_results
+from harness.config import SearchObjective
 from harness.core.errors import SpecError
+from harness.report.tables import pareto_front
 from harness.spec import load_spec, validate_spec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from harness.models.tokenizer import train_bpe_tokenizer
 from harness.scoring.backend import encode_loglik_request
 from harness.scoring.hf_backend import HFBackend
 from harness.scoring.loglik_plan import plan_loglik
-from harness.scoring.parallel import loglik_shards
+from harness.scoring.sharding import loglik_shards
 
 CORPUS = [
     "Question: Who wrote the book?\nAnswer: The author wrote it in Paris.",

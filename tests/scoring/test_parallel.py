@@ -23,14 +23,8 @@ from harness.models.text import load_pretrained, save_model
 from harness.models.tokenizer import train_bpe_tokenizer
 from harness.scoring.backend import encode_loglik_request
 from harness.scoring.hf_backend import HFBackend
-from harness.scoring.parallel import (
-    ScoringWorker,
-    loglik_length,
-    longest_first,
-    plan_shards,
-    prompt_length,
-    shard_requests,
-)
+from harness.scoring.parallel import ScoringWorker
+from harness.scoring.sharding import loglik_length, longest_first, plan_shards, prompt_length, shard_requests
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

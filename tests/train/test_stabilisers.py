@@ -15,7 +15,8 @@ from harness.objectives import make_objective
 from harness.report.tables import non_dominated, pareto_table, plot_pareto
 from harness.spec import objective_spec, validate_spec
 from harness.train.deepspeed_config import build_deepspeed_config
-from harness.train.loop import _penalty, make_optimizer
+from harness.train.loop import make_optimizer
+from harness.train.step import penalty
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,10 +35,10 @@ def test_adapter_l2_adds_the_squared_product_norm_to_any_objective() -> None:
     product = sum(float((layer.lora_B.weight @ layer.lora_A.weight).pow(2).sum())
                   for layer in adapted_layers(model).values())
     gd = make_objective(objective_spec(name="gd"))
-    assert _penalty(model, gd, TrainSpec(), 0.0) is None
-    assert float(_penalty(model, gd, TrainSpec(adapter_l2=0.3), 0.0).detach()) == pytest.approx(0.3 * product, rel=1e-5)
+    assert penalty(model, gd, TrainSpec(), 0.0) is None
+    assert float(penalty(model, gd, TrainSpec(adapter_l2=0.3), 0.0).detach()) == pytest.approx(0.3 * product, rel=1e-5)
     l1 = make_objective(objective_spec(name="l1_sparse", gamma=0.0))
-    assert float(_penalty(model, l1, TrainSpec(adapter_l2=0.3), 0.5).detach()) == pytest.approx(0.3 * product, rel=1e-5)
+    assert float(penalty(model, l1, TrainSpec(adapter_l2=0.3), 0.5).detach()) == pytest.approx(0.3 * product, rel=1e-5)
 
 
 def test_weight_decay_and_clipping_reach_the_optimizer_and_deepspeed() -> None:
