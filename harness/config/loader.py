@@ -24,6 +24,12 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class FrozenModel(StrictModel):
+    """A strict model that cannot change once built (records read back from disk, model sources)."""
+
+    model_config = ConfigDict(frozen=True)
+
+
 def error_lines(err: ValidationError) -> list[str]:
     """One `path: message` line per validation error, in the words of a spec (unknown names listed)."""
     lines = []

@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 
+from harness.config.loader import FrozenModel
 from harness.config.sections import REFERENCE_METHODS
 from harness.core.errors import SpecError
 
@@ -20,10 +21,8 @@ SourceKind = Literal["hf", "peft", "harness", "run"]
 RESERVED_NAMES = REFERENCE_METHODS
 
 
-class ModelSource(BaseModel):
+class ModelSource(FrozenModel):
     """One model to score: a name for its result rows, where it is, and how to load it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
     path: str = Field(validation_alias=AliasChoices("path", "source"))

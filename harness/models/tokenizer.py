@@ -76,7 +76,7 @@ def load_tokenizer(path: str | Path) -> Any:
 
 
 def get_or_train_tokenizer(texts: list[str], cache_dir: str | Path, vocab_size: int = 1024) -> Any:
-    """The tokenizer for `texts` from the cache entry `cache_dir/bpe-<key>` (harness.core.cache), trained on first use."""
+    """The tokenizer for `texts` from the cache entry `cache_dir/bpe-<key>` (core.cache), trained on first use."""
 
     def build(scratch: Path) -> None:
         train_bpe_tokenizer(texts, vocab_size).save_pretrained(scratch)

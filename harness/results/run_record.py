@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.config import REFERENCE_METHODS
+from harness.config import FrozenModel
 from harness.core.errors import DataError
 from harness.core.io import atomic_write_json
 from harness.results.run_dir import require_finished
@@ -38,10 +39,8 @@ RECORD_NAME = "models.json"
 RECORD_VERSION = 2
 
 
-class MethodModels(BaseModel):
+class MethodModels(FrozenModel):
     """The model an unlearned method was scored as, for one seed: its base model plus its adapter directory."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     base: str
     adapter: str | None = None
@@ -50,8 +49,6 @@ class MethodModels(BaseModel):
 
 class RunModels(BaseModel):
     """Every model of a run: the reference models per reference seed and each scored method per seed."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     targets: dict[int, str]
     retains: dict[int, str] = {}

@@ -1,4 +1,5 @@
-"""SIGTERM handled like Ctrl-C, and `--resume` of an interrupted job, without Ray (harness.core.signals, harness.pipeline.resume).
+"""SIGTERM handled like Ctrl-C, and `--resume` of an interrupted job, without Ray
+(harness.core.signals, harness.pipeline.resume).
 
 The job's phases are replaced where a test needs them to be interrupted; the slow end-to-end checks (a real
 SIGTERM while training and while scoring, a resumed run equal to an uninterrupted one) are in

@@ -1,4 +1,4 @@
-"""`harness nightly`, the regression suite: run job specs, keep a metric history, flag moves against a baseline by rules.
+"""`harness nightly`: run job specs, keep a metric history, flag moves against a baseline by rules.
 
 `harness nightly jobs/nightly.yaml` runs every job of the suite, appends each metric row to one history
 parquet, compares each metric with the baseline (a pinned run, or the rolling median of the last runs),
