@@ -25,7 +25,7 @@ from harness.adapters.format import CONFIG_NAME, WEIGHTS_NAME
 from harness.config import REFERENCE_METHODS, ModelSource
 from harness.core.errors import DataError, ModelError, SpecError
 from harness.models.modality import get_modality
-from harness.models.text import damaged_file, is_builtin, load_config, torch_dtype
+from harness.models.text import damaged_file, is_builtin, load_model_config, torch_dtype
 from harness.pipeline.context import JobContext, JobResult, ModelKey, ScoredModel
 from harness.pipeline.job import reference_sources, staged_job
 from harness.pipeline.preflight import job_model_config
@@ -77,7 +77,7 @@ def precheck(src: ModelSource, spec: JobSpec) -> None:
         return
     state = read_lora_weights(path / WEIGHTS_NAME)
     base = src.base or _named_base(src)
-    config = load_config(base, src.trust_remote_code) if base and not is_builtin(base) else job_model_config(spec)
+    config = load_model_config(base, src.trust_remote_code) if base and not is_builtin(base) else job_model_config(spec)
     modules = list(read_bound_config(path)["modules"]) if src.kind == "harness" else None
     check_lora_fits(meta_model(config), state, f"model {src.name!r}: adapter {path}", modules)
 

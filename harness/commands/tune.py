@@ -29,7 +29,7 @@ from harness.core.io import atomic_write_parquet, atomic_write_text
 from harness.core.ray_env import ensure_ray
 from harness.models.modality import get_modality
 from harness.objectives import make_objective, original_targets
-from harness.pipeline.context import log, resolve_device
+from harness.pipeline.context import job_device, log
 from harness.pipeline.score import score_model
 from harness.report.tables import pareto_front, plt, save_figure, to_markdown
 from harness.spec import JobSpec, dump_spec, validate_spec
@@ -286,7 +286,7 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
         raise SpecError(f"search space method {method_name!r} is not a method of job {spec.name!r}")
     apply_trial(spec, method_name, {})  # the base method alone must validate
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(spec.resources.device)
+    device = job_device(spec.resources.device)
     bench = load_benchmark(spec.benchmark)
     refs = prepare_references(spec, bench, device)
     if refs.retain is None:

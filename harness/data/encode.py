@@ -21,7 +21,8 @@ def _encode(tokenizer: Any, context: str, continuation: str, max_length: int) ->
     return ids[:max_length], min(n_ctx, max_length)
 
 
-def encode_pairs(tokenizer: Any, pairs: Sequence[Pair], max_length: int) -> list[Encoded | tuple[Encoded, ...]]:
+def encode_training_pairs(tokenizer: Any, pairs: Sequence[Pair],
+                          max_length: int) -> list[Encoded | tuple[Encoded, ...]]:
     """Token ids and context length of each pair (continuation + EOS scored), cut to `max_length`; a pair
     with several continuations gives a tuple of them."""
     out: list[Encoded | tuple[Encoded, ...]] = []

@@ -39,7 +39,7 @@ from harness.models.text import (
     BUILTIN_PREFIX,
     SHIPPED_CONFIG_DIR,
     is_builtin,
-    load_config,
+    load_model_config,
     loading,
     own_aligned,
 )
@@ -101,7 +101,7 @@ def image_classifier_config(name: str, class_names: Sequence[str], trust_remote_
     """A classifier's config with its head over `class_names`, without weights (builtin, local, cache, shipped)."""
     if is_builtin_image_model(name):
         return builtin_image_config(name, class_names)
-    config = load_config(name, trust_remote_code)
+    config = load_model_config(name, trust_remote_code)
     _check_image_classifier(config, name)
     return _set_labels(config, class_names)
 
@@ -125,7 +125,7 @@ def load_image_classifier(name: str, class_names: Sequence[str], *, seed: int = 
     """A builtin (random init from `seed`) or pretrained image classifier with a head over `class_names`."""
     if is_builtin_image_model(name):
         return build_builtin_image_model(name, class_names, seed, dtype)
-    config = load_config(name, trust_remote_code)
+    config = load_model_config(name, trust_remote_code)
     _check_image_classifier(config, name)
     try:
         with torch.random.fork_rng(devices=[]):

@@ -27,7 +27,7 @@ import torch
 
 from harness.core.registry import Registry
 from harness.data.batch import Batch, ImageBatch
-from harness.data.encode import collate, encode_pairs
+from harness.data.encode import collate, encode_training_pairs
 from harness.models.image import (
     load_image_classifier,
     load_image_model,
@@ -116,7 +116,7 @@ class TextModality(Modality):
         return fingerprint(examples)
 
     def encode(self, processor: Any, examples: Sequence[Any], max_length: int) -> list[Any]:
-        return encode_pairs(processor, [tuple(e) for e in examples], max_length)
+        return encode_training_pairs(processor, [tuple(e) for e in examples], max_length)
 
     def collate(self, processor: Any) -> Callable[[list[Any]], Batch]:
         pad = processor.pad_token_id if processor.pad_token_id is not None else processor.eos_token_id

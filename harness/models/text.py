@@ -246,7 +246,7 @@ def _from_cache(name: str, trust_remote_code: bool) -> PretrainedConfig | None:
         return None
 
 
-def load_config(name: str, trust_remote_code: bool = False) -> PretrainedConfig:
+def load_model_config(name: str, trust_remote_code: bool = False) -> PretrainedConfig:
     """A model's config without its weights: local directory, hub cache, shipped config, then the hub."""
     local = Path(name).expanduser().exists()
     if not local:

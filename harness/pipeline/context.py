@@ -25,7 +25,7 @@ def log(message: str) -> None:
     print(f"[{dt.datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
 
 
-def resolve_device(kind: str) -> torch.device:
+def job_device(kind: str) -> torch.device:
     """`auto` picks CUDA when present, else CPU."""
     if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

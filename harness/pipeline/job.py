@@ -18,7 +18,7 @@ from harness.core.io import atomic_write_json, atomic_write_text
 from harness.core.ray_env import stop_ray
 from harness.core.signals import cleaning_up, describe
 from harness.objectives import make_objective, original_targets
-from harness.pipeline.context import JobContext, JobResult, ModelKey, ScoredModel, Training, log, resolve_device
+from harness.pipeline.context import JobContext, JobResult, ModelKey, ScoredModel, Training, job_device, log
 from harness.pipeline.preflight import preflight
 from harness.pipeline.resume import (
     check_same_spec,
@@ -84,7 +84,7 @@ def staged_job(spec: JobSpec, work: Callable[[JobContext], JobResult], progress:
     """
     started = dt.datetime.now(dt.UTC)
     preflight(spec, overwrite)
-    device = resolve_device(spec.resources.device)
+    device = job_device(spec.resources.device)
     if spec.resources.threads:
         torch.set_num_threads(spec.resources.threads)
     log(f"job {spec.name}: loading benchmark {spec.benchmark.name} ({spec.benchmark.source})")

@@ -7,7 +7,7 @@ from transformers import PretrainedConfig
 
 from harness.adapters.targets import adapted_mlp_names
 from harness.models.image import image_classifier_config
-from harness.models.text import builtin_config, is_builtin, load_config
+from harness.models.text import builtin_config, is_builtin, load_model_config
 from harness.results.run_dir import check_out_dir
 from harness.spec import JobSpec
 from harness.train.memory import meta_model
@@ -27,7 +27,7 @@ def job_model_config(spec: JobSpec) -> PretrainedConfig:
                                        spec.model.trust_remote_code)
     if is_builtin(spec.model.name):
         return builtin_config(spec.model.name, BUILTIN_VOCAB)
-    return load_config(spec.model.name, spec.model.trust_remote_code)
+    return load_model_config(spec.model.name, spec.model.trust_remote_code)
 
 
 def preflight(spec: JobSpec, overwrite: bool = False) -> None:

@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerFast
 
 from harness.benchmarks.text_metrics import bootstrap_ci, rouge_l_f1, rouge_l_recall
 from harness.benchmarks.tofu import metrics as M
-from harness.benchmarks.tofu.evaluate import (
+from harness.benchmarks.tofu.score import (
     SplitScores,
     aggregate_tofu,
     answer_text,

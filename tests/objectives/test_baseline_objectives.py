@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.data.encode import collate, encode_pairs
+from harness.data.encode import collate, encode_training_pairs
 from harness.objectives import IGNORE, OBJECTIVES, ImageBatch, TokenBatch, make_objective
 from harness.spec import objective_spec
 
@@ -64,7 +64,7 @@ def test_idkdpo_examples_carry_refusal_then_answer_and_collate_continuation_majo
         def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
             return {"input_ids": ([1] if add_special_tokens else []) + [3 + ord(c) % 50 for c in text]}
 
-    enc = encode_pairs(Tok(), [("Q1", ("ab", "cde")), ("Q2", ("f", "gh"))], max_length=32)
+    enc = encode_training_pairs(Tok(), [("Q1", ("ab", "cde")), ("Q2", ("f", "gh"))], max_length=32)
     batch = collate(enc, pad_id=0)
     assert batch.input_ids.shape[0] == 4  # [preferred of both examples; rejected of both]
     scored = [[int(t) for t in row if t != IGNORE] for row in batch.labels]

@@ -9,7 +9,7 @@ import pytest
 from harness.cli import main
 from harness.config import AdapterSpec, TrainSpec
 from harness.core.errors import ModelError
-from harness.models.text import builtin_config, load_config, shipped_config, shipped_config_ids
+from harness.models.text import builtin_config, load_model_config, shipped_config, shipped_config_ids
 from harness.spec import load_spec
 from harness.train.memory import GIB, OVERHEAD_BYTES, ModelShape, estimate_memory, model_shape
 
@@ -90,7 +90,7 @@ def test_gradient_checkpointing_keeps_block_inputs(tiny: tuple[object, ModelShap
 
 @pytest.fixture(scope="module")
 def llama8b() -> ModelShape:
-    return model_shape(load_config("meta-llama/Llama-3.1-8B-Instruct"))
+    return model_shape(load_model_config("meta-llama/Llama-3.1-8B-Instruct"))
 
 
 def test_llama31_8b_fits_with_zero3_bf16_not_fp32_single_gpu(llama8b: ModelShape) -> None:
@@ -119,7 +119,7 @@ def test_shipped_configs_are_the_published_architectures() -> None:
 
 def test_unknown_model_error_lists_shipped_ids() -> None:
     with pytest.raises(ModelError, match="Llama-3.1-8B-Instruct"):
-        load_config("nobody/no-such-model-xyz")
+        load_model_config("nobody/no-such-model-xyz")
 
 
 def test_dry_run_of_8b_job_prints_memory_table_offline(capsys: pytest.CaptureFixture) -> None:

@@ -7,14 +7,14 @@ from typing import Any
 
 from harness.benchmarks.base import BENCHMARKS, Benchmark, ModelScores, Pair
 from harness.benchmarks.tofu.data import corpus_texts, load_tofu
-from harness.benchmarks.tofu.evaluate import (
+from harness.benchmarks.tofu.options import TofuOptions
+from harness.benchmarks.tofu.score import (
     aggregate_tofu,
     answer_text,
     prompt_for,
     score_tofu_split,
     split_kind,
 )
-from harness.benchmarks.tofu.options import TofuOptions
 from harness.config import EvalSpec
 from harness.report.tables import Column
 
