@@ -27,10 +27,9 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from harness.config import REFERENCE_METHODS
-from harness.config import FrozenModel
+from harness.config import REFERENCE_METHODS, FrozenModel
 from harness.core.errors import DataError
 from harness.core.io import atomic_write_json
 from harness.results.run_dir import require_finished
