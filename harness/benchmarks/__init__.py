@@ -29,6 +29,13 @@ def load_benchmark_class(name: str) -> type[Benchmark]:
     return BENCHMARKS.get(name)
 
 
+def benchmark_classes() -> list[type[Benchmark]]:
+    """Every registered Benchmark class, by name (no data loaded)."""
+    for package in PACKAGES:
+        importlib.import_module(f"harness.benchmarks.{package}.benchmark")
+    return [BENCHMARKS.get(name) for name in BENCHMARKS.names()]
+
+
 def load_benchmark(spec: Any) -> Benchmark:
     """The benchmark named by `spec.name`, with its data loaded (real files or synthetic)."""
     return load_benchmark_class(spec.name)(spec)
@@ -40,4 +47,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["PACKAGES", "load_benchmark", "load_benchmark_class"]
+__all__ = ["PACKAGES", "benchmark_classes", "load_benchmark", "load_benchmark_class"]

@@ -30,7 +30,7 @@ import pandas as pd
 
 from harness.benchmarks.base import BENCHMARKS, Benchmark, ModelScores, mean_metric_row
 from harness.benchmarks.vision.data import SPLITS, class_deletion_splits
-from harness.benchmarks.vision.metrics import avg_gap, forget_quality, image_rows, model_utility, salun_metrics
+from harness.benchmarks.vision.metrics import METRICS, avg_gap, forget_quality, image_rows, model_utility, salun_metrics
 from harness.benchmarks.vision.options import VisionOptions
 from harness.benchmarks.vision.sources import load_image_dataset
 from harness.config import EvalSpec
@@ -43,6 +43,8 @@ Example = tuple[np.ndarray, int]
 @BENCHMARKS.register("vision")
 class Vision(Benchmark):
     """Class deletion on an image classifier, scored with SalUn's metrics against the retrain model."""
+
+    declared_metrics = METRICS
 
     name = "vision"
 
@@ -57,14 +59,14 @@ class Vision(Benchmark):
     @classmethod
     def summary_columns_for(cls, options: VisionOptions) -> list[Column]:
         return [
-            Column("forget", "ua", "UA", True),
-            Column("retain", "ra", "RA", True),
-            Column("test_retain", "ta", "TA", True),
-            Column("test_forget", "accuracy", "deleted-class TA", False),
-            Column("forget", "mia_efficacy", "MIA-efficacy", True),
-            Column("all", "avg_gap", "avg gap to retrain", False),
-            Column("forget", "forget_quality", "forget quality", True),
-            Column("all", "model_utility", "model utility", True),
+            cls.column("forget", "ua", "UA"),
+            cls.column("retain", "ra", "RA"),
+            cls.column("test_retain", "ta", "TA"),
+            cls.column("test_forget", "accuracy", "deleted-class TA"),
+            cls.column("forget", "mia_efficacy", "MIA-efficacy"),
+            cls.column("all", "avg_gap", "avg gap to retrain"),
+            cls.column("forget", "forget_quality", "forget quality"),
+            cls.column("all", "model_utility", "model utility"),
         ]
 
     # ---- training examples ------------------------------------------------------------------------

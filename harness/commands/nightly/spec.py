@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from harness.benchmarks import benchmark_classes
 from harness.commands.nightly.history import DEFAULT_HISTORY
 from harness.config import REFERENCE_METHODS, StrictModel, TrackingSpec, load_yaml, validate_config
 from harness.core.errors import SpecError
+from harness.results.contract import glob_match
 from harness.spec import JobSpec, load_spec
 
 Glob = str | list[str]
@@ -47,54 +48,31 @@ class Rule(StrictModel):
         return f"{sign}{self.tolerance:g} {arrow}"
 
 
-def glob_match(pattern: Glob, value: str) -> bool:
-    patterns = [pattern] if isinstance(pattern, str) else pattern
-    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
-
 
 def _r(metric: Glob, kind: str, tol: float, direction: str, split: Glob = "*", method: Glob = "*") -> Rule:
     return Rule(metric=metric, split=split, method=method, kind=kind, tolerance=tol, direction=direction)
 
 
-_FORGET = ["forget*", "forget"]
+def _declared_rules() -> list[Rule]:
+    """One rule per metric every benchmark declares (harness.results.contract.Metric), in the benchmarks' order."""
+    def glob(g: str | tuple[str, ...]) -> Glob:
+        return g if isinstance(g, str) else list(g)
 
-
-_UNLEARNED_RULES = [
-    # TOFU (locuslab/tofu metric names); prob / ROUGE / truth ratio carry bootstrap intervals.
-    _r("forget_quality", "absolute", 0.05, "higher_is_better"),          # KS p-value vs the retain model
-    _r("model_utility", "relative", 0.05, "higher_is_better"),
-    _r(["prob", "rouge_l_recall"], "ci", 0.02, "lower_is_better", split=_FORGET),
-    _r(["prob", "rouge_l_recall"], "ci", 0.02, "higher_is_better"),      # retain, real_authors, world_facts
-    _r("truth_ratio", "ci", 0.02, "higher_is_better"),
-    # MUSE (x100 scale for the ROUGE metrics; PrivLeak is best at 0, so any move is flagged).
-    _r(["verbmem_rouge", "knowmem_rouge"], "ci", 1.0, "lower_is_better", split=_FORGET),
-    _r(["verbmem_rouge", "knowmem_rouge"], "ci", 1.0, "higher_is_better"),
-    _r("privleak", "absolute", 5.0, "both"),
-    _r("mink_auc", "absolute", 0.05, "both"),
-    # TDEC: memorisation accuracy and extraction likelihood on the forget set; holdout thresholds.
-    _r(["ma", "el_*"], "ci", 0.02, "lower_is_better", split=_FORGET),
-    _r("ma", "ci", 0.02, "higher_is_better", split="retain"),            # retention
-    _r("ppl", "relative", 0.05, "lower_is_better", split="retain"),
-    _r(["ma_threshold", "el_threshold"], "absolute", 0.02, "both"),
-    _r(["ma", "el_*"], "ci", 0.02, "both"),
-    _r("forgotten", "absolute", 0.0, "higher_is_better"),
-    # Vision class deletion (SalUn's metrics, fractions in [0, 1]).
-    _r(["ua", "mia_efficacy"], "absolute", 0.02, "higher_is_better"),
-    _r(["ra", "ta"], "absolute", 0.02, "higher_is_better"),
-    _r("accuracy", "absolute", 0.02, "lower_is_better", split="test_forget"),
-    _r("avg_gap", "absolute", 0.02, "lower_is_better"),
-]
+    return [Rule(metric=glob(m.metric), split=glob(m.split), kind=m.kind, tolerance=m.tolerance, direction=m.direction)
+            for cls in benchmark_classes() for m in cls.declared_metrics]
 
 
 def default_rules() -> list[Rule]:
-    """The built-in rules, most specific first; a final catch-all flags any metric moving by >10%."""
+    """The built-in rules, most specific first: the benchmarks' declared metrics (for the reference models any
+    move beyond the tolerance counts), and a final catch-all that flags any metric moving by >10%."""
+    declared = _declared_rules()
     rules = [
         _r("diverged", "absolute", 0.0, "lower_is_better"),   # any increase (0 -> 1) is a regression
         _r("job_failed", "absolute", 0.0, "lower_is_better"),
     ]
     # The reference models are not unlearned: any move of theirs beyond the tolerance is flagged.
-    rules += [r.model_copy(update={"method": list(REFERENCE_METHODS), "direction": "both"}) for r in _UNLEARNED_RULES]
-    rules += [r.model_copy() for r in _UNLEARNED_RULES]
+    rules += [r.model_copy(update={"method": list(REFERENCE_METHODS), "direction": "both"}) for r in declared]
+    rules += declared
     rules.append(_r("*", "relative", 0.10, "both"))
     return rules
 
