@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from harness.adapters import load_adapter
 from harness.adapters.checkpoint import check_lora_fits, read_bound_config, read_json, read_lora_weights
 from harness.adapters.format import CONFIG_NAME, WEIGHTS_NAME
 from harness.config import REFERENCE_METHODS, ModelSource
@@ -30,7 +29,7 @@ from harness.pipeline.context import JobContext, JobResult, ModelKey, ScoredMode
 from harness.pipeline.job import reference_sources, staged_job
 from harness.pipeline.preflight import job_model_config
 from harness.pipeline.write import score_and_write
-from harness.scoring.load import load_scoring_model, resolve_sources
+from harness.scoring.load import load_scoring_model, load_with_adapter, resolve_sources
 from harness.spec import JobSpec
 from harness.train.memory import meta_model
 from harness.train.reference import reference_seed_for
@@ -101,9 +100,8 @@ def _loader(src: ModelSource, modality: str) -> Any:
         if src.kind == "peft":
             raise DataError(f"model {src.name!r}: PEFT adapters are scored on text benchmarks only")
         where = src.base if src.kind == "harness" and src.base else src.path
-        model, processor = get_modality(modality).load(where, torch_dtype(src.dtype), src.trust_remote_code)
-        if src.kind == "harness":
-            load_adapter(model, src.path)
+        model, processor = load_with_adapter(where, src.path if src.kind == "harness" else None, modality=modality,
+                                             dtype=torch_dtype(src.dtype), trust_remote_code=src.trust_remote_code)
         return model.eval(), processor
 
     return load

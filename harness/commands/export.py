@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from harness.adapters import load_adapter, merge
+from harness.adapters import merge
 from harness.config import REFERENCE_METHODS
 from harness.core.errors import DataError
 from harness.models.modality import get_modality
@@ -27,6 +27,7 @@ from harness.models.text import torch_dtype
 from harness.models.tokenizer import load_tokenizer
 from harness.report.tables import to_markdown
 from harness.results.run_record import FinishedRun, load_finished_run
+from harness.scoring.load import load_with_adapter
 from harness.spec import benchmark_spec
 
 CARD_NAME = "README.md"
@@ -154,10 +155,9 @@ def export_method(run_dir: str | Path, method: str, out_dir: str | Path, seed: i
     entry = run.method_model(method, seed)
     dtype = torch_dtype(str((run.spec.get("model") or {}).get("dtype", "float32")))
     modality = get_modality(_modality(run))
-    model, processor = modality.load(entry.base, dtype)
+    model, processor = load_with_adapter(entry.base, entry.adapter, modality=modality.name, dtype=dtype)
     if modality.name == "text":
         processor = load_tokenizer(entry.base)  # as the base saved it (load_pretrained may set a pad token)
-    load_adapter(model, entry.adapter)
     merge(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

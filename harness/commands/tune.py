@@ -20,18 +20,17 @@ import torch
 import yaml
 from pydantic import Field, model_validator
 
-from harness.adapters import load_adapter
 from harness.benchmarks import load_benchmark
 from harness.config import SearchObjective, StrictModel, apply_override, load_config
 from harness.core.console import is_verbose
 from harness.core.errors import SpecError
 from harness.core.io import atomic_write_parquet, atomic_write_text
 from harness.core.ray_env import ensure_ray
-from harness.models.modality import get_modality
 from harness.objectives import make_objective, original_targets
 from harness.pipeline.context import job_device, log
 from harness.pipeline.score import score_model
 from harness.report.tables import pareto_front, plt, save_figure, to_markdown
+from harness.scoring.load import load_with_adapter
 from harness.spec import JobSpec, dump_spec, validate_spec
 from harness.tracking import tune_callback
 from harness.train.placement import guarded_trainer, release_orphans, release_trainers, worker_of_actor
@@ -129,8 +128,7 @@ def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         ray.tune.report(final)
         return
     bench = load_benchmark(spec.benchmark)
-    model, processor = get_modality(bench.modality).load(context["target"], torch.float32)
-    load_adapter(model, run.adapter_dir)
+    model, processor = load_with_adapter(context["target"], run.adapter_dir, modality=bench.modality)
     scores = score_model(bench, model.eval(), processor, spec, torch.device("cpu"))
     rows = bench.aggregate({"trial": scores, "retain": context["retain_scores"]}, spec.eval)
     values = {(r["split"], r["metric"]): r["value"] for r in rows if r["method"] == "trial"}

@@ -13,7 +13,6 @@ from harness.adapters import load_adapter
 from harness.benchmarks.base import Benchmark, ModelScores
 from harness.config import REFERENCE_METHODS
 from harness.core.errors import SpecError
-from harness.models.modality import get_modality
 from harness.models.text import torch_dtype
 from harness.pipeline.context import ModelKey, ScoredModel, log
 from harness.pipeline.resume import (
@@ -25,6 +24,7 @@ from harness.results.contract import (
 )
 from harness.scoring.backend import make_backend
 from harness.scoring.lm_eval import run_lm_eval_tasks
+from harness.scoring.load import load_with_adapter
 from harness.scoring.parallel import ScoringPool
 from harness.spec import JobSpec
 from harness.train.reference import References, reference_seed_for
@@ -121,10 +121,8 @@ def driver_model(key: ModelKey, src: ScoredModel, refs: dict[int, References],
     if name in REFERENCE_METHODS or src.source == ref.target_source:
         return _in_memory_model(name, ref, src.adapter), src.processor
 
-    model, processor = get_modality("text").load(src.source, torch_dtype(spec.model.dtype),
-                                                 spec.model.trust_remote_code)
-    if src.adapter is not None:
-        load_adapter(model, src.adapter)
+    model, processor = load_with_adapter(src.source, src.adapter, dtype=torch_dtype(spec.model.dtype),
+                                         trust_remote_code=spec.model.trust_remote_code)
     return model.eval(), src.processor or processor
 
 

@@ -29,6 +29,7 @@ from harness.adapters.checkpoint import check_lora_fits, read_lora_weights
 from harness.adapters.format import BOUND_CONFIG_NAME, BOUNDED_PEFT_TYPE, WEIGHTS_NAME
 from harness.config import ModelSource, SourceKind
 from harness.core.errors import DataError, ModelError, SpecError
+from harness.models.modality import get_modality
 from harness.models.text import is_builtin, load_pretrained, torch_dtype
 from harness.results.run_record import RECORD_NAME, load_finished_run
 
@@ -170,3 +171,14 @@ def load_scoring_model(source: ModelSource) -> tuple[torch.nn.Module, Any]:
     else:
         model, tokenizer = _load_harness(source)
     return model.eval(), tokenizer
+
+
+def load_with_adapter(source: str, adapter_dir: str | Path | None = None, *, modality: str = "text",
+                      dtype: torch.dtype = torch.float32,
+                      trust_remote_code: bool = False) -> tuple[torch.nn.Module, Any]:
+    """The one way a base model plus a harness adapter is loaded, for scoring or export: the modality's model and
+    processor from `source`, with the adapter (when given) attached in place, not merged."""
+    model, processor = get_modality(modality).load(source, dtype, trust_remote_code)
+    if adapter_dir is not None:
+        load_adapter(model, adapter_dir)
+    return model, processor

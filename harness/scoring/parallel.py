@@ -36,13 +36,13 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from harness.adapters import load_adapter, merge
+from harness.adapters import merge
 from harness.core.errors import HarnessError
 from harness.core.ray_env import ensure_ray
 from harness.data.requests import Backend, ClassifyRequest, GenRequest, LoglikRequest
-from harness.models.modality import get_modality
 from harness.models.text import torch_dtype
 from harness.scoring.backend import make_backend
+from harness.scoring.load import load_with_adapter
 from harness.scoring.sharding import loglik_shards, prompt_length, shard_requests
 
 T = TypeVar("T")
@@ -74,11 +74,10 @@ class ScoringWorker:
 
         if threads:
             torch.set_num_threads(threads)
-        model, tokenizer = get_modality(modality).load(source, torch_dtype(dtype), trust_remote_code)
-        if adapter_dir is not None:
-            load_adapter(model, adapter_dir)
-            if merge_adapter if merge_adapter is not None else backend != "hf":
-                merge(model)
+        model, tokenizer = load_with_adapter(source, adapter_dir, modality=modality, dtype=torch_dtype(dtype),
+                                             trust_remote_code=trust_remote_code)
+        if adapter_dir is not None and (merge_adapter if merge_adapter is not None else backend != "hf"):
+            merge(model)
         self.source, self.adapter_dir = source, adapter_dir
         self.max_length = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
         self.backend = make_backend(backend, model.eval(), tokenizer, batch_size, device)
