@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from harness.adapters.attach import adapted_layers, attach_to
+from harness.adapters.attachment import adapted_layers, attach_to
 from harness.adapters.bounds import BOUNDS
 from harness.adapters.extras import EXTRAS_NAME, apply_extras, extras_bytes, extras_kinds, read_extras
 from harness.adapters.format import (
