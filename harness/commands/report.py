@@ -27,14 +27,12 @@ from harness.core.io import (
     atomic_write_bytes,
     atomic_write_text,
     ensure_writable_dir,
-    read_json_file,
-    read_parquet_file,
 )
 from harness.core.stats import two_sample
 from harness.report import sensitivity
 from harness.report.tables import TELEMETRY, Column, fmt_value, summary_stats, summary_table, to_markdown
 from harness.results.contract import METRIC_COLUMNS, TRAIN_LOG_COLUMNS
-from harness.results.run_dir import require_finished
+from harness.results.run_record import read_run_env, read_run_metrics, read_run_train_log
 from harness.spec import benchmark_spec
 
 _CURVES = [("loss", "total loss", False), ("loss_forget", "forget loss", False), ("loss_retain", "retain loss", False),
@@ -69,20 +67,14 @@ def load_run(path: str | Path, label: str | None = None) -> RunData:
     A damaged file (a truncated parquet, invalid JSON or YAML) is a DataError naming it.
     """
     path = Path(path)
-    require_finished(path)
-    metrics_path = path / "metrics.parquet"
-    if not metrics_path.is_file():
-        raise DataError(f"{path} is not a finished run: {metrics_path.name} is missing")
-    metrics = read_parquet_file(metrics_path, "metrics file")
+    metrics = read_run_metrics(path)
     missing = [c for c in ("method", "split", "metric", "value") if c not in metrics.columns]
     if missing:
-        raise DataError(f"{metrics_path} lacks the columns {', '.join(missing)}")
+        raise DataError(f"{path / 'metrics.parquet'} lacks the columns {', '.join(missing)}")
     for col in METRIC_COLUMNS:
         if col not in metrics.columns:
             metrics[col] = float("nan") if col in ("ci_low", "ci_high") else ""
-    log_path = path / "train_log.parquet"
-    train_log = (read_parquet_file(log_path, "training log") if log_path.is_file()
-                 else pd.DataFrame(columns=TRAIN_LOG_COLUMNS))
+    train_log = read_run_train_log(path)
     for col in TRAIN_LOG_COLUMNS:
         if col not in train_log.columns:
             train_log[col] = pd.Series(dtype="float64")
@@ -92,9 +84,7 @@ def load_run(path: str | Path, label: str | None = None) -> RunData:
             spec = yaml.safe_load((path / "spec.yaml").read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as err:
             raise DataError(f"{path / 'spec.yaml'} is not valid YAML: {err}") from None
-    env: Any = read_json_file(path / "env.json", "run environment") if (path / "env.json").is_file() else {}
-    if not isinstance(env, dict):
-        raise DataError(f"{path / 'env.json'}: expected a JSON object, got {type(env).__name__}")
+    env = read_run_env(path)
     return RunData(label or path.name, path, metrics, train_log, spec if isinstance(spec, dict) else {}, env)
 
 

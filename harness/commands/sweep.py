@@ -42,13 +42,14 @@ from pydantic import Field, model_validator
 from harness.benchmarks import load_benchmark_class
 from harness.config import SearchObjective, StrictModel, apply_override, load_config
 from harness.core.errors import SpecError
-from harness.core.io import atomic_write_parquet, atomic_write_text, ensure_writable_dir, read_parquet_file
+from harness.core.io import atomic_write_parquet, atomic_write_text, ensure_writable_dir
 from harness.core.stats import across_seeds
 from harness.pipeline.context import log
 from harness.pipeline.job import run_job
 from harness.pipeline.resume import check_resumable
 from harness.report.tables import format_stat, pareto_front, plt, save_figure, to_markdown
-from harness.results.run_dir import has_results, require_finished
+from harness.results.run_dir import has_results
+from harness.results.run_record import read_run_metrics, read_run_train_log
 from harness.spec import JobSpec, validate_spec
 from harness.tracking import resolve_uri, with_store
 
@@ -178,9 +179,8 @@ def sweep_jobs(base: JobSpec, sweep: SweepSpec) -> list[tuple[JobSpec, dict[str,
 
 def _final_rows(out: Path, spec: JobSpec, named: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """One row per (configuration, seed): its settings, every final metric, and its telemetry maxima."""
-    require_finished(out)
-    metrics = read_parquet_file(out / "metrics.parquet", "metrics file")
-    log = read_parquet_file(out / "train_log.parquet", "training log")
+    metrics = read_run_metrics(out)
+    log = read_run_train_log(out, required=True)
     rows = []
     for method, config in named.items():
         for seed in spec.seeds:
@@ -220,7 +220,7 @@ def run_sweep(base: JobSpec, sweep: SweepSpec, out: Path, progress: bool = True,
         else:  # the job dirs belong to the sweep: a rerun of the sweep into its out dir replaces them
             run_job(spec, progress=progress, overwrite=True, resume=resume)
         frames.append(_final_rows(job_out, spec, named))
-        logs.append(read_parquet_file(job_out / "train_log.parquet", "training log").assign(job=spec.name))
+        logs.append(read_run_train_log(job_out, required=True).assign(job=spec.name))
     table = pd.concat(frames, ignore_index=True)
     curves = pd.concat(logs, ignore_index=True)
     atomic_write_parquet(out / "sweep.parquet", table)

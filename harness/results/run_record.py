@@ -31,7 +31,8 @@ from pydantic import BaseModel, ValidationError
 
 from harness.config import REFERENCE_METHODS, FrozenModel
 from harness.core.errors import DataError
-from harness.core.io import atomic_write_json
+from harness.core.io import atomic_write_json, read_json_file, read_parquet_file
+from harness.results.contract import TRAIN_LOG_COLUMNS
 from harness.results.run_dir import require_finished
 
 RECORD_NAME = "models.json"
@@ -203,6 +204,35 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def read_run_metrics(run_dir: str | Path, what: str = "metrics file") -> pd.DataFrame:
+    """metrics.parquet of a finished run directory: DataError naming the run when it did not finish, the file when
+    it is missing or damaged. Every reader of a finished run's metrics goes through here."""
+    run_dir = Path(run_dir)
+    require_finished(run_dir)
+    path = run_dir / "metrics.parquet"
+    if not path.is_file():
+        raise DataError(f"{run_dir} is not a finished run: {path} is missing")
+    return read_parquet_file(path, what)
+
+
+def read_run_train_log(run_dir: str | Path, required: bool = False) -> pd.DataFrame:
+    """train_log.parquet of a run directory (an empty log with the contract's columns when absent and not
+    `required`); DataError naming the file when damaged."""
+    path = Path(run_dir) / "train_log.parquet"
+    if not required and not path.is_file():
+        return pd.DataFrame(columns=TRAIN_LOG_COLUMNS)
+    return read_parquet_file(path, "training log")
+
+
+def read_run_env(run_dir: str | Path, what: str = "run environment") -> dict[str, Any]:
+    """env.json of a run directory (`{}` when absent); DataError naming the file when damaged or not an object."""
+    path = Path(run_dir) / "env.json"
+    env = read_json_file(path, what) if path.is_file() else {}
+    if not isinstance(env, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(env).__name__}")
+    return env
+
+
 def load_finished_run(run_dir: str | Path) -> FinishedRun:
     """Read a finished run directory; DataError naming what is missing when the run did not finish."""
     run_dir = Path(run_dir)
@@ -219,11 +249,5 @@ def load_finished_run(run_dir: str | Path) -> FinishedRun:
     if not isinstance(env, dict) or not env.get("finished"):
         raise DataError(f"{run_dir} is not a finished run: {env_path} has no 'finished' time "
                         "(the run is still going, or stopped before writing its results)")
-    metrics_path = run_dir / "metrics.parquet"
-    if not metrics_path.is_file():
-        raise DataError(f"{run_dir} is not a finished run: {metrics_path} is missing")
-    try:
-        metrics = pd.read_parquet(metrics_path)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{metrics_path} is not readable: {err}") from None
+    metrics = read_run_metrics(run_dir)
     return FinishedRun(run_dir, _read_yaml(run_dir / "spec.yaml"), env, metrics, read_models(run_dir))

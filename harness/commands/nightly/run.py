@@ -18,14 +18,13 @@ from harness.commands.nightly.spec import JOB_METHOD, SuiteSpec, load_suite, res
 from harness.core.errors import HarnessError
 from harness.core.io import (
     ensure_writable_dir,
-    read_json_file,
-    read_parquet_file,
 )
 from harness.core.stats import metrics_across_seeds
 from harness.pipeline.context import log
 from harness.pipeline.job import run_job
 from harness.pipeline.resume import check_resumable
-from harness.results.run_dir import has_results, require_finished
+from harness.results.run_dir import has_results
+from harness.results.run_record import read_run_env, read_run_metrics
 from harness.tracking import log_nightly, resolve_uri, warn_failed, with_store
 
 
@@ -65,13 +64,10 @@ def job_rows(job: str, out_dir: Path) -> tuple[pd.DataFrame, str | None]:
     A damaged file is a DataError naming it.
     """
 
-    require_finished(out_dir)
-    metrics = read_parquet_file(out_dir / "metrics.parquet", f"metrics of job {job!r}")
+    metrics = read_run_metrics(out_dir, f"metrics of job {job!r}")
     if "seed" in metrics.columns:
         metrics = metrics_across_seeds(metrics)
-    env_path = out_dir / "env.json"
-    env = read_json_file(env_path, f"environment of job {job!r}") if env_path.is_file() else {}
-    commit = env.get("git_commit") if isinstance(env, dict) else None
+    commit = read_run_env(out_dir, f"environment of job {job!r}").get("git_commit")
     metrics = metrics.assign(job=job)
     return metrics, commit
 
