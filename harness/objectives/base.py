@@ -9,8 +9,7 @@ scored units (harness.data.batch), so one formula serves text and vision.
 Optional hooks, each used by the methods that need it: `prepare` (a one-time pass before training whose
 tensors are checkpointed with the run; harness/objectives/prepare.py) with `apply_prepared`, `penalty`
 (a regulariser on the adapted weights), `forget_units` (when the forget mean skips some scored units).
-Method modules import heavy modules (adapters, models) inside functions: harness/spec.py imports this
-package to build the options union.
+Objectives sit on layer 3 (docs/architecture.md): they import adapters and data, never the job spec.
 """
 
 from __future__ import annotations
