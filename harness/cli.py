@@ -1,5 +1,7 @@
 """Command line: parse, load the spec, call one function, print where the results went.
 
+Each command's module is imported when that command runs, so `harness --help` loads no torch, Ray or pandas.
+
 Exit codes: 0 ok, 1 a failed run, 2 bad input (spec, data, model), 130 stopped by SIGINT (Ctrl-C), 143 stopped by
 SIGTERM (harness.core.signals).
 """
@@ -11,7 +13,10 @@ import functools
 import sys
 from collections.abc import Sequence
 
-from harness.core.errors import HarnessError
+from harness.config import parse_model_arg
+from harness.core.console import configure_console
+from harness.core.errors import HarnessError, SpecError
+from harness.core.ray_env import stop_ray
 from harness.core.signals import cleaning_up, describe, exit_code, sigterm_raises
 
 
@@ -36,7 +41,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from harness.commands.eval import adapter_source, eval_job
-    from harness.config import parse_model_arg
     from harness.spec import read_spec_data, validate_spec
 
     overrides = list(args.set)
@@ -50,8 +54,6 @@ def _eval(args: argparse.Namespace) -> int:
     data = read_spec_data(args.spec, overrides)
     data["models"] = [*(data.get("models") or []), *(m.model_dump(exclude_defaults=True) for m in models)]
     if not data["models"]:
-        from harness.core.errors import SpecError
-
         raise SpecError(f"{args.spec}: no model to score: pass --model NAME=SOURCE or --adapter DIR, or list "
                         "`models:` in the spec")
     spec = validate_spec(data, args.spec)
@@ -285,8 +287,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `harness` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from harness.core.console import configure_console
-
     configure_console(getattr(args, "verbose", False))
     with sigterm_raises():
         try:
@@ -296,8 +296,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return err.exit_code
         except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (harness.core.signals.Interrupted)
             if "ray" in sys.modules:  # Ray workers and actors of a command not inside a job (tune, between jobs)
-                from harness.core.ray_env import stop_ray
-
                 with cleaning_up():
                     stop_ray()
             print(f"interrupted ({describe(err)}): harness {args.command} stopped", file=sys.stderr, flush=True)
