@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
@@ -12,24 +11,6 @@ from harness.data.text import encode_pair
 from harness.models.tokenizer import train_bpe_tokenizer
 from harness.scoring.backend import BACKENDS, cut_at_stop, make_backend
 from harness.scoring.hf_backend import HFBackend
-
-CORPUS = [
-    "Question: Who wrote the book?\nAnswer: The author wrote it in Paris.",
-    "The quick brown fox jumps over the lazy dog.",
-    "Basil Mahfouz Al-Kuwaiti was born in Kuwait City in 1972.",
-    "Answer the question about the novel and its famous writer.",
-]
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> PreTrainedTokenizerFast:
-    return train_bpe_tokenizer(CORPUS, 320)
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer: PreTrainedTokenizerFast, peaked_llama) -> torch.nn.Module:
-    """Tiny Llama with matrices re-drawn at std 0.1: peaked, context-dependent greedy outputs."""
-    return peaked_llama(len(tokenizer))
 
 
 def direct_logprobs(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast,
@@ -119,8 +100,8 @@ def test_cut_at_stop_takes_earliest() -> None:
     assert cut_at_stop("abc", ("",)) == "abc"
 
 
-def test_pad_falls_back_to_eos_and_padding_side_kept(model, tokenizer) -> None:
-    tok = train_bpe_tokenizer(CORPUS, 320)
+def test_pad_falls_back_to_eos_and_padding_side_kept(model, tokenizer, corpus) -> None:
+    tok = train_bpe_tokenizer(corpus, 320)
     tok.pad_token = None
     tok.padding_side = "right"
     backend = make_backend("hf", model, tok, batch_size=4, device="cpu")

@@ -22,7 +22,6 @@ from harness.config import AdapterSpec  # noqa: E402
 from harness.core.errors import HarnessError  # noqa: E402
 from harness.data.requests import GenRequest, LoglikRequest
 from harness.models.text import build_builtin, load_pretrained  # noqa: E402
-from harness.models.tokenizer import train_bpe_tokenizer  # noqa: E402
 from harness.scoring.backend import BACKENDS  # noqa: E402
 from harness.scoring.hf_backend import HFBackend  # noqa: E402
 from harness.scoring.vllm_backend import VLLMBackend, export_merged  # noqa: E402
@@ -32,12 +31,6 @@ ATOL = 1e-4
 #: A small KV cache: the default reserves 20% of host RAM on the CPU build.
 ENGINE_KW = {"kv_cache_memory_bytes": 32 * 2**20}
 
-CORPUS = [
-    "Question: Who wrote the book?\nAnswer: The author wrote it in Paris.",
-    "The quick brown fox jumps over the lazy dog.",
-    "Basil Mahfouz Al-Kuwaiti was born in Kuwait City in 1972.",
-    "Answer the question about the novel and its famous writer.",
-]
 
 LOGLIK = [
     LoglikRequest("Question: Who wrote the book?\nAnswer:", " The author wrote it in Paris."),
@@ -59,15 +52,6 @@ GEN = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_bpe_tokenizer(CORPUS, vocab_size=320)
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer, peaked_llama) -> torch.nn.Module:
-    """Tiny Llama with matrices re-drawn at std 0.1, so greedy outputs depend on the context."""
-    return peaked_llama(len(tokenizer))
 
 
 @pytest.fixture(scope="module")
