@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from harness.benchmarks.text_metrics import bootstrap_ci
 from harness.config import BenchmarkOptions, EvalSpec
 from harness.core.registry import Registry
+from harness.core.stats import bootstrap_ci
 from harness.report.tables import Column
 from harness.results.contract import Metric
 

@@ -1,4 +1,5 @@
-"""Across-seed statistics: the mean of a metric over a job's seeds and its 95% Student-t interval.
+"""Statistics in one place: across-seed means with their 95% Student-t interval, two-sample tests, and the
+percentile bootstrap interval of one run's per-example values (`bootstrap_ci`).
 
 Conclusions rest on these, not on one seed of a chaotic optimisation. With n seeds the interval is
 `mean +- t_{0.975, n-1} * sd / sqrt(n)` (`scipy.stats.t`); one seed has no interval (NaN). The
@@ -9,6 +10,7 @@ interval of each single run, `ci_low`/`ci_high` in metrics.parquet).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -109,3 +111,22 @@ def two_sample(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
     else:
         verdict = "no evidence"
     return TwoSample(u, p, smallest_p(n_a, n_b), n_a, n_b, verdict)
+
+
+def bootstrap_ci(values: Sequence[float] | np.ndarray, n_resamples: int, seed: int,
+                 alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap (1 - alpha) interval of the mean; (nan, nan) when off or fewer than 2 values.
+
+    `scipy.stats.bootstrap` (method `percentile`), resampling with `np.random.default_rng(seed)` in batches
+    that bound the index matrix to ~16 MB: the interval is a function of the values, `n_resamples` and `seed`.
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if n_resamples <= 0 or x.size < 2:
+        return float("nan"), float("nan")
+    with warnings.catch_warnings():
+        # NaN values give a NaN interval, which scipy reports with a warning meant for BCa.
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        result = stats.bootstrap((x,), np.mean, n_resamples=n_resamples, batch=max(1, 2_000_000 // x.size),
+                                 vectorized=True, confidence_level=1 - alpha, method="percentile",
+                                 rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)

@@ -11,7 +11,7 @@ import scipy.stats
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from harness.benchmarks.text_metrics import bootstrap_ci, rouge_l_f1, rouge_l_recall
+from harness.benchmarks.text_metrics import rouge_l_f1, rouge_l_recall
 from harness.benchmarks.tofu import metrics as M
 from harness.benchmarks.tofu.score import (
     SplitScores,
@@ -21,6 +21,7 @@ from harness.benchmarks.tofu.score import (
     score_tofu_split,
     split_kind,
 )
+from harness.core.stats import bootstrap_ci
 from harness.data.requests import Backend, GenRequest, LoglikRequest
 from harness.data.text import encode_pair
 from harness.models.text import build_builtin

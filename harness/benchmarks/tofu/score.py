@@ -18,9 +18,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from harness.benchmarks.text_metrics import bootstrap_ci, rouge_l_recall
+from harness.benchmarks.text_metrics import rouge_l_recall
 from harness.benchmarks.tofu import metrics as M
 from harness.core.errors import DataError
+from harness.core.stats import bootstrap_ci
 from harness.data.requests import Backend, GenRequest, LoglikRequest
 
 Kind = Literal["forget", "retain", "mc"]
