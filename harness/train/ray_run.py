@@ -8,6 +8,7 @@ checkpoint (adapter + step log); the driver copies every run's adapter to
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -26,8 +27,9 @@ from harness.core.signals import cleaning_up
 from harness.results.contract import run_key
 from harness.spec import JobSpec, MethodSpec
 from harness.train.deepspeed_config import build_deepspeed_config
-from harness.train.loop import ADAPTER_DIR, RUN_DONE_KEY, STATE_FILE, train_loop_per_worker
+from harness.train.loop import ADAPTER_DIR, RUN_DONE_KEY, STATE_FILE, WORKER_CONFIG_KEY, train_loop_per_worker
 from harness.train.progress import TrainingProgress
+from harness.train.worker_config import PlannedRun, WorkerConfig
 
 #: Whether this process started the Ray instance it uses (its `ray.shutdown` then stops every worker).
 
@@ -138,7 +140,7 @@ def _data_key(examples: Sequence[Any]) -> str:
 
 
 def _train_config(requests: Sequence[TrainRequest], spec: JobSpec, modality: str, out_dir: Path,
-                  fault: dict[str, Any] | None, resume_from: dict[str, str] | None = None) -> dict[str, Any]:
+                  fault: dict[str, Any] | None, resume_from: dict[str, str] | None = None) -> WorkerConfig:
     """The workers' config: every run, each distinct dataset once, and the DeepSpeed config per method."""
     res = spec.resources
     data: dict[str, list[Any]] = {}
@@ -155,11 +157,11 @@ def _train_config(requests: Sequence[TrainRequest], spec: JobSpec, modality: str
             data.setdefault(original_key, list(req.forget_original))
         ds_config = build_deepspeed_config(req.method.train, res.num_workers)
         atomic_write_json(out_dir / "deepspeed" / f"{req.method.name}.json", ds_config)
-        runs.append({"key": req.key, "method": req.method.model_dump(mode="json"), "seed": req.seed,
-                     "target": req.target, "forget": forget_key, "retain": retain_key,
-                     "prepare_forget": original_key, "deepspeed": ds_config})
-    return {"runs": runs, "data": data, "modality": modality,
-            "use_gpu": res.use_gpu, "threads": res.cpus_per_worker, "fault": fault, "resume_from": resume_from or {}}
+        runs.append(PlannedRun(key=req.key, method=req.method.model_dump(mode="json"), seed=req.seed,
+                               target=req.target, forget=forget_key, retain=retain_key,
+                               prepare_forget=original_key, deepspeed=ds_config))
+    return WorkerConfig(runs=runs, data=data, modality=modality, use_gpu=res.use_gpu, threads=res.cpus_per_worker,
+                        fault=fault, resume_from=resume_from or {})
 
 
 def run_unlearning_many(requests: Sequence[TrainRequest], spec: JobSpec, out_dir: Path,
@@ -192,7 +194,7 @@ def run_unlearning_many(requests: Sequence[TrainRequest], spec: JobSpec, out_dir
     with TrainingProgress(keys, enabled=progress) as bars:
         trainer = _trainer_class()(
             train_loop_per_worker,
-            train_loop_config={**config, "progress": bars.sink},
+            train_loop_config={WORKER_CONFIG_KEY: dataclasses.replace(config, progress=bars.sink)},
             scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                          resources_per_worker=worker_resources),
             # Every run's `done` checkpoint is kept: it holds that run's adapter and log.
