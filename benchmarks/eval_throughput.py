@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.benchmarks.tofu.evaluate import answer_text, prompt_for, stop_strings
+from harness.benchmarks.tofu.score import answer_text, prompt_for, stop_strings
 from harness.benchmarks.tofu.synth import SyntheticTofuSpec, generate_tofu
 from harness.data.requests import Backend, GenRequest, LoglikRequest
 from harness.data.text import encode_pair
