@@ -26,9 +26,8 @@ from harness.core.ray_env import ensure_ray, started_locally
 from harness.core.signals import cleaning_up
 from harness.results.contract import run_key
 from harness.spec import JobSpec, MethodSpec
-from harness.train.checkpoint import ADAPTER_DIR, RUN_DONE_KEY, STATE_FILE
 from harness.train.deepspeed_config import build_deepspeed_config
-from harness.train.loop import WORKER_CONFIG_KEY, train_loop_per_worker
+from harness.train.loop import ADAPTER_DIR, RUN_DONE_KEY, STATE_FILE, WORKER_CONFIG_KEY, train_loop_per_worker
 from harness.train.progress import TrainingProgress
 from harness.train.worker_config import PlannedRun, WorkerConfig
 
