@@ -44,6 +44,7 @@ from harness.results import (
     environment,
     frame,
     read_parquet_file,
+    unattacked,
 )
 from harness.resume import SCORES_DIR, check_same_spec, earlier_runs, load_scores, next_train_run_name, save_scores
 from harness.run_dir import RunDirectory, require_finished
@@ -176,6 +177,12 @@ def _score_models(bench: Benchmark, refs: dict[int, References], models: dict[Mo
         keep(key)
         del model
     return scores
+
+
+def load_scored_model(key: ModelKey, src: ScoredModel, refs: dict[int, References],
+                      spec: JobSpec) -> tuple[torch.nn.Module, Any]:
+    """A model to score loaded in this process, and its processor (None: the references')."""
+    return _driver_model(key, src, refs, spec)
 
 
 def _driver_model(key: ModelKey, src: ScoredModel, refs: dict[int, References],
@@ -412,6 +419,12 @@ def score_and_write(ctx: JobContext, sources: dict[ModelKey, ScoredModel], names
                 for r in sc.examples]
     generations = [{"method": m, "seed": s, "benchmark": bench.name, **r} for (m, s), sc in scores.items()
                    for r in sc.generations]
+    if spec.attacks.enabled():  # attack rows carry `attack`: every table below but the attack ones leaves them out
+        from harness.attack_pipeline import attack_job
+
+        attacked = attack_job(ctx, sources, scores, metric_rows)
+        metric_rows, examples, notes = metric_rows + attacked.metric_rows, examples + attacked.example_rows, \
+            notes + attacked.notes
 
     metrics_df = frame(metric_rows, METRIC_COLUMNS)
     train_df = frame(training.log_rows, TRAIN_LOG_COLUMNS)
@@ -423,7 +436,7 @@ def score_and_write(ctx: JobContext, sources: dict[ModelKey, ScoredModel], names
 
     methods = [m for m in REFERENCE_METHODS if any(k[0] == m for k in scores)] + list(names)
     columns = bench.summary_columns + extra_columns(metric_rows, bench.name) + sensitivity.summary_columns(metrics_df)
-    stats = summary_stats(metrics_df, train_df, columns, methods)
+    stats = summary_stats(unattacked(metrics_df), train_df, columns, methods)
     atomic_write_parquet(out / "summary.parquet", stats)
     table = summary_table(stats, methods, training.diverged)
     notes = [*notes, _seeds_note(spec, ctx.ref_seeds),
@@ -436,10 +449,14 @@ def score_and_write(ctx: JobContext, sources: dict[ModelKey, ScoredModel], names
             notes.append("Pareto front of (forget quality, model utility), seed means, among the methods: "
                          + ", ".join(pareto.loc[pareto["pareto"], "method"]) + " (plots/pareto.png).")
     summary = write_summary(out / "summary.md", f"{spec.name}: {bench.describe()}", table, notes)
+    if spec.attacks.enabled():
+        from harness.attack_pipeline import write_attack_report
+
+        summary = write_attack_report(out, summary, metrics_df, bench, methods)
     plot_training(train_df, out / "plots" / "training.png")
     sensitivity.plot_sensitivity(train_df, out / "plots" / "sensitivity.png")
     plot_metrics(stats, columns, out / "plots" / "metrics.png")
-    bench.plots(examples_df, methods, out / "plots")
+    bench.plots(unattacked(examples_df), methods, out / "plots")
 
     finished = dt.datetime.now(dt.UTC)
     env = environment(spec.seeds, str(ctx.device), ctx.started, finished)
@@ -508,7 +525,8 @@ def _track(spec: JobSpec, out: Path) -> None:
     from harness.tracking import log_job, resolve_uri, warn_failed
 
     try:
-        ids = log_job(spec, out, pd.read_parquet(out / "metrics.parquet"), pd.read_parquet(out / "train_log.parquet"))
+        ids = log_job(spec, out, unattacked(pd.read_parquet(out / "metrics.parquet")),
+                      pd.read_parquet(out / "train_log.parquet"))
     except Exception as err:  # noqa: BLE001 - tracking must not fail a finished run
         warn_failed(f"job {spec.name}", err)
         return

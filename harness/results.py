@@ -21,6 +21,9 @@ from harness.errors import DataError, OutputError
 METRIC_COLUMNS = ["method", "seed", "benchmark", "split", "metric", "value", "ci_low", "ci_high"]
 EXAMPLE_COLUMNS = ["method", "seed", "benchmark", "split", "example_id", "metric", "value"]
 GENERATION_COLUMNS = ["method", "seed", "benchmark", "split", "example_id", "prompt", "reference", "output"]
+#: Columns of the rows of attacked models in metrics.parquet and examples.parquet (harness/attacks): the attack,
+#: its variant (`int4`, `forget@8`, `paraphrased`, ...) and its parameters as compact JSON; absent without attacks.
+ATTACK_COLUMNS = ["attack", "attack_variant", "attack_params"]
 TRAIN_LOG_COLUMNS = ["method", "seed", "step", "loss", "loss_forget", "loss_retain", "grad_norm", "adapter_norm",
                      "adapter_param_norm", "logit_norm", "lr", "tokens_per_s"]
 
@@ -114,6 +117,14 @@ def atomic_write_parquet(path: str | Path, frame: pd.DataFrame) -> Path:
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def unattacked(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of models as they were scored, without attack rows (what every table but the attack ones reads)."""
+    if "attack" not in df.columns:
+        return df
+    attack = df["attack"]
+    return df[attack.isna() | (attack == "")]
 
 
 def frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:

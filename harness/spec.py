@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, TypeAdapter, field_validator, model_validator
 
+from harness.attack_spec import AttacksSpec
 from harness.config import load_yaml, validate_config
 from harness.errors import SpecError
 from harness.eval.lm_eval_tasks import LmEvalSpec
@@ -270,6 +271,8 @@ class JobSpec(StrictModel):
     resources: ResourcesSpec = ResourcesSpec()
     tracking: TrackingSpec | None = Field(TrackingSpec(), description="MLflow tracking of the finished runs "
                                           "(harness.tracking); null = off")
+    attacks: AttacksSpec = Field(AttacksSpec(), description="attacks on every scored model (harness/attacks); "
+                                 "each sub-section has `enabled`, all off by default")
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,87 @@
+"""The attacks on a tiny job in this process: relearning with 0 steps is no attack and never scores what it trains
+on; every attack's rows carry the attack columns; the after-attack report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from harness.attack_pipeline import attack_job
+from harness.attacks.relearn import forget_split
+from harness.attacks.runner import attack_section
+from harness.pipeline import score_all
+from harness.results import unattacked
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _examples(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame(rows).set_index(["split", "example_id", "metric"])["value"].sort_index()
+
+
+def test_relearn_split_is_disjoint_and_checked(tiny_job: Any) -> None:
+    job = tiny_job({})
+    bench = job.bench
+    train, scored = forget_split(bench, 0.5, seed=3)
+    assert set(train).isdisjoint(scored) and sorted(train + scored) == list(range(len(bench.forget_keys())))
+    view = bench.restrict_forget(scored, forget_only=True)
+    keys = bench.forget_keys()
+    assert view.scored_forget_keys() == [keys[i] for i in scored]
+    assert set(view.data.eval_splits) == {bench.spec.forget_split}
+
+    class Leaky(type(bench)):  # a benchmark whose view keeps every forget example
+        def restrict_forget(self, keep: Any, forget_only: bool = False) -> Any:
+            return self
+
+    leaky = bench.__class__.__new__(Leaky)
+    leaky.__dict__.update(bench.__dict__)
+    with pytest.raises(RuntimeError, match="also fine-tuned on"):
+        forget_split(leaky, 0.5, seed=3)
+
+
+def test_relearn_with_zero_steps_equals_no_attack(tiny_job: Any) -> None:
+    job = tiny_job({"relearn": {"enabled": True, "steps": 0, "benign": False, "fraction": 0.5}})
+    out = attack_job(job.ctx, job.sources, job.scores, job.rows)
+    _, scored = forget_split(job.bench, 0.5, seed=0)
+    view = job.bench.restrict_forget(scored, forget_only=True)
+    plain = score_all(view, job.refs, {("gd_sine", 0): job.sources[("gd_sine", 0)]}, job.ctx.spec, job.ctx.device)
+    mine = [r for r in out.example_rows if r["method"] == "gd_sine" and r["attack_variant"] == "step@0"]
+    assert len(mine) == 3 * len(scored)  # prob, truth_ratio, rouge per held-back example, nothing else
+    pd.testing.assert_series_equal(_examples(mine), _examples(plain[("gd_sine", 0)].examples), check_exact=True)
+    # the relearned model's own recovery is 0 at step 0, and its metric rows are the view's
+    rec = [r for r in out.metric_rows if r["method"] == "gd_sine" and r["metric"] == "recovery"]
+    assert [r["value"] for r in rec] == [0.0]
+    assert not (job.ctx.out / ".attacks" / "relearn").exists()  # scratch models removed once scored
+
+
+def test_every_attack_adds_tagged_rows_and_a_report(tiny_job: Any) -> None:
+    job = tiny_job({"relearn": {"enabled": True, "steps": 2}, "quantize": {"enabled": True},
+                    "rephrase": {"enabled": True, "shots": 2}, "mia": {"enabled": True}})
+    out = attack_job(job.ctx, job.sources, job.scores, job.rows)
+    df = pd.DataFrame(out.metric_rows)
+    assert set(df["attack"]) == {"relearn", "quantize", "rephrase", "mia"}
+    assert df[["attack_variant", "attack_params", "benchmark"]].notna().all().all()
+    variants = df.groupby("attack")["attack_variant"].apply(set).to_dict()
+    assert variants["relearn"] == {"step@0", "forget@1", "forget@2", "benign@1", "benign@2"}
+    assert variants["quantize"] == {"int8", "int4", "nf4"}
+    assert variants["rephrase"] == {"paraphrased", "template", "few_shot"}
+    mia = df[df["attack"] == "mia"]
+    assert set(mia["metric"]) == {f"mia_{s}" for s in ("loss", "zlib", "min_k", "min_k_plus_plus", "reference",
+                                                        "gradnorm")}
+    assert mia["value"].between(0, 1).all()
+    assert (mia[(mia["method"] == "retain") & (mia["metric"] == "mia_reference")]["value"] == 0.5).all()
+    # recovery: defined for the unlearned model and retain, never for target
+    rec = df[df["metric"] == "recovery"]
+    assert set(rec["method"]) == {"gd_sine", "retain"}
+    # quantized models are scored on every split, with forget quality against the retain model
+    q = df[(df["attack"] == "quantize") & (df["method"] == "gd_sine")]
+    assert {"forget_quality", "model_utility", "prob"} <= set(q["metric"])
+    metrics = pd.concat([pd.DataFrame(job.rows), df])
+    metrics["benchmark"] = "tofu"
+    assert len(unattacked(metrics)) == len(job.rows)
+    text = attack_section(metrics, job.bench, ["target", "retain", "gd_sine"])
+    assert "## After attack" in text and "quantize int4" in text and "relearn forget@2" in text
+    assert "relearn forget@1" not in text  # intermediate points are in the plot and the parquet only
+    assert "## Membership inference" in text
