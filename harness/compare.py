@@ -31,6 +31,7 @@ from harness.results import (
     ensure_writable_dir,
     read_json_file,
     read_parquet_file,
+    unattacked,
 )
 from harness.run_dir import require_finished
 
@@ -71,7 +72,7 @@ def load_run(path: str | Path, label: str | None = None) -> RunData:
     metrics_path = path / "metrics.parquet"
     if not metrics_path.is_file():
         raise DataError(f"{path} is not a finished run: {metrics_path.name} is missing")
-    metrics = read_parquet_file(metrics_path, "metrics file")
+    metrics = unattacked(read_parquet_file(metrics_path, "metrics file"))  # attack rows: summary.md's own tables
     missing = [c for c in ("method", "split", "metric", "value") if c not in metrics.columns]
     if missing:
         raise DataError(f"{metrics_path} lacks the columns {', '.join(missing)}")

@@ -33,7 +33,7 @@ from pydantic import Field, field_validator, model_validator
 
 from harness.config import StrictModel, load_yaml, validate_config
 from harness.errors import HarnessError, SpecError
-from harness.results import ensure_writable_dir, read_json_file, read_parquet_file
+from harness.results import ensure_writable_dir, read_json_file, read_parquet_file, unattacked
 from harness.run_dir import require_finished
 from harness.spec import JobSpec, load_spec
 from harness.tracking import TrackingSpec
@@ -419,7 +419,7 @@ def job_rows(job: str, out_dir: Path) -> tuple[pd.DataFrame, str | None]:
     from harness.seeds import metrics_across_seeds
 
     require_finished(out_dir)
-    metrics = read_parquet_file(out_dir / "metrics.parquet", f"metrics of job {job!r}")
+    metrics = unattacked(read_parquet_file(out_dir / "metrics.parquet", f"metrics of job {job!r}"))
     if "seed" in metrics.columns:
         metrics = metrics_across_seeds(metrics)
     env_path = out_dir / "env.json"

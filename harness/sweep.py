@@ -41,7 +41,7 @@ from pydantic import Field, model_validator
 
 from harness.config import StrictModel, load_config
 from harness.errors import SpecError
-from harness.results import atomic_write_parquet, atomic_write_text, read_parquet_file
+from harness.results import atomic_write_parquet, atomic_write_text, read_parquet_file, unattacked
 from harness.run_dir import require_finished
 from harness.spec import JobSpec, apply_override, validate_spec
 
@@ -185,7 +185,7 @@ def sweep_jobs(base: JobSpec, sweep: SweepSpec) -> list[tuple[JobSpec, dict[str,
 def _final_rows(out: Path, spec: JobSpec, named: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """One row per (configuration, seed): its settings, every final metric, and its telemetry maxima."""
     require_finished(out)
-    metrics = read_parquet_file(out / "metrics.parquet", "metrics file")
+    metrics = unattacked(read_parquet_file(out / "metrics.parquet", "metrics file"))
     log = read_parquet_file(out / "train_log.parquet", "training log")
     rows = []
     for method, config in named.items():

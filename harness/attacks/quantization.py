@@ -83,8 +83,10 @@ def quantizable_layers(model: nn.Module, skip: Sequence[str]) -> dict[str, nn.Mo
 
 @torch.no_grad()
 def quantize_model(model: nn.Module, scheme: str, group_size: int = 32, blocksize: int = 64,
-                   skip: Sequence[str] = ()) -> list[str]:
-    """Replace each quantizable layer's weight by its quantized-then-dequantized value, in place; the names."""
+                   skip: Sequence[str] = (), device: torch.device | str | None = None) -> list[str]:
+    """Replace each quantizable layer's weight by its quantized-then-dequantized value, in place; the names.
+
+    `device` (default: where each weight is) is where the library quantizes: CUDA kernels on a GPU."""
     from transformers.pytorch_utils import Conv1D
 
     layers = quantizable_layers(model, skip)
@@ -93,14 +95,14 @@ def quantize_model(model: nn.Module, scheme: str, group_size: int = 32, blocksiz
     for layer in layers.values():
         transposed = isinstance(layer, Conv1D)  # Conv1D keeps (d_in, d_out): rows must be output channels
         w = layer.weight.t() if transposed else layer.weight
-        dq = dequantized(w, scheme, group_size, blocksize)
-        layer.weight.copy_((dq.t() if transposed else dq).to(layer.weight.dtype))
+        dq = dequantized(w.to(device) if device is not None else w, scheme, group_size, blocksize)
+        layer.weight.copy_((dq.t() if transposed else dq).to(layer.weight.device, layer.weight.dtype))
     return list(layers)
 
 
 def nf4_modules(model: nn.Module, blocksize: int = 64, skip: Sequence[str] = ()) -> list[str]:
     """Replace each quantizable nn.Linear by bitsandbytes' `Linear4bit` (NF4), in place: the path that computes
-    in 4 bits on CUDA (the weights quantize when the model moves to the GPU); the names replaced."""
+    in 4 bits on CUDA (and on CPU with bitsandbytes >= 0.49); the names replaced."""
     with _quiet_import():
         import bitsandbytes as bnb
     replaced = []
@@ -113,6 +115,7 @@ def nf4_modules(model: nn.Module, blocksize: int = 64, skip: Sequence[str] = ())
                                        quant_type="nf4", blocksize=blocksize)
         if layer.bias is not None:
             new.bias = nn.Parameter(layer.bias.data.clone(), requires_grad=False)
+        new = new.to(layer.weight.device)  # Params4bit quantizes when moved
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
         replaced.append(name)

@@ -53,7 +53,7 @@ class Quantize(Attack):
         for (name, seed), load in inputs.models.items():
             for scheme in opts.schemes:
                 model, processor = merged_copy(load)
-                quantize_model(model, scheme, opts.group_size, opts.nf4_blocksize, opts.skip)
+                quantize_model(model, scheme, opts.group_size, opts.nf4_blocksize, opts.skip, inputs.device)
                 sources[(f"{name}@{scheme}", seed)] = save_attacked(model, processor, work / scheme / f"{name}-{seed}",
                                                                     inputs.spec)
                 del model

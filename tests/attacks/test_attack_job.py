@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from harness.attack_pipeline import attack_job
+from harness.attack_pipeline import attack_job, write_attack_report
 from harness.attacks.relearn import forget_split
 from harness.attacks.runner import attack_section
 from harness.pipeline import score_all
@@ -85,3 +85,7 @@ def test_every_attack_adds_tagged_rows_and_a_report(tiny_job: Any) -> None:
     assert "## After attack" in text and "quantize int4" in text and "relearn forget@2" in text
     assert "relearn forget@1" not in text  # intermediate points are in the plot and the parquet only
     assert "## Membership inference" in text
+    summary = write_attack_report(job.ctx.out, "# title\n", metrics, job.bench, ["target", "retain", "gd_sine"])
+    assert summary.startswith("# title\n\n## After attack") and "![recovery curves](plots/recovery.png)" in summary
+    assert (job.ctx.out / "summary.md").read_text() == summary
+    assert (job.ctx.out / "plots" / "recovery.png").stat().st_size > 1000
