@@ -41,11 +41,24 @@ def test_relearn_split_is_disjoint_and_checked(tiny_job: Any) -> None:
         forget_split(leaky, 0.5, seed=3)
 
 
-def test_relearn_with_zero_steps_equals_no_attack(tiny_job: Any) -> None:
+def test_relearn_with_zero_steps_equals_no_attack(tiny_job: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.attacks.relearn as relearn
+
+    seen: list[Any] = []
+
+    def spy(model: Any, processor: Any, examples: Any, **kw: Any) -> Any:
+        seen.extend(examples)
+        return finetune(model, processor, examples, **kw)
+
+    finetune = relearn.finetune
+    monkeypatch.setattr(relearn, "finetune", spy)
     job = tiny_job({"relearn": {"enabled": True, "steps": 0, "benign": False, "fraction": 0.5}})
     out = attack_job(job.ctx, job.sources, job.scores, job.rows)
-    _, scored = forget_split(job.bench, 0.5, seed=0)
+    train, scored = forget_split(job.bench, 0.5, seed=0)
     view = job.bench.restrict_forget(scored, forget_only=True)
+    # what it fine-tunes on (3 models x the same forget examples) is never among the questions it scores
+    questions = view.scored_forget_keys()
+    assert len(seen) == 3 * len(train) and not any(q in prompt for prompt, _ in seen for q in questions)
     plain = score_all(view, job.refs, {("gd_sine", 0): job.sources[("gd_sine", 0)]}, job.ctx.spec, job.ctx.device)
     mine = [r for r in out.example_rows if r["method"] == "gd_sine" and r["attack_variant"] == "step@0"]
     assert len(mine) == 3 * len(scored)  # prob, truth_ratio, rouge per held-back example, nothing else
