@@ -422,7 +422,9 @@ def score_and_write(ctx: JobContext, sources: dict[ModelKey, ScoredModel], names
     if spec.attacks.enabled():  # attack rows carry `attack`: every table below but the attack ones leaves them out
         from harness.attack_pipeline import attack_job
 
+        t_attack = time.perf_counter()
         attacked = attack_job(ctx, sources, scores, metric_rows)
+        ctx.timings["attacks_s"] = time.perf_counter() - t_attack
         metric_rows, examples, notes = metric_rows + attacked.metric_rows, examples + attacked.example_rows, \
             notes + attacked.notes
 
