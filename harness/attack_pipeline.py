@@ -18,6 +18,7 @@ from harness.benchmarks.base import Benchmark, ModelScores
 from harness.pipeline import JobContext, ScoredModel, load_scored_model, log, score_all
 from harness.reference import reference_seed_for
 from harness.results import atomic_write_text
+from harness.train.finetune import finetune
 
 #: Scratch directory (inside the run's staging directory) for attacked models while they are scored.
 WORK_DIR = ".attacks"
@@ -48,7 +49,7 @@ def attack_job(ctx: JobContext, sources: Mapping[ModelKey, ScoredModel], scores:
     inputs = AttackInputs(spec=spec, bench=ctx.bench, device=ctx.device, models={k: loader(k) for k in keys},
                           base={k: scores[k] for k in keys}, base_rows=metric_rows,
                           ref_seed=lambda seed: reference_seed_for(spec, seed), score=score,
-                          work=Path(ctx.out) / WORK_DIR, log=log)
+                          work=Path(ctx.out) / WORK_DIR, finetune=finetune, log=log)
     out = run_attacks(inputs)
     for row in out.metric_rows:
         row.setdefault("benchmark", ctx.bench.name)

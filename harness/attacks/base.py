@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from harness.adapters import adapted_layers, merge
+from harness.attacks.recovery import recovery_score
 from harness.benchmarks.base import Benchmark, ModelScores
 from harness.modalities import get_modality
 from harness.models import torch_dtype
@@ -52,7 +53,8 @@ class AttackInputs:
 
     `models` loads a fresh copy of each scored model (adapter attached or not) and its processor; `base` holds
     the unattacked scores of every model on the full benchmark and `base_rows` their metric rows; `ref_seed`
-    maps a job seed to the seed of its reference models; `work` is a scratch directory for attacked models.
+    maps a job seed to the seed of its reference models; `work` is a scratch directory for attacked models;
+    `score` and `finetune` are the pipeline's scoring and the trainer's fine-tune.
     """
 
     spec: Any
@@ -64,6 +66,8 @@ class AttackInputs:
     ref_seed: Callable[[int], int]
     score: ScoreFn
     work: Path
+    #: the full fine-tune of harness.train.finetune (same signature): attacks and training are one layer
+    finetune: Callable[..., list[float]]
     log: Callable[[str], None] = print
 
 
@@ -156,8 +160,6 @@ def recovery_row(bench: Benchmark, attacked_rows: list[dict[str, Any]], unlearne
                  target: float) -> list[dict[str, Any]]:
     """The `recovery` row of one attacked model (harness.attacks.recovery), on the benchmark's recovery metric's
     split; none when the benchmark declares no recovery metric."""
-    from harness.attacks.recovery import recovery_score
-
     which = bench.recovery_metric()
     if which is None:
         return []

@@ -32,7 +32,8 @@ from harness.benchmarks.base import ModelScores
 from harness.benchmarks.tofu.benchmark import Tofu
 from harness.benchmarks.tofu.evaluate import answer_text, prompt_for
 from harness.errors import DataError, SpecError
-from harness.eval.backend import LoglikRequest, encode_loglik_request
+from harness.eval.backend import LoglikRequest
+from harness.text import encode_pair
 
 SETS = ("forget", "holdout")
 
@@ -76,7 +77,12 @@ def model_statistics(model: torch.nn.Module, tokenizer: Any, requests: list[Logl
     max_len = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
     mkpp, grads = [], []
     for req in requests:
-        ids, n_ctx = encode_loglik_request(tokenizer, req, max_len)
+        ids, n_ctx = encode_pair(tokenizer, req.context, req.continuation, add_eos=req.add_eos)
+        if max_len is not None and len(ids) > max_len:  # keep the answer; lose context from the left
+            drop = len(ids) - max_len
+            ids, n_ctx = ids[drop:], n_ctx - drop
+            if n_ctx < 1:
+                raise ValueError(f"attacks.mia: an answer does not fit the model's {max_len}-token window")
         x = torch.tensor([ids], device=device)
         logits = model(input_ids=x).logits[0, n_ctx - 1: -1].float()
         vocab = torch.log_softmax(logits, dim=-1)

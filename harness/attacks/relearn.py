@@ -4,7 +4,8 @@ several steps (a recovery curve); the benign variant fine-tunes on as many retai
 The forget examples are split once per job (`attacks.seed`): `fraction` of them are fine-tuned on, the others
 are the only forget examples scored (the benchmark's `restrict_forget`), and `forget_split` checks through the
 benchmark's own keys that no scored example is one the attack trains on. Fine-tuning is the harness's full
-fine-tune (harness.train.finetune: AdamW on every weight, constant rate, gradient norm clipped at 1), so step
+fine-tune (harness.train.finetune, handed in by the pipeline as `AttackInputs.finetune`: AdamW on every weight,
+constant rate, gradient norm clipped at 1), so step
 0 is the merged model itself: relearning with 0 steps is no attack. Step 0 is scored once and serves both
 variants (`attack_variant` `forget@k` / `benign@k`, `step@0` for k = 0).
 """
@@ -37,7 +38,6 @@ from harness.attacks.base import (
 )
 from harness.benchmarks.base import Benchmark
 from harness.objectives import original_targets
-from harness.train.finetune import finetune
 
 
 def forget_split(bench: Benchmark, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -141,7 +141,7 @@ class Relearn(Attack):
                 saved[(f"{name}@{variant}", seed)] = save_attacked(model, processor, work / f"{name}-{seed}-{variant}",
                                                                    spec)
 
-        finetune(model, processor, examples, epochs=1, lr=opts.lr, batch_size=opts.batch_size, warmup_ratio=0.0,
+        inputs.finetune(model, processor, examples, epochs=1, lr=opts.lr, batch_size=opts.batch_size, warmup_ratio=0.0,
                  seed=self.seed, max_length=opts.max_length, device=inputs.device, desc=f"relearn {name}",
                  progress=False, modality=bench_modality(spec), max_steps=max(curve), on_step=save_point,
                  schedule="constant")

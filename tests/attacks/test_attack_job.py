@@ -42,7 +42,7 @@ def test_relearn_split_is_disjoint_and_checked(tiny_job: Any) -> None:
 
 
 def test_relearn_with_zero_steps_equals_no_attack(tiny_job: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import harness.attacks.relearn as relearn
+    import harness.attack_pipeline as pipeline_side
 
     seen: list[Any] = []
 
@@ -50,8 +50,8 @@ def test_relearn_with_zero_steps_equals_no_attack(tiny_job: Any, monkeypatch: py
         seen.extend(examples)
         return finetune(model, processor, examples, **kw)
 
-    finetune = relearn.finetune
-    monkeypatch.setattr(relearn, "finetune", spy)
+    finetune = pipeline_side.finetune
+    monkeypatch.setattr(pipeline_side, "finetune", spy)
     job = tiny_job({"relearn": {"enabled": True, "steps": 0, "benign": False, "fraction": 0.5}})
     out = attack_job(job.ctx, job.sources, job.scores, job.rows)
     train, scored = forget_split(job.bench, 0.5, seed=0)
