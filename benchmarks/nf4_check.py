@@ -16,12 +16,12 @@ import time
 
 import torch
 
-from harness.console import quiet_libraries
+from harness.core.console import quiet_libraries
 
 quiet_libraries()  # before torchao / bitsandbytes are imported (their load-time warnings)
 
 from harness.attacks.quantization import dequantized, nf4_modules, quantize_model  # noqa: E402
-from harness.models import build_builtin  # noqa: E402
+from harness.models.text import build_builtin  # noqa: E402
 
 #: The NF4 code values (QLoRA, arXiv 2305.14314, appendix E).
 NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.registry import Registry
+from harness.core.registry import Registry
 
 BOUNDS: Registry[type[Bound]] = Registry("bound")
 

@@ -24,9 +24,9 @@ import torch
 from harness.adapters import adapted_layers, merge
 from harness.attacks.recovery import recovery_score
 from harness.benchmarks.base import Benchmark, ModelScores
-from harness.modalities import get_modality
-from harness.models import torch_dtype
-from harness.registry import Registry
+from harness.core.registry import Registry
+from harness.models.modality import get_modality
+from harness.models.text import torch_dtype
 
 #: (model name, seed): the same keys the pipeline scores under.
 ModelKey = tuple[str, int]

@@ -30,10 +30,10 @@ from harness.attacks.base import (
 from harness.benchmarks import mia as M
 from harness.benchmarks.base import ModelScores
 from harness.benchmarks.tofu.benchmark import Tofu
-from harness.benchmarks.tofu.evaluate import answer_text, prompt_for
-from harness.errors import DataError, SpecError
-from harness.eval.backend import LoglikRequest
-from harness.text import encode_pair
+from harness.benchmarks.tofu.score import answer_text, prompt_for
+from harness.core.errors import DataError, SpecError
+from harness.data.requests import LoglikRequest
+from harness.data.text import encode_pair
 
 SETS = ("forget", "holdout")
 

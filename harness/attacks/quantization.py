@@ -28,15 +28,15 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from harness.console import quiet_libraries
-from harness.errors import SpecError
+from harness.core.console import quiet_libraries
+from harness.core.errors import SpecError
 
 SCHEMES = ("int8", "int4", "nf4")
 
 
 @contextlib.contextmanager
 def _quiet_import() -> Iterator[None]:
-    """Import the quantization libraries with their load-time warnings hidden (harness.console)."""
+    """Import the quantization libraries with their load-time warnings hidden (harness.core.console)."""
     quiet_libraries()
     yield
 

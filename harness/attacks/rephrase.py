@@ -32,8 +32,8 @@ from harness.attacks.base import (
 )
 from harness.benchmarks.base import Benchmark, ModelScores
 from harness.benchmarks.tofu.benchmark import Tofu
-from harness.benchmarks.tofu.evaluate import answer_text, prompt_for, score_tofu_split, split_kind
-from harness.errors import DataError, SpecError
+from harness.benchmarks.tofu.score import answer_text, prompt_for, score_tofu_split, split_kind
+from harness.core.errors import DataError, SpecError
 
 
 class RephrasedTofu(Tofu):

@@ -13,8 +13,8 @@ import pandas as pd
 
 from harness.attacks.base import ATTACKS, AttackInputs, AttackOutput
 from harness.benchmarks.base import Benchmark
-from harness.report import format_stat, plt, save_figure, to_markdown
-from harness.seeds import across_seeds
+from harness.core.stats import across_seeds
+from harness.report.tables import format_stat, plt, save_figure, to_markdown
 
 #: Each attack's module (importing it registers the attack).
 MODULES = ("relearn", "quantize", "rephrase", "mia")

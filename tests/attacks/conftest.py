@@ -26,9 +26,11 @@ def attack_spec(tmp: Path, attacks: dict[str, Any], workers: int = 1) -> Any:
 def attack_context(spec: Any, hand_made_run: Any, out: Path) -> Any:
     """(JobContext, sources, scores, metric rows) of the hand-made target, retain and gd_sine, scored unattacked."""
     from harness.benchmarks import load_benchmark
-    from harness.models import load_pretrained
-    from harness.pipeline import JobContext, ScoredModel, aggregate_all, score_all
-    from harness.reference import References
+    from harness.models.text import load_pretrained
+    from harness.pipeline.context import JobContext, ScoredModel
+    from harness.pipeline.score import score_all
+    from harness.pipeline.write import aggregate_all
+    from harness.train.reference import References
 
     bench = load_benchmark(spec.benchmark)
     target, _ = load_pretrained(str(hand_made_run.target_dir))

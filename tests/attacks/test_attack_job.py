@@ -8,11 +8,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from harness.attack_pipeline import attack_job, write_attack_report
 from harness.attacks.relearn import forget_split
 from harness.attacks.runner import attack_section
-from harness.pipeline import score_all
-from harness.results import unattacked
+from harness.pipeline.attacks import attack_job, write_attack_report
+from harness.pipeline.score import score_all
+from harness.results.contract import unattacked
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,7 +42,7 @@ def test_relearn_split_is_disjoint_and_checked(tiny_job: Any) -> None:
 
 
 def test_relearn_with_zero_steps_equals_no_attack(tiny_job: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import harness.attack_pipeline as pipeline_side
+    import harness.pipeline.attacks as pipeline_side
 
     seen: list[Any] = []
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from harness.attack_spec import AttacksSpec, RelearnSpec
-from harness.errors import SpecError
+from harness.config.attacks import AttacksSpec, RelearnSpec
+from harness.core.errors import SpecError
 from harness.spec import validate_spec
 
 
@@ -41,6 +41,6 @@ def test_bad_attack_settings_name_the_field(attacks: dict, match: str) -> None:
 
 
 def test_the_section_imports_without_torch() -> None:
-    code = "import sys, harness.attack_spec; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, harness.config.attacks; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
     assert AttacksSpec().model_dump()["relearn"]["enabled"] is False

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from harness.attacks.quantization import dequantized, quantize_model
-from harness.errors import SpecError
+from harness.core.errors import SpecError
 
 #: The 16 NF4 code values (QLoRA, arXiv 2305.14314, appendix E; bitsandbytes' `get_4bit_type("nf4")`).
 NF4 = torch.tensor([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,

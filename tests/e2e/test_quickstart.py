@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.results import unattacked
+from harness.results.contract import unattacked
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.results import unattacked
+from harness.results.contract import unattacked
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
