@@ -16,8 +16,6 @@ from harness.benchmarks.base import Benchmark
 from harness.core.stats import across_seeds
 from harness.report.tables import format_stat, plt, save_figure, to_markdown
 
-#: Each attack's module (importing it registers the attack).
-MODULES = ("relearn", "quantize", "rephrase", "mia")
 NO_ATTACK = "none"
 
 
@@ -25,7 +23,7 @@ def run_attacks(inputs: AttackInputs) -> AttackOutput:
     """Every attack enabled in `spec.attacks`, in order, on every model of `inputs`; their rows and notes."""
     attacks = inputs.spec.attacks
     total = AttackOutput()
-    for name in attacks.enabled():
+    for name in attacks.enabled():  # each attack's module registers it
         importlib.import_module(f"harness.attacks.{name}")
         attack = ATTACKS.get(name)(getattr(attacks, name), attacks.seed)
         out = attack.run(inputs)

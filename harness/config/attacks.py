@@ -96,5 +96,6 @@ class AttacksSpec(StrictModel):
     seed: int = Field(0, description="seed of the relearn split and batch order")
 
     def enabled(self) -> list[str]:
-        """Names of the attacks switched on, in the order they run."""
-        return [name for name in ("relearn", "quantize", "rephrase", "mia") if getattr(self, name).enabled]
+        """Names of the attacks switched on, in the order they run (the order of the sections here); each name is
+        the attack's module in harness/attacks/ and its registry name."""
+        return [name for name in type(self).model_fields if getattr(getattr(self, name), "enabled", False)]
