@@ -90,8 +90,10 @@ def attack_section(metrics: pd.DataFrame, bench: Benchmark, methods: Sequence[st
         text += ("\n## After attack\n\n" + to_markdown(pd.DataFrame(rows)) + "\n\n"
                  "- recovery = (m(attacked) - m(unlearned)) / (m(target) - m(unlearned)) per seed on the same examples "
                  f"(m = {labels.get(which, which[1]) if which else '—'}; docs/results/attacks.md): 0 = nothing comes "
-                 "back, 1 = back to the target. Relearn rows use the held-back forget examples (its `step@0` row is "
-                 "the model before fine-tuning on them); plots/recovery.png shows the whole curve.\n")
+                 "back, 1 = back to the target.\n")
+        if any(a == "relearn" for a, _ in variants):
+            text += ("- Relearn rows use the held-back forget examples (its `step@0` row is the model before "
+                     "fine-tuning on them); plots/recovery.png shows the whole curve.\n")
     mia = attacked[attacked["attack"] == "mia"]
     if not mia.empty:
         stats = list(dict.fromkeys(mia["metric"]))
