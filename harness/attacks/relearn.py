@@ -5,19 +5,22 @@ The forget examples are split once per job (`attacks.seed`): `fraction` of them 
 are the only forget examples scored (the benchmark's `restrict_forget`), and `forget_split` checks through the
 benchmark's own keys that no scored example is one the attack trains on. Fine-tuning is the harness's full
 fine-tune (harness.train.finetune, handed in by the pipeline as `AttackInputs.finetune`: AdamW on every weight,
-constant rate, gradient norm clipped at 1), so step
-0 is the merged model itself: relearning with 0 steps is no attack. Step 0 is scored once and serves both
-variants (`attack_variant` `forget@k` / `benign@k`, `step@0` for k = 0).
+constant rate, gradient norm clipped at 1), so step 0 is the merged model itself: relearning with 0 steps is no
+attack. With `params: lora` the attacker trains a fresh plain LoRA (MLP projections, B = 0 at the start) on the
+merged model instead, merged again at each point. Step 0 is scored once and serves both variants
+(`attack_variant` `forget@k` / `benign@k`, `step@0` for k = 0).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from harness.adapters import attach, merge
 from harness.attacks.base import (
     ATTACKS,
     REFERENCES,
@@ -37,6 +40,7 @@ from harness.attacks.base import (
     target_of,
 )
 from harness.benchmarks.base import Benchmark
+from harness.config import AdapterSpec
 from harness.objectives import original_targets
 
 
@@ -88,7 +92,9 @@ class Relearn(Attack):
                    f"example(s) (fine-tuned on {len(train_idx)}; steps {curve})")
         scores = inputs.score(view, sources)
         params = {"fraction": opts.fraction, "lr": opts.lr, "batch_size": opts.batch_size, "n_train": len(train_idx),
-                  "n_scored": len(scored_idx)}
+                  "n_scored": len(scored_idx), "params": opts.params}
+        if opts.params == "lora":
+            params.update(lora_rank=opts.lora_rank, lora_alpha=opts.lora_alpha)
         for (name, seed) in inputs.models:
             ref_seed = seed if name in REFERENCES else inputs.ref_seed(seed)
             retain = scores.get(("retain@step@0", ref_seed))
@@ -133,12 +139,18 @@ class Relearn(Attack):
         """Fine-tune one merged copy for the curve's last step, writing the model at each point of the curve."""
         opts, spec = self.options, inputs.spec
         model, processor = merged_copy(load)
+        if opts.params == "lora":  # a fresh plain LoRA on the merged weights (B = 0: step 0 is the model itself)
+            attach(model, AdapterSpec(bound="none", rank=opts.lora_rank, alpha=opts.lora_alpha), seed=self.seed)
         saved: dict[ModelKey, AttackSource] = {}
 
         def save_point(step: int) -> None:
             if step in curve and not (step == 0 and kind != "forget"):
                 variant = variant_name(kind, step)
-                saved[(f"{name}@{variant}", seed)] = save_attacked(model, processor, work / f"{name}-{seed}-{variant}",
+                point = model
+                if opts.params == "lora":
+                    point = copy.deepcopy(model)
+                    merge(point)
+                saved[(f"{name}@{variant}", seed)] = save_attacked(point, processor, work / f"{name}-{seed}-{variant}",
                                                                    spec)
 
         inputs.finetune(model, processor, examples, epochs=1, lr=opts.lr, batch_size=opts.batch_size, warmup_ratio=0.0,

@@ -19,8 +19,8 @@ MiaStatistic = Literal["loss", "zlib", "min_k", "min_k_plus_plus", "reference", 
 
 
 class RelearnSpec(StrictModel):
-    """Fine-tune every weight of the (merged) model on a part of the forget set, score the held-back rest at
-    0, steps/4, steps/2 and `steps` optimizer steps (a recovery curve); `benign` adds the same fine-tune on
+    """Fine-tune the merged model (every weight, or a fresh LoRA) on a part of the forget set, score the held-back
+    rest at 0, steps/4, steps/2 and `steps` optimizer steps (a recovery curve); `benign` adds the same fine-tune on
     retain examples only."""
 
     enabled: bool = False
@@ -31,6 +31,10 @@ class RelearnSpec(StrictModel):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(128, ge=8)
+    params: Literal["full", "lora"] = Field("full", description="what the attacker fine-tunes: every weight of the "
+                                            "merged model, or a fresh plain LoRA on it (MLP projections)")
+    lora_rank: int = Field(8, ge=1, description="rank of the attacker's LoRA (params: lora)")
+    lora_alpha: float = Field(16.0, gt=0, description="alpha of the attacker's LoRA (params: lora)")
     benign: bool = Field(True, description="also fine-tune on as many retain examples (does unrelated "
                          "fine-tuning bring the forgotten data back?)")
 

@@ -102,3 +102,17 @@ def test_every_attack_adds_tagged_rows_and_a_report(tiny_job: Any) -> None:
     assert summary.startswith("# title\n\n## After attack") and "![recovery curves](plots/recovery.png)" in summary
     assert (job.ctx.out / "summary.md").read_text() == summary
     assert (job.ctx.out / "plots" / "recovery.png").stat().st_size > 1000
+
+
+def test_relearn_with_a_fresh_lora_starts_at_the_model_and_moves_it(tiny_job: Any) -> None:
+    full = tiny_job({"relearn": {"enabled": True, "steps": 0, "benign": False}})
+    lora = tiny_job({"relearn": {"enabled": True, "steps": 2, "benign": False, "params": "lora", "lr": 0.05}})
+    a = attack_job(full.ctx, full.sources, full.scores, full.rows)
+    b = attack_job(lora.ctx, lora.sources, lora.scores, lora.rows)
+
+    def rows(out: Any, variant: str) -> pd.Series:
+        return _examples([r for r in out.example_rows if r["method"] == "gd_sine" and r["attack_variant"] == variant])
+
+    pd.testing.assert_series_equal(rows(b, "step@0"), rows(a, "step@0"), check_exact=True)  # B = 0: no change
+    assert not rows(b, "forget@2").equals(rows(b, "step@0"))
+    assert '"params":"lora"' in next(r["attack_params"] for r in b.metric_rows if r["attack"] == "relearn")
