@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.attacks.base import ATTACKS, AttackInputs, AttackOutput
+from harness.attacks.base import ATTACKS, AttackInputs, AttackOutput, remove_dir
 from harness.benchmarks.base import Benchmark
 from harness.core.stats import across_seeds
 from harness.report.tables import format_stat, plt, save_figure, to_markdown
@@ -23,13 +23,16 @@ def run_attacks(inputs: AttackInputs) -> AttackOutput:
     """Every attack enabled in `spec.attacks`, in order, on every model of `inputs`; their rows and notes."""
     attacks = inputs.spec.attacks
     total = AttackOutput()
-    for name in attacks.enabled():  # each attack's module registers it
-        importlib.import_module(f"harness.attacks.{name}")
-        attack = ATTACKS.get(name)(getattr(attacks, name), attacks.seed)
-        out = attack.run(inputs)
-        total.metric_rows += out.metric_rows
-        total.example_rows += out.example_rows
-        total.notes += out.notes
+    try:
+        for name in attacks.enabled():  # each attack's module registers it
+            importlib.import_module(f"harness.attacks.{name}")
+            attack = ATTACKS.get(name)(getattr(attacks, name), attacks.seed)
+            out = attack.run(inputs)
+            total.metric_rows += out.metric_rows
+            total.example_rows += out.example_rows
+            total.notes += out.notes
+    finally:
+        remove_dir(inputs.work)  # the attacked models' scratch directory
     return total
 
 

@@ -66,7 +66,7 @@ def test_relearn_with_zero_steps_equals_no_attack(tiny_job: Any, monkeypatch: py
     # the relearned model's own recovery is 0 at step 0, and its metric rows are the view's
     rec = [r for r in out.metric_rows if r["method"] == "gd_sine" and r["metric"] == "recovery"]
     assert [r["value"] for r in rec] == [0.0]
-    assert not (job.ctx.out / ".attacks" / "relearn").exists()  # scratch models removed once scored
+    assert not (job.ctx.out / ".attacks").exists()  # scratch models removed once scored
 
 
 def test_every_attack_adds_tagged_rows_and_a_report(tiny_job: Any) -> None:
