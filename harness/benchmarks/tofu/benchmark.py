@@ -19,6 +19,7 @@ from harness.benchmarks.tofu.score import (
     split_kind,
 )
 from harness.config import EvalSpec
+from harness.core.errors import DataError
 from harness.report.tables import Column
 
 
@@ -86,8 +87,8 @@ class Tofu(Benchmark):
         forget = self.spec.forget_split
         scored = self.data.eval_splits[forget]
         if [r["question"] for r in scored] != self.forget_keys():
-            raise ValueError(f"TOFU {forget} and {forget}_perturbed hold different questions: cannot hold "
-                             "forget examples back")
+            raise DataError(f"TOFU {forget} and {forget}_perturbed hold different questions: the relearn attack "
+                            "cannot hold forget examples back")
         splits = {} if forget_only else dict(self.data.eval_splits)
         splits[forget] = [scored[i] for i in keep]
         view = copy.copy(self)
