@@ -2,7 +2,10 @@
 # GPU check (issue 13 part 4): on one CUDA GPU, in under 8 minutes, print ONE JSON line with
 #   1. the bounded-step benchmark in bf16 at Llama-8B MLP shapes (4096 x 14336, 512 and 4096 tokens),
 #   2. the scoring benchmark with hf (and lm-eval's HFLM) on CUDA,
-#   3. a 2-step ZeRO-3 bf16 training of the tiny model on one GPU (`harness run`, a tiny job).
+#   3. a 2-step ZeRO-3 bf16 training of the tiny model on one GPU (`harness run`, a tiny job), whose scored
+#      models then go through the NF4 quantize attack (bitsandbytes on the GPU),
+#   4. NF4 through bitsandbytes on the device (benchmarks/nf4_check.py): its dequantized weights against the hand
+#      reference, and its Linear4bit layers against the fake-quantized model the quantize attack scores.
 # Without CUDA it fails with exit 2. `--cpu-smoke` runs the same three steps tiny on CPU (fp32 ZeRO-3)
 # to test the plumbing. Run from the repository root with the project's Python first on PATH (or PYTHON=...).
 set -euo pipefail
@@ -45,12 +48,17 @@ objective: {name: gd}
 train: {max_steps: 2, batch_size: 4, zero_stage: 3}
 methods: [{name: gd_sine, adapter: {bound: sine, rank: 8, alpha: 16, omega: 100}}]
 eval: {backend: hf, batch_size: 8, max_new_tokens: 4, max_examples: 3, bootstrap: 0}
+attacks: {quantize: {enabled: true, schemes: [nf4]}}
 YAML
 "$PY" -m harness.cli run "$WORK/job.yaml" --out "$WORK/run" "${DEV_SET[@]}" > "$WORK/train.log" 2>&1 \
   || { tail -40 "$WORK/train.log" >&2; exit 1; }
 t3=$(date +%s)
+NF4_DEVICE=cuda
+[[ $MODE == cpu ]] && NF4_DEVICE=cpu
+"$PY" "$ROOT/benchmarks/nf4_check.py" --device "$NF4_DEVICE" > "$WORK/nf4.log"
+t4=$(date +%s)
 
-"$PY" - "$WORK" "$MODE" "$((t1 - t0))" "$((t2 - t1))" "$((t3 - t2))" <<'PYEOF'
+"$PY" - "$WORK" "$MODE" "$((t1 - t0))" "$((t2 - t1))" "$((t3 - t2))" "$((t4 - t3))" <<'PYEOF'
 import json, sys
 from pathlib import Path
 work, mode, *secs = sys.argv[1:]
@@ -63,6 +71,7 @@ print(json.dumps({
     "scoring_tokens_per_s": scoring["tokens_per_s"],
     "hf_over_lm_eval_loglik": scoring["hf_over_lm_eval_loglik"],
     "training_2_steps_zero3": {"ok": True, "run_dir_files": len(list((Path(work) / "run").rglob("*")))},
-    "seconds": dict(zip(["bounded_step", "scoring", "training"], map(int, secs))),
+    "nf4_bitsandbytes": last("nf4.log"),
+    "seconds": dict(zip(["bounded_step", "scoring", "training", "nf4"], map(int, secs))),
 }))
 PYEOF

@@ -15,6 +15,7 @@ from harness.config import (
     BENCHMARK_OPTIONS,
     REFERENCE_METHODS,
     AdapterSpec,
+    AttacksSpec,
     BenchmarkOptions,
     EvalSpec,
     ModelSource,
@@ -112,6 +113,8 @@ class JobSpec(StrictModel):
     resources: ResourcesSpec = ResourcesSpec()
     tracking: TrackingSpec | None = Field(TrackingSpec(), description="MLflow tracking of the finished runs "
                                           "(harness.tracking); null = off")
+    attacks: AttacksSpec = Field(AttacksSpec(), description="attacks on every scored model (harness/attacks); "
+                                 "each sub-section has `enabled`, all off by default")
 
     @model_validator(mode="before")
     @classmethod

@@ -110,3 +110,23 @@ class Benchmark(ABC):
     @abstractmethod
     def aggregate(self, scores: dict[str, ModelScores], eval_spec: EvalSpec) -> list[dict[str, Any]]:
         """Metric rows (`method, split, metric, value, ci_low, ci_high`) for every scored model."""
+
+    # ---- what attacks need (harness/attacks); a benchmark without them is not attacked that way ----------
+
+    def recovery_metric(self) -> tuple[str, str] | None:
+        """The (split, metric) whose recovery attacks report: the one unlearning moves on the forget data (the
+        recovery score is invariant to an affine change of the metric, so 1 - accuracy serves too)."""
+        return None
+
+    def forget_keys(self) -> list[str]:
+        """An identity per forget training example, in `forget_examples` order (relearn's disjointness check)."""
+        raise NotImplementedError(f"the {self.name} benchmark does not support the relearn attack")
+
+    def scored_forget_keys(self) -> list[str]:
+        """The identity of each forget example this benchmark scores (same keys as `forget_keys`)."""
+        raise NotImplementedError(f"the {self.name} benchmark does not support the relearn attack")
+
+    def restrict_forget(self, keep: Sequence[int], forget_only: bool = False) -> Benchmark:
+        """A copy that scores only the forget examples `keep` (indices in `forget_examples` order) and, with
+        `forget_only`, no other split where the benchmark's aggregation allows it."""
+        raise NotImplementedError(f"the {self.name} benchmark does not support the relearn attack")

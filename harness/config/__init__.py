@@ -4,6 +4,7 @@ The face of the package: import sections and helpers from `harness.config`. The 
 unions over the objective and benchmark registries) is assembled one layer up, in `harness.spec`.
 """
 
+from harness.config.attacks import AttacksSpec, MiaSpec, QuantizeSpec, RelearnSpec, RephraseSpec
 from harness.config.lm_eval import LmEvalSpec
 from harness.config.loader import (
     FrozenModel,
@@ -33,7 +34,8 @@ from harness.config.sources import RESERVED_NAMES, ModelSource, SourceKind, pars
 from harness.config.tracking import TrackingSpec
 
 __all__ = [
-    "BENCHMARK_OPTIONS", "BUILTIN_PREFIX", "REFERENCE_METHODS", "RESERVED_NAMES", "AdapterSpec", "BenchmarkOptions",
+    "BENCHMARK_OPTIONS", "BUILTIN_PREFIX", "REFERENCE_METHODS", "RESERVED_NAMES", "AdapterSpec", "AttacksSpec",
+    "BenchmarkOptions", "MiaSpec", "QuantizeSpec", "RelearnSpec", "RephraseSpec",
     "EvalSpec", "FrozenModel", "LmEvalSpec", "ModelSource", "ModelSpec", "ObjectiveOptions", "ReferenceSpec",
     "ReferenceTrainSpec", "ResourcesSpec", "SearchObjective", "SensitivitySpec", "SourceKind", "StrictModel",
     "TrackingSpec", "TrainSpec", "apply_override", "error_lines", "load_config", "load_yaml", "parse_model_arg",

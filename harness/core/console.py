@@ -25,10 +25,15 @@ NOISE = (
     # Ray Tune, when handling a trial's result takes over 0.5 s: a stopped trial's result waits for its
     # trainer's release (harness.commands.tune), which is the point.
     "which may be a performance bottleneck",
+    # torchao, at import: its CUDA/MX kernel libraries do not load on a CPU build of torch
+    "Failed to load",
+    # torch's pytree, when torchao registers its enums (torchao 0.18 with torch 2.13)
+    "is an Enum subclass and is now natively supported",
 )
 #: The loggers those messages come from.
 NOISY_LOGGERS = ("DeepSpeed", "ray._private.authentication.authentication_token_setup",
-                 "ray.tune.search.optuna.optuna_search", "ray.tune.utils.util")
+                 "ray.tune.search.optuna.optuna_search", "ray.tune.utils.util", "torchao", "torch.utils._pytree",
+                 "bitsandbytes.backends.cpu.ops")
 
 
 class _DropNoise(logging.Filter):

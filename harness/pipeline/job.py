@@ -29,6 +29,7 @@ from harness.pipeline.write import score_and_write
 from harness.report import sensitivity
 from harness.results.contract import (
     run_key,
+    unattacked,
 )
 from harness.results.env import environment
 from harness.results.run_dir import RunDirectory
@@ -204,7 +205,8 @@ def _track(spec: JobSpec, out: Path) -> None:
         return
 
     try:
-        ids = log_job(spec, out, pd.read_parquet(out / "metrics.parquet"), pd.read_parquet(out / "train_log.parquet"))
+        ids = log_job(spec, out, unattacked(pd.read_parquet(out / "metrics.parquet")),
+                      pd.read_parquet(out / "train_log.parquet"))
     except Exception as err:  # noqa: BLE001 - tracking must not fail a finished run
         warn_failed(f"job {spec.name}", err)
         return

@@ -11,6 +11,7 @@ from typing import Any
 from harness.benchmarks.base import Benchmark, ModelScores
 from harness.config import REFERENCE_METHODS
 from harness.core.io import atomic_write_json, atomic_write_parquet
+from harness.pipeline.attacks import attack_job, write_attack_report
 from harness.pipeline.context import JobContext, JobResult, ModelKey, ScoredModel, Training
 from harness.pipeline.resume import (
     SCORES_DIR,
@@ -33,6 +34,7 @@ from harness.results.contract import (
     METRIC_COLUMNS,
     TRAIN_LOG_COLUMNS,
     frame,
+    unattacked,
 )
 from harness.results.env import environment
 from harness.results.run_record import record_models
@@ -97,6 +99,12 @@ def score_and_write(ctx: JobContext, sources: dict[ModelKey, ScoredModel], names
                 for r in sc.examples]
     generations = [{"method": m, "seed": s, "benchmark": bench.name, **r} for (m, s), sc in scores.items()
                    for r in sc.generations]
+    if spec.attacks.enabled():  # attack rows carry `attack`: every table below but the attack ones leaves them out
+        t_attack = time.perf_counter()
+        attacked = attack_job(ctx, sources, scores, metric_rows)
+        ctx.timings["attacks_s"] = time.perf_counter() - t_attack
+        metric_rows, examples, notes = metric_rows + attacked.metric_rows, examples + attacked.example_rows, \
+            notes + attacked.notes
 
     metrics_df = frame(metric_rows, METRIC_COLUMNS)
     train_df = frame(training.log_rows, TRAIN_LOG_COLUMNS)
@@ -108,7 +116,7 @@ def score_and_write(ctx: JobContext, sources: dict[ModelKey, ScoredModel], names
 
     methods = [m for m in REFERENCE_METHODS if any(k[0] == m for k in scores)] + list(names)
     columns = bench.summary_columns + extra_columns(metric_rows, bench.name) + sensitivity.summary_columns(metrics_df)
-    stats = summary_stats(metrics_df, train_df, columns, methods)
+    stats = summary_stats(unattacked(metrics_df), train_df, columns, methods)
     atomic_write_parquet(out / "summary.parquet", stats)
     table = summary_table(stats, methods, training.diverged)
     notes = [*notes, _seeds_note(spec, ctx.ref_seeds),
@@ -121,10 +129,12 @@ def score_and_write(ctx: JobContext, sources: dict[ModelKey, ScoredModel], names
             notes.append("Pareto front of (forget quality, model utility), seed means, among the methods: "
                          + ", ".join(pareto.loc[pareto["pareto"], "method"]) + " (plots/pareto.png).")
     summary = write_summary(out / "summary.md", f"{spec.name}: {bench.describe()}", table, notes)
+    if spec.attacks.enabled():
+        summary = write_attack_report(out, summary, metrics_df, bench, methods)
     plot_training(train_df, out / "plots" / "training.png")
     sensitivity.plot_sensitivity(train_df, out / "plots" / "sensitivity.png")
     plot_metrics(stats, columns, out / "plots" / "metrics.png")
-    bench.plots(examples_df, methods, out / "plots")
+    bench.plots(unattacked(examples_df), methods, out / "plots")
 
     finished = dt.datetime.now(dt.UTC)
     env = environment(spec.seeds, str(ctx.device), ctx.started, finished)

@@ -16,6 +16,18 @@ EXAMPLE_COLUMNS = ["method", "seed", "benchmark", "split", "example_id", "metric
 
 GENERATION_COLUMNS = ["method", "seed", "benchmark", "split", "example_id", "prompt", "reference", "output"]
 
+#: Columns of the rows of attacked models in metrics.parquet and examples.parquet (harness/attacks): the attack,
+#: its variant (`int4`, `forget@8`, `paraphrased`, ...) and its parameters as compact JSON; absent without attacks.
+ATTACK_COLUMNS = ["attack", "attack_variant", "attack_params"]
+
+
+def unattacked(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of models as they were scored, without attack rows (what every table but the attack ones reads)."""
+    if "attack" not in df.columns:
+        return df
+    attack = df["attack"]
+    return df[attack.isna() | (attack == "")]
+
 
 TRAIN_LOG_COLUMNS = ["method", "seed", "step", "loss", "loss_forget", "loss_retain", "grad_norm", "adapter_norm",
                      "adapter_param_norm", "logit_norm", "lr", "tokens_per_s"]

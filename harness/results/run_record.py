@@ -32,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 from harness.config import REFERENCE_METHODS, FrozenModel
 from harness.core.errors import DataError
 from harness.core.io import atomic_write_json, read_json_file, read_parquet_file
-from harness.results.contract import TRAIN_LOG_COLUMNS
+from harness.results.contract import TRAIN_LOG_COLUMNS, unattacked
 from harness.results.run_dir import require_finished
 
 RECORD_NAME = "models.json"
@@ -204,15 +204,17 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_run_metrics(run_dir: str | Path, what: str = "metrics file") -> pd.DataFrame:
+def read_run_metrics(run_dir: str | Path, what: str = "metrics file", attacks: bool = False) -> pd.DataFrame:
     """metrics.parquet of a finished run directory: DataError naming the run when it did not finish, the file when
-    it is missing or damaged. Every reader of a finished run's metrics goes through here."""
+    it is missing or damaged. Every reader of a finished run's metrics goes through here. Rows of attacked models
+    (harness/attacks) are left out unless `attacks`: reports, nightly and sweeps compare the models as scored."""
     run_dir = Path(run_dir)
     require_finished(run_dir)
     path = run_dir / "metrics.parquet"
     if not path.is_file():
         raise DataError(f"{run_dir} is not a finished run: {path} is missing")
-    return read_parquet_file(path, what)
+    metrics = read_parquet_file(path, what)
+    return metrics if attacks else unattacked(metrics)
 
 
 def read_run_train_log(run_dir: str | Path, required: bool = False) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -29,13 +29,22 @@ def finetune(
     desc: str = "finetune",
     progress: bool = True,
     modality: str = "text",
+    max_steps: int | None = None,
+    on_step: Callable[[int], None] | None = None,
+    schedule: str = "cosine",
 ) -> list[float]:
-    """Train every parameter on `examples` (continuations of pairs, or image labels); the per-step loss."""
+    """Train every parameter on `examples` (continuations of pairs, or image labels); the per-step loss.
+
+    `max_steps` (when set) replaces `epochs`; `on_step(k)` is called before the first step (k = 0) and after
+    each optimizer step k (the relearn attack saves its recovery-curve points there).
+    """
     mod = get_modality(modality)
     stream = BatchStream(mod.encode(processor, examples, max_length), batch_size, mod.collate(processor), seed)
-    n_steps = stream.batches_per_epoch * epochs
+    n_steps = stream.batches_per_epoch * epochs if max_steps is None else max_steps
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    scheduler = make_scheduler(optimizer, "cosine", n_steps, warmup_ratio)
+    scheduler = make_scheduler(optimizer, schedule, n_steps, warmup_ratio)
+    if on_step is not None:
+        on_step(0)
     model.to(device).train()
     losses: list[float] = []
     batches = iter(stream)
@@ -52,5 +61,9 @@ def finetune(
         scheduler.step()
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if on_step is not None:
+            model.eval()
+            on_step(len(losses))
+            model.train()
     model.eval()
     return losses

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
+from harness.results.contract import unattacked
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +26,7 @@ def test_table_compares_both_methods_and_references(demo: Path) -> None:
 
 
 def test_target_memorised_and_retain_model_did_not(demo: Path) -> None:
-    m = pd.read_parquet(demo / "run1" / "metrics.parquet").set_index(["method", "split", "metric"])["value"]
+    m = unattacked(pd.read_parquet(demo / "run1" / "metrics.parquet")).set_index(["method", "split", "metric"])["value"]
     assert m[("target", "forget10", "rouge_l_recall")] > 0.9
     assert m[("retain", "forget10", "prob")] < 0.2 < m[("target", "forget10", "prob")]
     assert m[("target", "forget10", "forget_quality")] < 0.05  # the target is distinguishable from retain
@@ -54,3 +55,15 @@ def test_second_run_skips_reference_training_and_matches(demo: Path,
     ref_a, ref_b = (df[df["method"].isin(["target", "retain"])].reset_index(drop=True) for df in (a, b))
     pd.testing.assert_frame_equal(ref_a[["method", "split", "metric"]], ref_b[["method", "split", "metric"]])
     assert ref_a["value"].to_numpy() == pytest.approx(ref_b["value"].to_numpy(), rel=1e-6)
+
+
+def test_the_light_default_attack_quantizes_every_model_after_the_main_table(demo: Path) -> None:
+    m = pd.read_parquet(demo / "run1" / "metrics.parquet")
+    q = m[m["attack"] == "quantize"]
+    assert set(q["attack_variant"]) == {"int4"} and set(q["method"]) == {"target", "retain", "gd_lora", "gd_sine",
+                                                                         "gd_clip"}
+    assert set(q[q["method"] == "gd_sine"]["seed"]) == {0, 1}
+    rec = q[(q["metric"] == "recovery") & (q["method"] == "gd_sine")]["value"]
+    assert len(rec) == 2 and rec.notna().all()
+    summary = (demo / "run1" / "summary.md").read_text()
+    assert summary.index("| gd_clip | 2 |") < summary.index("## After attack") < summary.index("quantize int4")

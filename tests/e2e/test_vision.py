@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
+from harness.results.contract import unattacked
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -19,13 +20,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     args = ["run", str(ROOT / "jobs/vision_quick.yaml"), "--out", str(tmp / "out"),
             "--set", f"reference.cache_dir={tmp / 'cache'}", "--set", f"benchmark.data_dir={tmp / 'data'}",
             "--set", "seeds=[0, 1]", "--set", "reference.train.epochs=8", "--set", "train.max_steps=6",
-            "--set", "benchmark.max_test_per_class=20"]
+            "--set", "benchmark.max_test_per_class=20", "--set", "attacks.relearn.steps=2",
+            "--set", "attacks.relearn.benign=false", "--set", "attacks.quantize.schemes=[int4]"]
     assert main(args) == 0
     return tmp / "out"
 
 
 def test_every_model_is_scored_with_salun_metrics(run: Path) -> None:
-    m = pd.read_parquet(run / "metrics.parquet")
+    m = unattacked(pd.read_parquet(run / "metrics.parquet"))
     expected = {"ua", "ra", "ta", "accuracy", "mia_efficacy", "avg_gap", "forget_quality", "model_utility"}
     for method in ("target", "retain", "gd_lora", "gd_sine", "gd_tanh", "gd_clip"):
         assert expected <= set(m[m["method"] == method]["metric"]), method
@@ -37,8 +39,8 @@ def test_every_model_is_scored_with_salun_metrics(run: Path) -> None:
 
 
 def test_aggregates_recompute_from_the_per_image_rows(run: Path) -> None:
-    ex = pd.read_parquet(run / "examples.parquet")
-    m = pd.read_parquet(run / "metrics.parquet")
+    ex = unattacked(pd.read_parquet(run / "examples.parquet"))
+    m = unattacked(pd.read_parquet(run / "metrics.parquet"))
     for seed in (0, 1):
         rows = ex[(ex["method"] == "gd_sine") & (ex["seed"] == seed) & (ex["split"] == "forget")]
         correct = rows[rows["metric"] == "correct"]["value"]
@@ -53,3 +55,18 @@ def test_summary_and_plots(run: Path) -> None:
     for plot in ("training.png", "metrics.png", "per_class.png"):
         assert (run / "plots" / plot).stat().st_size > 1000, plot
     assert (run / "checkpoints" / "gd_sine" / "seed1" / "adapter_model.safetensors").is_file()
+
+
+def test_relearn_and_quantize_attack_every_model(run: Path) -> None:
+    m = pd.read_parquet(run / "metrics.parquet")
+    a = m[m["attack"].notna()]
+    assert set(zip(a["attack"], a["attack_variant"], strict=True)) == {
+        ("relearn", "step@0"), ("relearn", "forget@1"), ("relearn", "forget@2"), ("quantize", "int4")}
+    assert {"target", "retain", "gd_sine", "salun_sine"} <= set(a["method"])
+    relearned = a[(a["attack"] == "relearn") & (a["method"] == "gd_sine") & (a["metric"] == "ua")]
+    assert len(relearned) == 3 * 2 and relearned["value"].between(0, 1).all()
+    ex = pd.read_parquet(run / "examples.parquet")
+    trained_on = set(ex[(ex["attack"].isna()) & (ex["split"] == "forget")]["example_id"])
+    scored = set(ex[(ex["attack"] == "relearn") & (ex["split"] == "forget")]["example_id"])
+    assert scored and len(scored) < len(trained_on) / 2 + 1  # only the held-back half of the forget images
+    assert "## After attack" in (run / "summary.md").read_text()

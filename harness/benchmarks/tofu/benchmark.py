@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from harness.benchmarks.base import BENCHMARKS, Benchmark, ModelScores, Pair
@@ -17,6 +19,7 @@ from harness.benchmarks.tofu.score import (
     split_kind,
 )
 from harness.config import EvalSpec
+from harness.core.errors import DataError
 from harness.report.tables import Column
 
 
@@ -27,6 +30,9 @@ class Tofu(Benchmark):
     declared_metrics = METRICS
 
     name = "tofu"
+
+    def recovery_metric(self) -> tuple[str, str]:
+        return self.spec.forget_split, "prob"
 
     def __init__(self, spec: TofuOptions) -> None:
         super().__init__(spec)
@@ -69,6 +75,25 @@ class Tofu(Benchmark):
 
     def retain_examples(self, tokenizer: Any) -> list[Pair]:
         return self._pairs(self.data.retain, tokenizer)
+
+    def forget_keys(self) -> list[str]:
+        return [r["question"] for r in self.data.forget]
+
+    def scored_forget_keys(self) -> list[str]:
+        return [r["question"] for r in self.data.eval_splits[self.spec.forget_split]]
+
+    def restrict_forget(self, keep: Sequence[int], forget_only: bool = False) -> Tofu:
+        # forgetXX and forgetXX_perturbed hold the same questions in the same order (published layout)
+        forget = self.spec.forget_split
+        scored = self.data.eval_splits[forget]
+        if [r["question"] for r in scored] != self.forget_keys():
+            raise DataError(f"TOFU {forget} and {forget}_perturbed hold different questions: the relearn attack "
+                            "cannot hold forget examples back")
+        splits = {} if forget_only else dict(self.data.eval_splits)
+        splits[forget] = [scored[i] for i in keep]
+        view = copy.copy(self)
+        view.data = dataclasses.replace(self.data, eval_splits=splits)
+        return view
 
     def score(self, backend: Any, tokenizer: Any, eval_spec: EvalSpec) -> ModelScores:
         result = ModelScores()

@@ -38,6 +38,9 @@ class TofuData:
     knowledge: list[dict]
     source: str = ""
     files: dict[str, str] = field(default_factory=dict)
+    #: `holdoutXX` of the forget split (question, answer): authors no model trained on, the non-members of
+    #: membership inference; None when the source has no such config.
+    holdout: list[dict] | None = None
 
 
 def retain_split_for(forget_split: str) -> str:
@@ -60,6 +63,25 @@ def _required(forget_split: str) -> dict[str, tuple[str, ...]]:
         "real_authors_perturbed": _KNOWLEDGE_EVAL,
         "world_facts_perturbed": _KNOWLEDGE_EVAL,
     }
+
+
+def holdout_split_for(forget_split: str) -> str:
+    """The holdout config of a forget config (forget10 -> holdout10), as in the published TOFU."""
+    return "holdout" + forget_split.removeprefix("forget")
+
+
+def _read_holdout(source_dir: Path | None, source: str, forget_split: str) -> tuple[list[dict] | None, str | None]:
+    """The holdout config's records and file (None, None when the source lacks it), validated."""
+    name = holdout_split_for(forget_split)
+    try:
+        if source_dir is not None:
+            records, path = read_config(source_dir, name)
+        else:
+            records, path = hub_records(source, name, "train", "the published TOFU files"), None
+    except DataError:
+        return None, None
+    validate_records(name, records, _QA)
+    return records, None if path is None else str(path)
 
 
 def _json_default(obj: object) -> object:
@@ -179,6 +201,9 @@ def load_tofu(source: str, data_dir: str, synthetic: SyntheticTofuSpec, seed: in
         validate_records(name, configs[name], fields)
     knowledge = [{"question": r["question"], "answer": r["answer"]}
                  for r in configs["real_authors"] + configs["world_facts"]]
+    holdout, holdout_file = _read_holdout(source_dir, source, forget_split)
+    if holdout_file is not None:
+        files[holdout_split_for(forget_split)] = holdout_file
     return TofuData(
         forget_split=forget_split, retain_split=retain_split,
         forget=configs[forget_split], retain=configs[retain_split],
@@ -189,6 +214,7 @@ def load_tofu(source: str, data_dir: str, synthetic: SyntheticTofuSpec, seed: in
             "world_facts": configs["world_facts_perturbed"],
         },
         knowledge=knowledge, source=str(source_dir) if source_dir is not None else source, files=files,
+        holdout=holdout,
     )
 
 

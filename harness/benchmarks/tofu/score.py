@@ -12,7 +12,7 @@ is the tokenizer's chat template with the generation prompt, and the answer foll
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -112,9 +112,10 @@ def _avg_loss(logprobs: np.ndarray) -> float:
 
 def score_tofu_split(backend: Backend, split: str, records: Sequence[Mapping[str, Any]], kind: Kind,
                      fmt: PromptFormat, tokenizer: Any, max_new_tokens: int,
-                     base_key: str | None = None) -> SplitScores:
+                     base_key: str | None = None, prompt: Callable[[str], str] | None = None) -> SplitScores:
     """Score one TOFU split: one `loglikelihood` call (answer, base, perturbed) and one `generate` call.
 
+    `prompt` (question -> prompt text) replaces the format's prompt (the rephrase attack's other forms).
     `base_key` (the base answer of the truth ratio) defaults to TOFU's: `paraphrased_answer` on
     forget/retain, `answer` on the multiple-choice splits (real authors, world facts).
     """
@@ -124,7 +125,7 @@ def score_tofu_split(backend: Backend, split: str, records: Sequence[Mapping[str
         raise DataError(f"TOFU split {split!r} has no examples")
     base_key = base_key or ("answer" if kind == "mc" else "paraphrased_answer")
     questions = [str(_field(r, "question", split, i)) for i, r in enumerate(records)]
-    prompts = [prompt_for(q, fmt, tokenizer) for q in questions]
+    prompts = [prompt(q) if prompt is not None else prompt_for(q, fmt, tokenizer) for q in questions]
     answers = [str(_field(r, "answer", split, i)) for i, r in enumerate(records)]
     bases = [str(_field(r, base_key, split, i)) for i, r in enumerate(records)]
     perts = [_perturbed(r, split, i) for i, r in enumerate(records)]

@@ -4,7 +4,10 @@ The configs and fields follow the HF dataset `locuslab/TOFU`: `full`, `forgetXX`
 authors), `retainYY` (the complement), `forgetXX_perturbed` and `retain_perturbed` (question, answer,
 paraphrased_answer, paraphrased_question, perturbed_answer: 5 strings), `real_authors` / `world_facts`
 (question, option1..option4, answer) and their `_perturbed` versions (plus paraphrased_answer and
-perturbed_answer: 3 strings).
+perturbed_answer: 3 strings), and `holdoutXX` (question, answer): as many further fictitious authors as
+forgetXX has, never in `full` (no model trains on them), the non-members of membership inference. The holdout
+authors are drawn after everything else from their own random stream, so adding them left every other config
+unchanged.
 
 As in TOFU's truth ratio (paper arXiv 2401.06121, section 2.2.3), each perturbed answer keeps the
 template of the answer it is compared with: on forget/retain that is the paraphrased answer (only
@@ -45,6 +48,7 @@ CONFIGS = (
     "full", "forget01", "forget05", "forget10", "retain99", "retain95", "retain90",
     "forget01_perturbed", "forget05_perturbed", "forget10_perturbed", "retain_perturbed",
     "real_authors", "real_authors_perturbed", "world_facts", "world_facts_perturbed",
+    "holdout01", "holdout05", "holdout10",
 )
 
 _ONSETS = ("b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr",
@@ -318,4 +322,16 @@ def generate_tofu(spec: SyntheticTofuSpec, seed: int) -> dict[str, list[dict]]:
     out["real_authors_perturbed"] = real
     out["world_facts"] = _knowledge_plain(world)
     out["world_facts_perturbed"] = world
+    out.update(_holdout(spec, seed, pools, taken))
     return {name: out[name] for name in CONFIGS}
+
+
+def _holdout(spec: SyntheticTofuSpec, seed: int, pools: dict[str, list[str]], taken: set[str]) -> dict[str, list[dict]]:
+    """`holdoutXX`: the QA of further authors (as many as forgetXX has, the last ones as in forgetXX), absent
+    from `full`; their own random stream, so the other configs do not depend on them."""
+    rng = random.Random(f"harness-tofu-synth-v{SYNTH_VERSION}-holdout:{seed}")
+    n = n_forget_authors(spec.n_authors, max(FORGET_PERCENTS))
+    records = [r for name in _author_names(rng, n, taken)
+               for r in _author_records(rng, name, pools, spec.qa_per_author)]
+    return {f"holdout{pct:02d}": _plain(records[(n - n_forget_authors(spec.n_authors, pct)) * spec.qa_per_author:])
+            for pct in FORGET_PERCENTS}

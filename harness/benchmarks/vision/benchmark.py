@@ -21,6 +21,8 @@ accuracy against target and retrain, the deleted classes marked.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,9 @@ class Vision(Benchmark):
     declared_metrics = METRICS
 
     name = "vision"
+
+    def recovery_metric(self) -> tuple[str, str]:
+        return "forget", "ua"
 
     def __init__(self, spec: VisionOptions) -> None:
         super().__init__(spec)
@@ -91,6 +96,18 @@ class Vision(Benchmark):
 
     def retain_examples(self, processor: Any) -> list[Example]:
         return self._examples(self.splits.retain.images, self.splits.retain.labels)
+
+    def forget_keys(self) -> list[str]:
+        return [str(i) for i in self.splits.forget.ids]
+
+    def scored_forget_keys(self) -> list[str]:
+        return [str(i) for i in self.splits.forget.ids]
+
+    def restrict_forget(self, keep: Sequence[int], forget_only: bool = False) -> Vision:
+        # SalUn's metrics need every split, so the other splits stay (images classify fast)
+        view = copy.copy(self)
+        view.splits = dataclasses.replace(self.splits, forget=self.splits.forget.subset(np.asarray(keep, dtype=int)))
+        return view
 
     # ---- scoring ----------------------------------------------------------------------------------
 
