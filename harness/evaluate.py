@@ -71,7 +71,7 @@ def precheck(src: ModelSource, spec: JobSpec) -> None:
     from harness.adapters.checkpoint import WEIGHTS_NAME, check_lora_fits, read_bound_config, read_lora_weights
     from harness.memory import meta_model
     from harness.models import damaged_file, is_builtin, load_config
-    from harness.plan import _config
+    from harness.plan import plan_config
 
     path = Path(src.path)
     if path.is_dir():
@@ -84,7 +84,7 @@ def precheck(src: ModelSource, spec: JobSpec) -> None:
         return
     state = read_lora_weights(path / WEIGHTS_NAME)
     base = src.base or _named_base(src)
-    config = load_config(base, src.trust_remote_code) if base and not is_builtin(base) else _config(spec)
+    config = load_config(base, src.trust_remote_code) if base and not is_builtin(base) else plan_config(spec)
     modules = list(read_bound_config(path)["modules"]) if src.kind == "harness" else None
     check_lora_fits(meta_model(config), state, f"model {src.name!r}: adapter {path}", modules)
 

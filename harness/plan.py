@@ -18,7 +18,8 @@ DEVICE_GIB = 80.0
 PLAN_CLASSES = 100
 
 
-def _config(spec: JobSpec) -> PretrainedConfig:
+def plan_config(spec: JobSpec) -> PretrainedConfig:
+    """The model config of a job from its files or builtin definition (no weights)."""
     if spec.benchmark.modality == "image":
         from harness.benchmarks.vision.models import image_classifier_config
 
@@ -36,7 +37,7 @@ def preflight(spec: JobSpec, overwrite: bool = False) -> None:
     from harness.adapters.targets import adapted_mlp_names
     from harness.run_dir import check_out_dir
 
-    model = meta_model(_config(spec))
+    model = meta_model(plan_config(spec))
     for method in spec.methods:
         adapted_mlp_names(model, spec.model.name, method.adapter.targets)
     check_out_dir(spec.out_dir(), overwrite)
@@ -76,7 +77,7 @@ def memory_table(names: list[str], estimates: list[MemoryEstimate], capacity_gib
 
 def describe_plan(spec: JobSpec) -> str:
     """A readable plan: model size, adapted layers, per-method settings and a per-device memory table."""
-    config = _config(spec)
+    config = plan_config(spec)
     model = meta_model(config)
     n_params = sum(p.numel() for p in model.parameters())
     world = spec.resources.num_workers

@@ -82,8 +82,9 @@ class TrainRun:
     prepare: dict[str, Any] = field(default_factory=lambda: {"passes": 0, "loads": 0, "seconds": 0.0})
 
 
-def ensure_ray(address: str | None = None) -> None:
-    """Connect to `address` (or RAY_ADDRESS), or start a local Ray instance, once per process."""
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to `address` (or RAY_ADDRESS), or start a local Ray instance, once per process; `num_cpus` sets
+    the local instance's logical CPUs (default: the machine's), e.g. more, to overlap trainers' start-ups."""
     import ray
 
     from harness.console import quiet_libraries
@@ -103,7 +104,7 @@ def ensure_ray(address: str | None = None) -> None:
         # trainer whose controller is killed (a Tune trial stopped by ASHA) leaks its workers' placement
         # group and the next trainer waits for those CPUs forever.
         # Each worker process hides the library noise the driver hides (harness.console) before it runs a task.
-        ray.init(include_dashboard=True, log_to_driver=False, configure_logging=False,
+        ray.init(include_dashboard=True, log_to_driver=False, configure_logging=False, num_cpus=num_cpus,
                  runtime_env={"worker_process_setup_hook": "harness.console.quiet_libraries"})
     handle_sigterm()  # ray.init replaced it with Ray's own (exit at once, no clean-up)
 

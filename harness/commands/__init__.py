@@ -1,0 +1,1 @@
+"""The commands of `harness` (L7): each reads its inputs, runs the layers below, and writes its results."""
