@@ -264,3 +264,21 @@ def test_chat_template_prompt_drops_textual_bos() -> None:
     assert answer_text("Me.", "chat_template") == "Me."
     ids, _ = encode_pair(tok, prompt, "Me.")
     assert ids.count(tok.bos_token_id) == 1
+
+
+def test_truth_ratio_follows_tofu_without_open_unlearnings_epsilon() -> None:
+    """TOFU's truth ratio has no epsilon; open-unlearning's (`memorization.truth_ratio`) divides by
+    `correct_prob + 1e-10` and takes `min(tr, 1 / (tr + 1e-10))`. Healthy models: the same; a collapsed model
+    (correct-answer probability ~1e-10): different. The harness gives TOFU's value."""
+    base = np.array([2.0, 23.0, 24.5])  # mean token NLL of the true answer: the last two collapsed
+    pert = np.array([[2.5, 3.0], [23.2, 23.4], [24.0, 24.2]])
+    R = M.truth_ratio_R(base, pert)
+    tofu = np.minimum(R, 1 / R).mean()
+    correct, wrong = np.exp(-base), np.exp(-pert).prod(axis=1) ** 0.5
+    tr_ou = wrong / (correct + 1e-10)
+    open_unlearning = np.minimum(tr_ou, 1 / (tr_ou + 1e-10)).mean()
+    assert M.truth_ratio_stat(R, forget=True) == pytest.approx(tofu, rel=1e-12)
+    assert tofu == pytest.approx((np.exp(-0.75) + np.exp(-0.3) + np.exp(-0.4)) / 3, rel=1e-12)
+    assert abs(open_unlearning - tofu) > 0.05  # the epsilon dominates for the collapsed examples
+    healthy = wrong[:1] / (correct[:1] + 1e-10)
+    assert healthy[0] == pytest.approx(R[0], rel=1e-6)
