@@ -46,8 +46,10 @@ def describe_study(study: StudySpec, job: JobSpec) -> str:
              f"{len(study.search_seeds)} search seed(s) {study.search_seeds}, then {n_confirm} confirmation "
              f"seeds {study.confirm_seeds}; {study.steps} steps per training; utility budget delta {study.delta}",
              f"trainings: {len(job.methods) * (n_search + n_confirm)} ({len(job.methods)} x ({n_search} search + "
-             f"{n_confirm} confirmation)), each a Ray Train worker group of {job.resources.num_workers} worker(s)"
-             f"{' with a GPU each' if job.resources.use_gpu else ''}", "methods:"]
+             f"{n_confirm} confirmation)); each trial is a Ray Train worker group of {job.resources.num_workers} "
+             f"worker(s){' with a GPU each' if job.resources.use_gpu else ''} ({study.max_concurrent} at once), the "
+             "confirmation one group for all its runs (on a cluster: `harness submit` of the study spec)",
+             "methods:"]
     total = 0.0
     for m in job.methods:
         hours = gpu_hours(m, n_params, study.steps, per_example) * (n_search + n_confirm)
