@@ -44,13 +44,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.benchmarks.tofu.evaluate import answer_text, prompt_for, stop_strings
+from harness.benchmarks.tofu.score import answer_text, prompt_for, stop_strings
 from harness.benchmarks.tofu.synth import SyntheticTofuSpec, generate_tofu
-from harness.eval.backend import Backend, GenRequest, LoglikRequest, make_backend
-from harness.eval.hf_backend import HFBackend
-from harness.models import build_builtin, save_model
-from harness.text import encode_pair
-from harness.tokenizer import train_bpe_tokenizer
+from harness.data.requests import Backend, GenRequest, LoglikRequest
+from harness.data.text import encode_pair
+from harness.models.text import build_builtin, save_model
+from harness.models.tokenizer import train_bpe_tokenizer
+from harness.scoring.backend import make_backend
+from harness.scoring.hf_backend import HFBackend
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ours = np.array([float(lp.sum()) for lp in ref["logprobs"]])
         checks["hf_vs_lm_eval_max_abs_sum_logprob_diff"] = float(np.abs(ours - np.array(lm_sums)).max())
         if not args.no_ray:
-            from harness.eval.parallel import ScoringPool
+            from harness.scoring.parallel import ScoringPool
 
             for n in sorted({1, args.workers}):
                 with ScoringPool(n, batch_size=args.batch_size, num_cpus=args.worker_cpus) as pool:

@@ -27,10 +27,11 @@ from typing import Any
 import torch
 
 from harness.benchmarks import load_benchmark
-from harness.pipeline import train_requests
-from harness.reference import prepare_references
+from harness.core.ray_env import ensure_ray
+from harness.pipeline.job import train_requests
 from harness.spec import load_spec
-from harness.train.ray_run import TrainRequest, ensure_ray, run_unlearning, run_unlearning_many
+from harness.train.ray_run import TrainRequest, run_unlearning, run_unlearning_many
+from harness.train.reference import prepare_references
 
 ROOT = Path(__file__).resolve().parents[1]
 

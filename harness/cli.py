@@ -1,7 +1,9 @@
 """Command line: parse, load the spec, call one function, print where the results went.
 
+Each command's module is imported when that command runs, so `harness --help` loads no torch, Ray or pandas.
+
 Exit codes: 0 ok, 1 a failed run, 2 bad input (spec, data, model), 130 stopped by SIGINT (Ctrl-C), 143 stopped by
-SIGTERM (harness.signals).
+SIGTERM (harness.core.signals).
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ import functools
 import sys
 from collections.abc import Sequence
 
-from harness.errors import HarnessError
-from harness.signals import cleaning_up, describe, exit_code, sigterm_raises
+from harness.config import parse_model_arg
+from harness.core.console import configure_console
+from harness.core.errors import HarnessError, SpecError
+from harness.core.ray_env import stop_ray
+from harness.core.signals import cleaning_up, describe, exit_code, sigterm_raises
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -22,11 +27,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.out:
         spec = spec.model_copy(update={"out": args.out})
     if args.dry_run:
-        from harness.plan import describe_plan
+        from harness.commands.plan import describe_plan
 
         print(describe_plan(spec))
         return 0
-    from harness.pipeline import run_job
+    from harness.pipeline.job import run_job
 
     result = run_job(spec, overwrite=args.overwrite, resume=args.resume)
     print(result.summary)
@@ -35,8 +40,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from harness.eval.model_source import parse_model_arg
-    from harness.evaluate import adapter_source, eval_job
+    from harness.commands.eval import adapter_source, eval_job
     from harness.spec import read_spec_data, validate_spec
 
     overrides = list(args.set)
@@ -50,8 +54,6 @@ def _eval(args: argparse.Namespace) -> int:
     data = read_spec_data(args.spec, overrides)
     data["models"] = [*(data.get("models") or []), *(m.model_dump(exclude_defaults=True) for m in models)]
     if not data["models"]:
-        from harness.errors import SpecError
-
         raise SpecError(f"{args.spec}: no model to score: pass --model NAME=SOURCE or --adapter DIR, or list "
                         "`models:` in the spec")
     spec = validate_spec(data, args.spec)
@@ -63,7 +65,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from harness.export import export_method
+    from harness.commands.export import export_method
 
     path = export_method(args.run_dir, args.method, args.out, args.seed)
     print(f"exported {args.method} of {args.run_dir}: {path} (merged safetensors, config, tokenizer, README.md)")
@@ -73,8 +75,8 @@ def _export(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from harness.commands.tune import load_space, run_tune
     from harness.spec import load_spec
-    from harness.tune import load_space, run_tune
 
     spec = load_spec(args.spec, args.set)
     space = load_space(args.space)
@@ -104,8 +106,8 @@ def _study(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from harness.commands.sweep import load_sweep, run_sweep
     from harness.spec import load_spec
-    from harness.sweep import load_sweep, run_sweep
 
     spec = load_spec(args.spec, args.set)
     sweep = load_sweep(args.space)
@@ -116,7 +118,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from harness.compare import write_report
+    from harness.commands.report import write_report
 
     path = write_report(args.dirs, args.out)
     print(f"report: {path} (and {path.with_suffix('.html')})")
@@ -124,7 +126,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _nightly(args: argparse.Namespace) -> int:
-    from harness.nightly import run_suite
+    from harness.commands.nightly import run_suite
 
     result = run_suite(args.suite, history_path=args.history, baseline=args.baseline, overrides=args.set,
                        out=args.out, resume=args.resume)
@@ -135,7 +137,7 @@ def _nightly(args: argparse.Namespace) -> int:
 
 
 def _data_synth(args: argparse.Namespace) -> int:
-    from harness.cli_data import synth_command
+    from harness.commands.data import synth_command
 
     path = synth_command(args.benchmark, args.out, args.seed)
     print(f"wrote synthetic {args.benchmark} to {path}")
@@ -143,7 +145,7 @@ def _data_synth(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from harness.submit import job_status, submit_job
+    from harness.commands.submit import job_status, submit_job
 
     job_id = submit_job(args.spec, args.address, args.set, wait=args.wait, out=args.out, overwrite=args.overwrite)
     if not args.wait:
@@ -152,7 +154,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from harness.submit import job_logs, job_status, stop_job
+    from harness.commands.submit import job_logs, job_status, stop_job
 
     if args.jobs_command == "status":
         state = job_status(args.address, args.job_id)
@@ -166,7 +168,7 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _cluster_check(args: argparse.Namespace) -> int:
-    from harness.cluster import check_cluster
+    from harness.commands.cluster import check_cluster
 
     problems = check_cluster(args.config, args.jobs)
     if problems:
@@ -206,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("spec", help="job spec (YAML): benchmark, model, reference models and eval settings")
     ev.add_argument("--model", action="append", default=[], metavar="NAME=SOURCE[,key=value...]",
                     help="a model to score (repeatable): a HF model dir or hub id, a PEFT or harness adapter dir "
-                    "(base=DIR), or a finished run dir (method=NAME); see harness/eval/model_source.py")
+                    "(base=DIR), or a finished run dir (method=NAME); see harness/scoring/load.py")
     ev.add_argument("--adapter", metavar="DIR", help="an adapter directory to score over the job's target model")
     ev.add_argument("--backend", choices=["hf", "vllm"], help="scoring backend (overrides eval.backend)")
     ev.add_argument("--workers", type=int, help="Ray scoring workers per model (overrides eval.workers)")
@@ -250,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = command("sweep", help="a grid (or random) sweep over spec fields: every configuration x seed")
     sweep.add_argument("spec", help="job spec (YAML)")
-    sweep.add_argument("--space", required=True, help="sweep file (YAML, see harness/sweep.py and sweeps/)")
+    sweep.add_argument("--space", required=True, help="sweep file (YAML, see harness/commands/sweep.py and sweeps/)")
     sweep.add_argument("--out", help="output directory (default results/sweep-<job name>)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec field")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out: finished jobs "
@@ -314,8 +316,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `harness` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from harness.console import configure_console
-
     configure_console(getattr(args, "verbose", False))
     with sigterm_raises():
         try:
@@ -323,10 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except HarnessError as err:
             print(f"error: {err}", file=sys.stderr)
             return err.exit_code
-        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (harness.signals.Interrupted)
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (harness.core.signals.Interrupted)
             if "ray" in sys.modules:  # Ray workers and actors of a command not inside a job (tune, between jobs)
-                from harness.train.ray_run import stop_ray
-
                 with cleaning_up():
                     stop_ray()
             print(f"interrupted ({describe(err)}): harness {args.command} stopped", file=sys.stderr, flush=True)

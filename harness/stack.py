@@ -31,7 +31,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 import harness
-from harness.results import atomic_write_text
+from harness.core.io import atomic_write_text
 
 LOCK_DIR = Path(harness.__file__).resolve().parent.parent / "locks"
 DEFAULT_LOCK = LOCK_DIR / "cpu.txt"

@@ -23,33 +23,22 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
-from pydantic import Field
 
-from harness.specbase import StrictModel
-
-if TYPE_CHECKING:
-    from harness.spec import JobSpec
+from harness.config import REFERENCE_METHODS, TrackingSpec
+from harness.core.console import is_verbose
+from harness.results.contract import run_key
+from harness.spec import JobSpec
 
 LOCAL_STORE = "mlflow.db"
 LOCAL_ARTIFACTS = "mlartifacts"
-REFERENCE_METHODS = ("target", "retain")
 #: Files of a job's out dir attached to each of its MLflow runs (those present).
 JOB_ARTIFACTS = ("spec.yaml", "env.json", "summary.md")
 _MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 _BATCH_METRICS = 1000  # MAX_METRICS_PER_BATCH
 _BATCH_PARAMS = 100  # MAX_PARAMS_TAGS_PER_BATCH
-
-
-class TrackingSpec(StrictModel):
-    """Where finished runs are logged to MLflow (a `tracking: null` section turns it off)."""
-
-    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; null = MLFLOW_TRACKING_URI, else a "
-                                   "local store <out>/mlflow.db")
-    experiment: str | None = Field(None, description="MLflow experiment; null = the job's name (tune: "
-                                   "tune-<job>, nightly: nightly-<suite>)")
 
 
 def local_store_uri(out: str | Path) -> str:
@@ -104,7 +93,6 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 def _quiet_mlflow() -> None:
     """MLflow's INFO lines (creating the database tables, ...) only with `--verbose`."""
-    from harness.console import is_verbose
 
     if not is_verbose():
         for name in ("mlflow", "alembic"):
@@ -190,7 +178,6 @@ def log_job(spec: JobSpec, out: Path, metrics: pd.DataFrame, train_log: pd.DataF
     """
     if spec.tracking is None:
         return {}
-    from harness.train.ray_run import run_key
 
     tracker = Tracker(resolve_uri(spec.tracking, out), spec.tracking.experiment or spec.name)
     env = json.loads((out / "env.json").read_text()) if (out / "env.json").is_file() else {}

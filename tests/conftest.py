@@ -78,7 +78,7 @@ def peaked_llama() -> Callable[[int], Any]:
     a weak test of padding and stopping)."""
     import torch
 
-    from harness.models import build_builtin
+    from harness.models.text import build_builtin
 
     def build(vocab_size: int) -> Any:
         model = build_builtin("tiny-llama", vocab_size, seed=0).eval()
@@ -131,10 +131,10 @@ def _write_hand_made_run(root: Any, peaked_llama: Callable[[int], Any]) -> Any:
     import yaml
 
     from harness.adapters import adapted_layers, attach, save_adapter
-    from harness.models import save_model
-    from harness.run_record import record_models
-    from harness.spec import AdapterSpec
-    from harness.tokenizer import train_bpe_tokenizer
+    from harness.config import AdapterSpec
+    from harness.models.text import save_model
+    from harness.models.tokenizer import train_bpe_tokenizer
+    from harness.results.run_record import record_models
 
     corpus = ["Question: Who wrote the book?\nAnswer: The author wrote it in Paris.",
               "The quick brown fox jumps over the lazy dog.", "Basil Mahfouz Al-Kuwaiti was born in Kuwait City."]

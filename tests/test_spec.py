@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.errors import SpecError
-from harness.spec import JobSpec, apply_override, dump_spec, load_spec, validate_spec
+from harness.config import apply_override
+from harness.core.errors import SpecError
+from harness.spec import JobSpec, dump_spec, load_spec, validate_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 MINIMAL = {"methods": [{"name": "a"}]}
@@ -126,7 +127,7 @@ def test_a_method_switching_objective_keeps_only_the_shared_options() -> None:
 
 
 def test_seeds_and_shared_or_per_seed_references() -> None:
-    from harness.reference import reference_seed_for, reference_seeds
+    from harness.train.reference import reference_seed_for, reference_seeds
 
     shared = validate_spec({**MINIMAL, "seeds": [3, 1, 2], "reference": {"seed": 7}})
     assert shared.seeds == [3, 1, 2] and reference_seeds(shared) == [7] and reference_seed_for(shared, 1) == 7

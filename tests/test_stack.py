@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness import stack
-from harness.results import environment
+from harness.results.env import environment
 from harness.stack import Lock, read_lock, report_lines, unmet_requirements, version_diff, write_lock
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from harness.config import TrackingSpec
 from harness.spec import load_spec, validate_spec
 from harness.tracking import (
-    TrackingSpec,
     flatten,
     local_store_uri,
     log_job,
@@ -59,7 +59,7 @@ def test_shared_store_keeps_a_job_s_own_uri() -> None:
 
 
 def test_unknown_tracking_fields_are_spec_errors() -> None:
-    from harness.errors import SpecError
+    from harness.core.errors import SpecError
 
     with pytest.raises(SpecError, match="tracking.uri"):
         validate_spec({**JOB, "tracking": {"uri": "http://x"}})

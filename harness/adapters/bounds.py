@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from harness.registry import Registry
+from harness.core.registry import Registry
 
 BOUNDS: Registry[type[Bound]] = Registry("bound")
 

@@ -27,25 +27,23 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from harness.adapters.attach import adapted_layers, attach_to
+from harness.adapters.attachment import adapted_layers, attach_to
+from harness.adapters.bounds import BOUNDS
 from harness.adapters.extras import EXTRAS_NAME, apply_extras, extras_bytes, extras_kinds, read_extras
+from harness.adapters.format import (
+    BOUND_CONFIG_NAME,
+    BOUNDED_INIT_MARKER,
+    BOUNDED_PEFT_TYPE,
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    PEFT_PREFIX,
+    README_NAME,
+    WEIGHTS_NAME,
+)
 from harness.adapters.layer import layer_shape
-from harness.errors import DataError
-from harness.results import atomic_write_bytes, atomic_write_json
-from harness.spec import AdapterSpec
-
-WEIGHTS_NAME = "adapter_model.safetensors"
-CONFIG_NAME = "adapter_config.json"
-BOUND_CONFIG_NAME = "bound_config.json"
-README_NAME = "README.md"
-PEFT_PREFIX = "base_model.model."
-#: 1: every adapter_config.json said `peft_type: LORA`; 2: bounded adapters have their own peft_type.
-FORMAT_VERSION = 2
-#: The peft_type of bounded adapters: plain PEFT does not know it (harness.adapters.peft_bounded teaches it).
-BOUNDED_PEFT_TYPE = "HARNESS_BOUNDED_LORA"
-#: `init_lora_weights` as saved for bounded adapters: vLLM's LoRA loader ignores peft_type but refuses an
-#: unknown init (vllm/lora/peft_helper.py), so it cannot serve them as plain LoRA either.
-BOUNDED_INIT_MARKER = "harness_bounded_lora_not_plain_lora"
+from harness.config import AdapterSpec
+from harness.core.errors import DataError
+from harness.core.io import atomic_write_bytes, atomic_write_json
 
 _README = """# Bounded LoRA adapter ({bound})
 
@@ -101,8 +99,6 @@ def _peft_config(spec: AdapterSpec, names: list[str], fan_in_fan_out: bool,
 
 
 def _readme(spec: AdapterSpec) -> str:
-    from harness.adapters.bounds import BOUNDS
-
     formula = (BOUNDS.get(spec.bound).__doc__ or spec.bound).strip().splitlines()[0]
     return _README.format(bound=spec.bound, formula=formula, alpha=spec.alpha, rank=spec.rank, omega=spec.omega,
                           clip_value=spec.clip_value, peft_type=BOUNDED_PEFT_TYPE)

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from harness.adapters.layer import BoundedLoRALinear
+from harness.core.errors import DataError
 
 EXTRAS_NAME = "adapter_extras.safetensors"
 #: The kinds of extras, as named in `bound_config.json` ("extras": [...]).
@@ -118,6 +119,4 @@ def read_extras(adapter_dir: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        from harness.errors import DataError
-
         raise DataError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None

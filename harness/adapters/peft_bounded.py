@@ -30,8 +30,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from harness.adapters.bounds import BOUNDS, Bound
-from harness.adapters.checkpoint import BOUNDED_INIT_MARKER
-from harness.adapters.checkpoint import BOUNDED_PEFT_TYPE as PEFT_TYPE
+from harness.adapters.format import BOUNDED_INIT_MARKER
+from harness.adapters.format import BOUNDED_PEFT_TYPE as PEFT_TYPE
 from harness.adapters.fused import bounded_linear
 
 

@@ -7,7 +7,7 @@ import re
 from torch import nn
 
 from harness.adapters.layer import SUPPORTED_LAYERS
-from harness.errors import SpecError
+from harness.core.errors import ModelError, SpecError
 
 _LLAMA_MLP = r"(^|\.)mlp\.(gate_proj|up_proj|down_proj)$"
 _MLP_FC = r"(^|\.)mlp\.(fc1|fc2)$"
@@ -71,7 +71,6 @@ def target_module_names(model: nn.Module, explicit: list[str] | None = None) -> 
 
 def adapted_mlp_names(model: nn.Module, name: str, explicit: list[str] | None = None) -> list[str]:
     """`target_module_names`, with a ModelError naming the model when it has no MLP layer the harness can adapt."""
-    from harness.errors import ModelError
 
     try:
         return target_module_names(model, explicit)

@@ -1,7 +1,7 @@
 """Benchmarks: one package each (`tofu`, `muse`, `tdec`, ...) with its options, data, metrics and class.
 
 A benchmark package holds `options.py` (its `benchmark:` options model, registered in
-`harness.specbase.BENCHMARK_OPTIONS`) and `benchmark.py` (its `Benchmark` class, registered in
+`harness.config.BENCHMARK_OPTIONS`) and `benchmark.py` (its `Benchmark` class, registered in
 `BENCHMARKS`). This module stays light (no torch, no spec), because harness/spec.py imports it.
 """
 
@@ -10,6 +10,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from typing import TYPE_CHECKING, Any
+
+from harness.benchmarks import base
+from harness.benchmarks.base import BENCHMARKS
 
 if TYPE_CHECKING:
     from harness.benchmarks.base import Benchmark
@@ -20,11 +23,17 @@ PACKAGES = tuple(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg)
 
 def load_benchmark_class(name: str) -> type[Benchmark]:
     """The Benchmark class registered as `name` (no data loaded)."""
-    from harness.benchmarks.base import BENCHMARKS
 
     for package in PACKAGES:
         importlib.import_module(f"harness.benchmarks.{package}.benchmark")
     return BENCHMARKS.get(name)
+
+
+def benchmark_classes() -> list[type[Benchmark]]:
+    """Every registered Benchmark class, by name (no data loaded)."""
+    for package in PACKAGES:
+        importlib.import_module(f"harness.benchmarks.{package}.benchmark")
+    return [BENCHMARKS.get(name) for name in BENCHMARKS.names()]
 
 
 def load_benchmark(spec: Any) -> Benchmark:
@@ -34,10 +43,8 @@ def load_benchmark(spec: Any) -> Benchmark:
 
 def __getattr__(name: str) -> Any:
     if name in ("BENCHMARKS", "Benchmark", "ModelScores"):
-        from harness.benchmarks import base
-
         return getattr(base, name)
     raise AttributeError(name)
 
 
-__all__ = ["PACKAGES", "load_benchmark", "load_benchmark_class"]
+__all__ = ["PACKAGES", "benchmark_classes", "load_benchmark", "load_benchmark_class"]

@@ -10,11 +10,11 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from harness.eval.text_metrics import bootstrap_ci
-from harness.registry import Registry
-from harness.report import Column
-from harness.spec import EvalSpec
-from harness.specbase import BenchmarkOptions
+from harness.config import BenchmarkOptions, EvalSpec
+from harness.core.registry import Registry
+from harness.core.stats import bootstrap_ci
+from harness.report.tables import Column
+from harness.results.contract import Metric
 
 BENCHMARKS: Registry[type[Benchmark]] = Registry("benchmark")
 
@@ -86,6 +86,20 @@ class Benchmark(ABC):
     """A benchmark: its data, how to turn it into training pairs, and its metric suite."""
 
     name: ClassVar[str]
+    #: The metrics it reports, declared once in its metrics.py: summary columns take their direction from them,
+    #: nightly its default rules (harness.results.contract.Metric).
+    declared_metrics: ClassVar[tuple[Metric, ...]] = ()
+
+    @classmethod
+    def declaration(cls, split: str, metric: str) -> Metric | None:
+        """The first declared metric covering (split, metric), or None."""
+        return next((m for m in cls.declared_metrics if m.matches(split, metric)), None)
+
+    @classmethod
+    def column(cls, split: str, metric: str, label: str) -> Column:
+        """A summary-table column whose better direction is the declared one (None when any move counts)."""
+        declared = cls.declaration(split, metric)
+        return Column(split, metric, label, declared.higher_is_better if declared else None)
 
     @classmethod
     @abstractmethod

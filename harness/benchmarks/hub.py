@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from harness.errors import DataError
+from harness.core.errors import DataError
 
 
 def _offline() -> bool:

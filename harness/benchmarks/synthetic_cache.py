@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from harness.cache import ensure_entry
+from harness.core.cache import ensure_entry
 
 T = TypeVar("T")
 
@@ -25,7 +25,7 @@ def ensure_cached(target: Path, files: Iterable[str], generate: Callable[[], T],
                   write: Callable[[T, Path], object]) -> Path:
     """The verified cached set in `target` (with every one of `files`), generated and written by one process.
 
-    A harness.cache entry: written into a scratch directory and renamed into place with a manifest of sizes
+    A harness.core.cache entry: written into a scratch directory and renamed into place with a manifest of sizes
     and hashes; an entry with a file missing, truncated or edited is rebuilt with a warning.
     """
     def build(scratch: Path) -> None:

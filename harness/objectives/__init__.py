@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from harness.batch import IGNORE, Batch, ImageBatch, TokenBatch
+from harness.data.batch import IGNORE, Batch, ImageBatch, TokenBatch
 from harness.objectives.base import (
     IMAGE,
     OBJECTIVES,

@@ -4,13 +4,12 @@ The total loss is `w_forget * L_forget + w_retain * L_retain (+ penalty)`. An ob
 file of this package, registered with `@OBJECTIVES.register("name")`, with an `Options` model (a subclass of
 `ObjectiveOptions` whose `name` is a Literal) holding its own settings and their reference defaults.
 Losses see model outputs (`.logits`, and `.hidden_states` when `needs_hidden_states`) through the batch's
-scored units (harness.batch), so one formula serves text and vision.
+scored units (harness.data.batch), so one formula serves text and vision.
 
 Optional hooks, each used by the methods that need it: `prepare` (a one-time pass before training whose
 tensors are checkpointed with the run; harness/objectives/prepare.py) with `apply_prepared`, `penalty`
 (a regulariser on the adapted weights), `forget_units` (when the forget mean skips some scored units).
-Method modules import heavy modules (adapters, models) inside functions: harness/spec.py imports this
-package to build the options union.
+Objectives sit on layer 3 (docs/architecture.md): they import adapters and data, never the job spec.
 """
 
 from __future__ import annotations
@@ -21,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.batch import Batch
+from harness.config import ObjectiveOptions
+from harness.core.registry import Registry
+from harness.data.batch import Batch
 from harness.objectives.prepare import PrepareContext
-from harness.registry import Registry
-from harness.specbase import ObjectiveOptions
 
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 

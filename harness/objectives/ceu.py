@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from harness.batch import IGNORE, Batch
+from harness.config import ObjectiveOptions
+from harness.data.batch import IGNORE, Batch
 from harness.objectives.base import OBJECTIVES, TEXT, Objective
-from harness.specbase import ObjectiveOptions
 
 
 class CEUOptions(ObjectiveOptions):

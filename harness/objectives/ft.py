@@ -15,9 +15,9 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from harness.batch import Batch
+from harness.config import ObjectiveOptions
+from harness.data.batch import Batch
 from harness.objectives.base import OBJECTIVES, Objective, mean_nll
-from harness.specbase import ObjectiveOptions
 
 
 class FTOptions(ObjectiveOptions):

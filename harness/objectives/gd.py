@@ -11,9 +11,9 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from harness.batch import Batch
+from harness.config import ObjectiveOptions
+from harness.data.batch import Batch
 from harness.objectives.base import OBJECTIVES, Objective, mean_nll
-from harness.specbase import ObjectiveOptions
 
 
 class GDOptions(ObjectiveOptions):

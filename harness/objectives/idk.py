@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 import torch
 
-from harness.batch import Batch
+from harness.config import ObjectiveOptions
+from harness.data.batch import Batch
 from harness.objectives.base import OBJECTIVES, TEXT, Objective, mean_nll
-from harness.specbase import ObjectiveOptions
 
 IDK_ANSWERS = (
     "I don't know.",

@@ -12,7 +12,7 @@ weight decay 0.01 for 10 epochs. The refusals are the IDK objective's fixed list
 (open-unlearning draws a line of `idk.jsonl` at random).
 
 Each forget example carries both answers; its batch holds the refusals in rows `[0, B)` and the true answers
-in rows `[B, 2B)` (harness.train.data.collate), so one forward scores both.
+in rows `[B, 2B)` (harness.data.encode.collate), so one forward scores both.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from harness.batch import Batch
+from harness.config import ObjectiveOptions
+from harness.data.batch import Batch
 from harness.objectives.base import OBJECTIVES, TEXT, Objective, sequence_logprob
 from harness.objectives.idk import IDK_ANSWERS
-from harness.specbase import ObjectiveOptions
 
 
 class IdkDPOOptions(ObjectiveOptions):

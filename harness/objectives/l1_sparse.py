@@ -20,9 +20,10 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from harness.adapters import adapted_layers
+from harness.config import ObjectiveOptions
 from harness.objectives.base import OBJECTIVES
 from harness.objectives.ft import FineTune
-from harness.specbase import ObjectiveOptions
 
 
 class L1SparseOptions(ObjectiveOptions):
@@ -36,7 +37,6 @@ class L1SparseOptions(ObjectiveOptions):
 
 def l1_of_adapted(model: torch.nn.Module, on: str) -> torch.Tensor:
     """`sum ||W||_1` (on = weight) or `sum ||delta W||_1` (on = update) over the adapted layers (differentiable)."""
-    from harness.adapters import adapted_layers
 
     terms = [(layer.effective_weight() if on == "weight" else layer.delta_weight()).abs().sum()
              for layer in adapted_layers(model).values()]

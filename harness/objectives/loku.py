@@ -31,10 +31,11 @@ from typing import Any, Literal
 
 import torch
 
-from harness.batch import Batch
+from harness.adapters import adapted_layers, linear_slope, set_origin
+from harness.config import ObjectiveOptions
+from harness.data.batch import Batch
 from harness.objectives.base import OBJECTIVES, Objective, mean_nll
 from harness.objectives.prepare import FORGET, RETAIN, PrepareContext, base_weight_gradients
-from harness.specbase import ObjectiveOptions
 
 #: The reference's constants: Fisher ratio and row-weight regularisers.
 FISHER_EPS = 1e-5
@@ -97,7 +98,6 @@ class LoKU(Objective):
             return {}
         if not ctx.has(RETAIN):
             raise ValueError("LoKU's FILA needs the retain set (objective.w_retain > 0 and a retain_loss)")
-        from harness.adapters import adapted_layers, linear_slope
 
         f_forget, f_retain = fisher(ctx, FORGET), fisher(ctx, RETAIN)
         state = {}
@@ -108,8 +108,6 @@ class LoKU(Objective):
         return state
 
     def apply_prepared(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-        from harness.adapters import adapted_layers, set_origin
-
         for name, layer in adapted_layers(model).items():
             if f"{name}.origin_A" in state:
                 set_origin(layer, state[f"{name}.origin_A"], state[f"{name}.origin_B"])

@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from harness.batch import Batch
+from harness.adapters import adapted_layers
+from harness.data.batch import Batch
 
 #: The data a preparation pass can read: the forget set with the benchmark's own targets (the answers or
 #: labels the target model learned, whatever the objective trains toward), and the retain set.
@@ -85,7 +86,6 @@ def base_weight_gradients(ctx: PrepareContext, role: str, loss_fn: Callable[[Any
     """For each global batch of `role`: the gradient of `loss_fn` (a mean over the batch's scored units) with
     respect to every adapted layer's weight (`W0 + update`, nn.Linear orientation, by module name), and the
     global batch's number of scored units. Collective: every worker gets the same gradients."""
-    from harness.adapters import adapted_layers
 
     layers = adapted_layers(ctx.model)
     weights = [layer.base_layer.weight for layer in layers.values()]

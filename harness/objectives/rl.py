@@ -14,9 +14,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from harness.batch import Batch
+from harness.config import ObjectiveOptions
+from harness.data.batch import Batch
 from harness.objectives.base import IMAGE, OBJECTIVES, Objective, mean_nll
-from harness.specbase import ObjectiveOptions
 
 
 class RLOptions(ObjectiveOptions):

@@ -21,10 +21,10 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from harness.batch import IGNORE, Batch
+from harness.config import ObjectiveOptions
+from harness.data.batch import IGNORE, Batch
 from harness.objectives.base import OBJECTIVES, TEXT, Objective
 from harness.objectives.prepare import PrepareContext
-from harness.specbase import ObjectiveOptions
 
 
 class RMUOptions(ObjectiveOptions):

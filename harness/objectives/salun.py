@@ -22,10 +22,11 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
+from harness.adapters import adapted_layers, set_update_mask
+from harness.config import ObjectiveOptions
 from harness.objectives.base import OBJECTIVES, mean_nll
 from harness.objectives.prepare import FORGET, PrepareContext, base_weight_gradients
 from harness.objectives.rl import RandomLabels
-from harness.specbase import ObjectiveOptions
 
 
 class SalUnOptions(ObjectiveOptions):
@@ -68,7 +69,5 @@ class SalUn(RandomLabels):
         return {f"{name}.update_mask": m for name, m in masks.items()}
 
     def apply_prepared(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-        from harness.adapters import adapted_layers, set_update_mask
-
         for name, layer in adapted_layers(model).items():
             set_update_mask(layer, state[f"{name}.update_mask"])

@@ -14,9 +14,9 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from harness.batch import Batch
+from harness.config import ObjectiveOptions
+from harness.data.batch import Batch
 from harness.objectives.base import OBJECTIVES, Objective, unit_logprobs
-from harness.specbase import ObjectiveOptions
 
 
 class SatImpOptions(ObjectiveOptions):

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from harness.batch import Batch
+from harness.config import ObjectiveOptions
+from harness.data.batch import Batch
 from harness.objectives.base import OBJECTIVES, Objective
-from harness.specbase import ObjectiveOptions
 
 
 class UNDIALOptions(ObjectiveOptions):

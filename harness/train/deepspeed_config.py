@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.errors import SpecError
-from harness.spec import TrainSpec
+from harness.config import TrainSpec
+from harness.core.errors import SpecError
 
 
 def build_deepspeed_config(train: TrainSpec, world_size: int) -> dict[str, Any]:

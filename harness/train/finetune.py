@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from harness.modalities import get_modality
+from harness.data.encode import BatchStream
+from harness.models.modality import get_modality
 from harness.objectives import mean_nll
-from harness.train.data import BatchStream
 from harness.train.schedule import make_scheduler
 
 

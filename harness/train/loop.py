@@ -8,7 +8,7 @@ the next run starts. A run's checkpoints (DeepSpeed engine state + PEFT-format a
 far, plus the objective's preparation result) go through `ray.train.report`; its last one is marked `done`.
 A restarted worker group resumes from the latest checkpoint: finished runs are skipped, an unfinished one
 resumes at its step with its preparation loaded, not recomputed, so each step's telemetry appears exactly
-once. A run named in `config["resume_from"]` (a resumed job, harness.resume) starts from that checkpoint of
+once. A run named in `WorkerConfig.resume_from` (a resumed job, harness.pipeline.resume) starts from that checkpoint of
 an earlier attempt the same way. Rank 0 also streams every step to an optional progress actor. With
 `train.sensitivity`, each run trains a perturbed twin in lockstep and logs their distance per step
 (harness/train/twin.py).
@@ -37,15 +37,16 @@ from safetensors.torch import load_file, save_file
 
 from harness.adapters import adapted_layers, adapter_norms, adapter_parameters, attach
 from harness.adapters.checkpoint import save_adapter
-from harness.batch import Batch
-from harness.modalities import Modality, get_modality
+from harness.config import TrainSpec
+from harness.data.batch import Batch
+from harness.data.encode import BatchStream
+from harness.models.modality import Modality, get_modality
 from harness.objectives import FORGET, RETAIN, Objective, PrepareContext, make_objective
-from harness.spec import MethodSpec, TrainSpec
-from harness.train.data import BatchStream
+from harness.spec import MethodSpec
 from harness.train.schedule import make_scheduler
 from harness.train.step import MicroBatch, accumulate, all_reduce_mean, finite
-from harness.train.step import penalty as _penalty  # noqa: F401 - tests import it from here
 from harness.train.twin import Twin, rng_state
+from harness.train.worker_config import PlannedRun, WorkerConfig
 
 STATE_FILE = "state.json"
 ADAPTER_DIR = "adapter"
@@ -57,6 +58,8 @@ PLACEMENT_GROUP_KEY = "placement_group"
 #: Reported with every metrics row: true on a run's final checkpoint. Not `done`, which Ray Tune reads as
 #: "this trial has finished" when a trial forwards the trainer's reports (TuneReportCallback).
 RUN_DONE_KEY = "run_done"
+#: The key of the `WorkerConfig` in Ray Train's `train_loop_config` (a dict).
+WORKER_CONFIG_KEY = "worker_config"
 #: Models up to this size are kept as a pristine copy in memory between runs; larger ones are re-read.
 KEEP_PRISTINE_BYTES = 2**30
 
@@ -195,16 +198,16 @@ class _Worker:
     """What a worker keeps across runs: its rank, device, modality, processor, encoded data and the
     pristine target model each run starts from."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: WorkerConfig) -> None:
         import ray.train
 
         ctx = ray.train.get_context()
         self.config = config
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.modality: Modality = get_modality(config["modality"])
+        self.modality: Modality = get_modality(config.modality)
         self.placement_group = _placement_group_id()
-        self.progress = config.get("progress")
+        self.progress = config.progress
         self._target: str | None = None
         self._pristine: torch.nn.Module | None = None
         self._encoded: dict[tuple[str, str, int], list[Any]] = {}
@@ -231,7 +234,7 @@ class _Worker:
         assert self._target is not None
         cache_key = (self._target, data_key, train.max_length)
         if cache_key not in self._encoded:
-            self._encoded[cache_key] = self.modality.encode(self.processor, self.config["data"][data_key],
+            self._encoded[cache_key] = self.modality.encode(self.processor, self.config.data[data_key],
                                                             train.max_length)
         return self._encoded[cache_key]
 
@@ -246,39 +249,41 @@ class _Worker:
         """The first `n` examples of a dataset as one batch on the device, the same on every worker (None: n 0)."""
         return self.collate(self.encoded(data_key, train)[:n]).to(self.device) if n else None
 
-    def prepare(self, objective: Objective, model: torch.nn.Module, run: dict[str, Any], train: TrainSpec,
+    def prepare(self, objective: Objective, model: torch.nn.Module, run: PlannedRun, train: TrainSpec,
                 use_retain: bool) -> dict[str, torch.Tensor]:
         """Run the objective's preparation pass on this worker (collective): the model moves to the device and
         reads fresh seeded streams of the forget set (the benchmark's own targets) and the retain set."""
-        seed = run["seed"]
-        streams = {FORGET: lambda: self.stream(run["prepare_forget"] or run["forget"], train, seed)}
+        seed = run.seed
+        streams = {FORGET: lambda: self.stream(run.prepare_forget or run.forget, train, seed)}
         if use_retain:
-            streams[RETAIN] = lambda: self.stream(run["retain"], train, seed + 1)
-        n_forget = len(self.config["data"][run["forget"]])
+            streams[RETAIN] = lambda: self.stream(run.retain, train, seed + 1)
+        n_forget = len(self.config.data[run.forget])
         ctx = PrepareContext(model.to(self.device), self.device, seed, self.rank, self.world, streams,
                              epoch_batches=math.ceil(n_forget / train.batch_size))
         return objective.prepare(ctx) or {}
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker entry point: train every run of `config["runs"]`; results go out through reports."""
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker entry point: train every run of the `WorkerConfig` under `loop_config[WORKER_CONFIG_KEY]`;
+    results go out through reports."""
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    if not config["use_gpu"]:
-        torch.set_num_threads(config["threads"])
+    config: WorkerConfig = loop_config[WORKER_CONFIG_KEY]
+    if not config.use_gpu:
+        torch.set_num_threads(config.threads)
     worker = _Worker(config)
     resume = _latest_checkpoint()
     first = 0 if resume is None else resume.run + int(resume.done)
-    for index in range(first, len(config["runs"])):
+    for index in range(first, len(config.runs)):
         partial = resume if resume is not None and resume.run == index and not resume.done else None
-        if resume is None and config["runs"][index]["key"] in config.get("resume_from", {}):
-            partial = _earlier_checkpoint(config["resume_from"][config["runs"][index]["key"]], index)
+        if resume is None and config.runs[index].key in config.resume_from:
+            partial = _earlier_checkpoint(config.resume_from[config.runs[index].key], index)
         _train_run(worker, index, partial)
         gc.collect()
         if worker.device.type == "cuda":
             torch.cuda.empty_cache()
 
 
-def _prepare(worker: _Worker, objective: Objective, model: torch.nn.Module, run: dict[str, Any], train: TrainSpec,
+def _prepare(worker: _Worker, objective: Objective, model: torch.nn.Module, run: PlannedRun, train: TrainSpec,
              use_retain: bool, resume: _Resume | None) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
     """The objective's preparation result (None when it has none), applied to the model: loaded from the run's
     checkpoint when resuming, else computed (collective); and its record (`passes`, `loads`, `seconds`)."""
@@ -304,27 +309,27 @@ def _train_run(worker: _Worker, index: int, resume: _Resume | None) -> None:
 
     began_run = time.perf_counter()
     config, rank, world, device = worker.config, worker.rank, worker.world, worker.device
-    run = config["runs"][index]
-    method = MethodSpec.model_validate(run["method"])
-    seed, t = run["seed"], method.train
+    run = config.runs[index]
+    method = run.method_spec()
+    seed, t = run.seed, method.train
     torch.manual_seed(seed)
 
-    worker.use_target(run["target"])
+    worker.use_target(run.target)
     model = worker.fresh_model()
     attach(model, method.adapter, seed=seed)
     objective: Objective = make_objective(method.objective)
-    use_retain = method.objective.uses_retain and run["retain"] is not None
+    use_retain = method.objective.uses_retain and run.retain is not None
 
     # The objective's one-time preparation, before DeepSpeed wraps the model (loaded when resuming).
     prepared, prepare_info = _prepare(worker, objective, model, run, t, use_retain, resume)
 
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    n_steps = total_steps(len(config["data"][run["forget"]]), method)
+    n_steps = total_steps(len(config.data[run.forget]), method)
 
     def make_engine(module: torch.nn.Module) -> tuple[Any, Any]:
         engine, _, _, scheduler = deepspeed.initialize(
-            model=module, optimizer=make_optimizer(adapter_parameters(module), t), config=run["deepspeed"],
+            model=module, optimizer=make_optimizer(adapter_parameters(module), t), config=run.deepspeed,
             lr_scheduler=lambda opt: make_scheduler(opt, t.scheduler, n_steps, t.warmup_ratio))
         return engine, scheduler
 
@@ -337,9 +342,9 @@ def _train_run(worker: _Worker, index: int, resume: _Resume | None) -> None:
     twin = None
     if t.sensitivity is not None and twin_model is not None:
         twin = Twin.build(twin_model, t.sensitivity, seed, lambda m: make_engine(m)[0],
-                          worker.probe(run["forget"], t, t.sensitivity.probe_batch))
-    forget = worker.stream(run["forget"], t, seed)
-    retain = worker.stream(run["retain"] if use_retain else None, t, seed + 1)
+                          worker.probe(run.forget, t, t.sensitivity.probe_batch))
+    forget = worker.stream(run.forget, t, seed)
+    retain = worker.stream(run.retain if use_retain else None, t, seed + 1)
 
     start, log = 0, []
     if resume is not None:
@@ -355,7 +360,7 @@ def _train_run(worker: _Worker, index: int, resume: _Resume | None) -> None:
 
     def save_and_report(row: dict[str, Any], status: dict[str, Any] | None) -> None:
         """Checkpoint (status given) or plain metrics report; collective on every rank."""
-        metrics = {**row, "run": run["key"], "run_index": index,
+        metrics = {**row, "run": run.key, "run_index": index,
                    RUN_DONE_KEY: bool(status and status.get("done")),
                    PLACEMENT_GROUP_KEY: worker.placement_group}
         if status is None:
@@ -365,12 +370,12 @@ def _train_run(worker: _Worker, index: int, resume: _Resume | None) -> None:
         engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, exclude_frozen_parameters=True)
         with _gathered(params, t.zero_stage):
             if rank == 0:
-                save_adapter(model, tmp / ADAPTER_DIR, method.adapter, run["target"])
+                save_adapter(model, tmp / ADAPTER_DIR, method.adapter, run.target)
         if rank == 0:
             if prepared is not None:
                 save_file({k: v.detach().to("cpu").contiguous() for k, v in prepared.items()},
                           str(tmp / PREPARED_FILE))
-            (tmp / STATE_FILE).write_text(json.dumps({"log": log, "run": index, "key": run["key"],
+            (tmp / STATE_FILE).write_text(json.dumps({"log": log, "run": index, "key": run.key,
                                                       "prepare": prepare_info, **status}))
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(tmp)))
         shutil.rmtree(tmp, ignore_errors=True)
@@ -378,7 +383,7 @@ def _train_run(worker: _Worker, index: int, resume: _Resume | None) -> None:
     status: dict[str, Any] = {"diverged": False, "reason": None}
     row: dict[str, Any] = {}
     for step in range(start, n_steps):
-        _maybe_kill(config.get("fault"), rank, index, step)
+        _maybe_kill(config.fault, rank, index, step)
         began = time.perf_counter()
         lr_now = scheduler.get_last_lr()[0]
         batches: list[MicroBatch] = [(next(forget).to(device), next(retain).to(device) if use_retain else None)
@@ -397,7 +402,7 @@ def _train_run(worker: _Worker, index: int, resume: _Resume | None) -> None:
                "tokens_per_s": n_in * world / done.seconds if done.seconds > 0 else float("nan"), **done.twin}
         log.append(row)
         if rank == 0 and worker.progress is not None:
-            worker.progress.step.remote(run["key"], step + 1, n_steps, loss_mean, done.grad_norm)
+            worker.progress.step.remote(run.key, step + 1, n_steps, loss_mean, done.grad_norm)
         last = step == n_steps - 1
         due = t.checkpoint_every is not None and (step + 1) % t.checkpoint_every == 0
         if due and not last:
@@ -408,4 +413,4 @@ def _train_run(worker: _Worker, index: int, resume: _Resume | None) -> None:
     seconds = time.perf_counter() - began_run + (resume.state.get("seconds", 0.0) if resume is not None else 0.0)
     save_and_report(final, {**status, "step": len(log), "done": True, "seconds": seconds})
     if rank == 0 and worker.progress is not None:
-        worker.progress.finish.remote(run["key"], status["diverged"])
+        worker.progress.finish.remote(run.key, status["diverged"])

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 #: How long a release waits for Ray to report the controllers dead and their groups REMOVED.
 RELEASE_TIMEOUT_S = 60.0

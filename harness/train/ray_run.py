@@ -8,9 +8,9 @@ checkpoint (adapter + step log); the driver copies every run's adapter to
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import os
 import pickle
 import shutil
 import signal
@@ -20,19 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
-from harness.results import atomic_write_json
-from harness.signals import cleaning_up, handle_sigterm
+from harness.core.errors import HarnessError
+from harness.core.io import atomic_write_json
+from harness.core.ray_env import ensure_ray, started_locally
+from harness.core.signals import cleaning_up
+from harness.results.contract import run_key
 from harness.spec import JobSpec, MethodSpec
 from harness.train.deepspeed_config import build_deepspeed_config
-from harness.train.loop import ADAPTER_DIR, RUN_DONE_KEY, STATE_FILE, train_loop_per_worker
+from harness.train.loop import ADAPTER_DIR, RUN_DONE_KEY, STATE_FILE, WORKER_CONFIG_KEY, train_loop_per_worker
 from harness.train.progress import TrainingProgress
+from harness.train.worker_config import PlannedRun, WorkerConfig
 
-#: How often Ray Train's controller polls its workers (Ray's default is 2 s). Every `ray.train.report`
-#: waits for that poll, and so does the worker group's start, so a short interval cuts both.
-HEALTH_CHECK_INTERVAL_S = "0.2"
 #: Whether this process started the Ray instance it uses (its `ray.shutdown` then stops every worker).
-_local_instance = False
 
 
 class TrainingError(HarnessError):
@@ -60,11 +59,6 @@ class TrainRequest:
         return run_key(self.method.name, self.seed)
 
 
-def run_key(method: str, seed: int) -> str:
-    """The name of the run of `method` with `seed`."""
-    return f"{method}/seed{seed}"
-
-
 @dataclass
 class TrainRun:
     """What one run's training produced: step log, divergence, and the PEFT-format adapter."""
@@ -80,47 +74,6 @@ class TrainRun:
     #: the objective's preparation: `passes` (times computed: 1, also across resumes), `loads` (times a resumed
     #: worker group loaded it from a checkpoint) and `seconds` (of the pass)
     prepare: dict[str, Any] = field(default_factory=lambda: {"passes": 0, "loads": 0, "seconds": 0.0})
-
-
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to `address` (or RAY_ADDRESS), or start a local Ray instance, once per process; `num_cpus` sets
-    the local instance's logical CPUs (default: the machine's), e.g. more, to overlap trainers' start-ups."""
-    import ray
-
-    from harness.console import quiet_libraries
-
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
-    if ray.is_initialized():
-        return
-    global _local_instance
-    quiet_libraries()  # Ray's token notice at init (unless verbose)
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        _local_instance = True
-        # Worker logs stay in Ray's session logs; failures come back with their traceback in the result.
-        # The dashboard serves the State API, which Ray Train's PlacementGroupCleaner polls: without it, a
-        # trainer whose controller is killed (a Tune trial stopped by ASHA) leaks its workers' placement
-        # group and the next trainer waits for those CPUs forever.
-        # Each worker process hides the library noise the driver hides (harness.console) before it runs a task.
-        ray.init(include_dashboard=True, log_to_driver=False, configure_logging=False, num_cpus=num_cpus,
-                 runtime_env={"worker_process_setup_hook": "harness.console.quiet_libraries"})
-    handle_sigterm()  # ray.init replaced it with Ray's own (exit at once, no clean-up)
-
-
-def stop_ray() -> None:
-    """Disconnect from Ray (a local instance started here stops, with every worker; a cluster's drops the
-    actors this driver owns). Nothing when Ray was never started."""
-    import sys
-
-    if "ray" in sys.modules:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-    global _local_instance
-    _local_instance = False
 
 
 def _trainer_class() -> type:
@@ -174,7 +127,7 @@ def fit_keeping_sigint(trainer: Any) -> Any:
     except KeyboardInterrupt:
         with cleaning_up():
             if hasattr(trainer, "abort"):
-                trainer.abort(graceful=not _local_instance)
+                trainer.abort(graceful=not started_locally())
         raise
     finally:
         if main and previous is not None:
@@ -187,7 +140,7 @@ def _data_key(examples: Sequence[Any]) -> str:
 
 
 def _train_config(requests: Sequence[TrainRequest], spec: JobSpec, modality: str, out_dir: Path,
-                  fault: dict[str, Any] | None, resume_from: dict[str, str] | None = None) -> dict[str, Any]:
+                  fault: dict[str, Any] | None, resume_from: dict[str, str] | None = None) -> WorkerConfig:
     """The workers' config: every run, each distinct dataset once, and the DeepSpeed config per method."""
     res = spec.resources
     data: dict[str, list[Any]] = {}
@@ -204,11 +157,11 @@ def _train_config(requests: Sequence[TrainRequest], spec: JobSpec, modality: str
             data.setdefault(original_key, list(req.forget_original))
         ds_config = build_deepspeed_config(req.method.train, res.num_workers)
         atomic_write_json(out_dir / "deepspeed" / f"{req.method.name}.json", ds_config)
-        runs.append({"key": req.key, "method": req.method.model_dump(mode="json"), "seed": req.seed,
-                     "target": req.target, "forget": forget_key, "retain": retain_key,
-                     "prepare_forget": original_key, "deepspeed": ds_config})
-    return {"runs": runs, "data": data, "modality": modality,
-            "use_gpu": res.use_gpu, "threads": res.cpus_per_worker, "fault": fault, "resume_from": resume_from or {}}
+        runs.append(PlannedRun(key=req.key, method=req.method.model_dump(mode="json"), seed=req.seed,
+                               target=req.target, forget=forget_key, retain=retain_key,
+                               prepare_forget=original_key, deepspeed=ds_config))
+    return WorkerConfig(runs=runs, data=data, modality=modality, use_gpu=res.use_gpu, threads=res.cpus_per_worker,
+                        fault=fault, resume_from=resume_from or {})
 
 
 def run_unlearning_many(requests: Sequence[TrainRequest], spec: JobSpec, out_dir: Path,
@@ -218,7 +171,7 @@ def run_unlearning_many(requests: Sequence[TrainRequest], spec: JobSpec, out_dir
     """Train every request in one Ray Train run (N workers, each a DeepSpeed engine); results by run key.
 
     Each request names the directory (or hub id) its workers load the target model and processor from.
-    `resume_from` maps run keys to a checkpoint directory of an earlier, interrupted attempt (harness.resume):
+    `resume_from` maps run keys to a checkpoint directory of an earlier, interrupted attempt (harness.pipeline.resume):
     those runs continue from it instead of starting over.
     `fault` is a test hook: `{"rank", "run", "step", "marker"}` makes that worker SIGKILL itself once.
     `callbacks` are Ray Train callbacks (Tune passes its `TuneReportCallback` to see each report).
@@ -241,7 +194,7 @@ def run_unlearning_many(requests: Sequence[TrainRequest], spec: JobSpec, out_dir
     with TrainingProgress(keys, enabled=progress) as bars:
         trainer = _trainer_class()(
             train_loop_per_worker,
-            train_loop_config={**config, "progress": bars.sink},
+            train_loop_config={WORKER_CONFIG_KEY: dataclasses.replace(config, progress=bars.sink)},
             scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                          resources_per_worker=worker_resources),
             # Every run's `done` checkpoint is kept: it holds that run's adapter and log.

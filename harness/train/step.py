@@ -15,11 +15,13 @@ import torch
 import torch.distributed as dist
 
 from harness.adapters import adapter_product_sq, adapters_disabled
-from harness.batch import Batch
-from harness.objectives import Objective
-from harness.spec import MethodSpec, TrainSpec
 
 #: One micro-batch of a step: the forget batch and the retain batch (None when the method reads none).
+from harness.config import TrainSpec
+from harness.data.batch import Batch
+from harness.objectives import Objective
+from harness.spec import MethodSpec
+
 MicroBatch = tuple[Batch, Batch | None]
 
 

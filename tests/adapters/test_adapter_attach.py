@@ -20,9 +20,9 @@ from harness.adapters import (
     merge,
     target_module_names,
 )
-from harness.errors import SpecError
-from harness.models import BUILTIN_MODELS, build_builtin
-from harness.spec import AdapterSpec
+from harness.config import AdapterSpec
+from harness.core.errors import SpecError
+from harness.models.text import BUILTIN_MODELS, build_builtin
 
 ARCHS = BUILTIN_MODELS.names()
 BOUND_NAMES = ["sine", "tanh", "clip", "none"]

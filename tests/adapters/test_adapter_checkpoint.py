@@ -19,10 +19,11 @@ from harness.adapters import (
     read_bound_config,
     save_adapter,
 )
-from harness.adapters.checkpoint import BOUNDED_INIT_MARKER, BOUNDED_PEFT_TYPE, upgrade_adapter
-from harness.errors import DataError
-from harness.models import build_builtin
-from harness.spec import AdapterSpec
+from harness.adapters.checkpoint import upgrade_adapter
+from harness.adapters.format import BOUNDED_INIT_MARKER, BOUNDED_PEFT_TYPE
+from harness.config import AdapterSpec
+from harness.core.errors import DataError
+from harness.models.text import build_builtin
 
 # PEFT warns inside its own code (gradient checkpointing attribute; no config.json for a builtin base).
 pytestmark = [pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning"),

@@ -22,9 +22,9 @@ from harness.adapters import (
     set_update_mask,
 )
 from harness.adapters.extras import EXTRAS_NAME, linear_slope
-from harness.errors import DataError
-from harness.models import build_builtin
-from harness.spec import AdapterSpec
+from harness.config import AdapterSpec
+from harness.core.errors import DataError
+from harness.models.text import build_builtin
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -112,7 +112,7 @@ def test_fused_saves_no_dense_matrix():
 
 def test_keep_saves_the_dense_weight_and_derivative_and_the_layer_option_reaches_it():
     from harness.adapters import attach
-    from harness.spec import AdapterSpec
+    from harness.config import AdapterSpec
 
     x, w0, bias, a, b = _inputs(d_in=64, d_out=96)
     saved: list[torch.Tensor] = []

@@ -18,11 +18,13 @@ from harness.benchmarks.muse.benchmark import Muse, chunk_text
 from harness.benchmarks.muse.data import SYNTH_FILES, corpus_texts, load_muse, read_muse_dir, write_muse
 from harness.benchmarks.muse.options import MuseOptions
 from harness.benchmarks.muse.synth import SyntheticMuseSpec, generate_muse
-from harness.cli_data import synth_command
-from harness.errors import DataError
-from harness.eval.backend import Backend, GenRequest, LoglikRequest, cut_at_stop
+from harness.commands.data import synth_command
+from harness.config import EvalSpec
+from harness.core.errors import DataError
+from harness.data.requests import Backend, GenRequest, LoglikRequest
 from harness.objectives import make_objective
-from harness.spec import EvalSpec, objective_spec
+from harness.scoring.backend import cut_at_stop
+from harness.spec import objective_spec
 
 SMALL = SyntheticMuseSpec(n_forget=6, n_retain1=4, n_retain2=4, n_holdout=6, qa_per_article=2, n_icl=2)
 

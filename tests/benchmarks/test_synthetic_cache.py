@@ -17,7 +17,7 @@ from harness.benchmarks.tdec.data import load_tdec
 from harness.benchmarks.tdec.synth import SyntheticTdecSpec
 from harness.benchmarks.tofu.data import load_tofu
 from harness.benchmarks.tofu.synth import SyntheticTofuSpec
-from harness.cache import MANIFEST_NAME, CacheWarning, entry_problem
+from harness.core.cache import MANIFEST_NAME, CacheWarning, entry_problem
 
 TOFU = SyntheticTofuSpec(n_authors=10, qa_per_author=4, n_real_authors=4, n_world_facts=4)
 

@@ -16,11 +16,12 @@ from harness.benchmarks.tdec.benchmark import UTILITY_TASKS, Tdec, score_sequenc
 from harness.benchmarks.tdec.data import load_tdec, read_csv, read_tdec_dir, write_csv, write_tdec
 from harness.benchmarks.tdec.options import TdecOptions
 from harness.benchmarks.tdec.synth import SPLITS, SyntheticTdecSpec, generate_tdec
-from harness.cli_data import synth_command
-from harness.errors import DataError
-from harness.eval.backend import Backend, GenRequest, LoglikRequest
+from harness.commands.data import synth_command
+from harness.config import EvalSpec
+from harness.core.errors import DataError
+from harness.data.requests import Backend, GenRequest, LoglikRequest
 from harness.objectives import make_objective
-from harness.spec import EvalSpec, objective_spec
+from harness.spec import objective_spec
 
 SMALL = SyntheticTdecSpec(n_forget=3, n_retain=2, n_holdout=2, statements_per_sequence=4, n_identifiers=40)
 
@@ -230,7 +231,7 @@ def test_benchmark_scores_and_aggregates(tdec_dir: Path, splits: dict[str, list[
 
 def test_real_bpe_tokenizer_round_trip(tdec_dir: Path, splits: dict[str, list[dict]]) -> None:
     """Through a byte-level BPE, a verbatim memoriser scores MA = EL = 1 on what it memorised."""
-    from harness.tokenizer import train_bpe_tokenizer
+    from harness.models.tokenizer import train_bpe_tokenizer
 
     bench = Tdec(TdecOptions(source=str(tdec_dir)))
     tok = train_bpe_tokenizer(bench.corpus_texts(), vocab_size=300)

@@ -10,8 +10,8 @@ import pytest
 
 from harness.benchmarks.tofu.data import corpus_texts, load_tofu, read_config, write_tofu
 from harness.benchmarks.tofu.synth import CONFIGS, SyntheticTofuSpec, generate_tofu
-from harness.cli_data import synth_command
-from harness.errors import DataError
+from harness.commands.data import synth_command
+from harness.core.errors import DataError
 
 SPEC = SyntheticTofuSpec()
 PERTURBED_FIELDS = ("question", "answer", "paraphrased_answer", "paraphrased_question", "perturbed_answer")

@@ -11,8 +11,9 @@ import scipy.stats
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from harness.benchmarks.text_metrics import rouge_l_f1, rouge_l_recall
 from harness.benchmarks.tofu import metrics as M
-from harness.benchmarks.tofu.evaluate import (
+from harness.benchmarks.tofu.score import (
     SplitScores,
     aggregate_tofu,
     answer_text,
@@ -20,12 +21,12 @@ from harness.benchmarks.tofu.evaluate import (
     score_tofu_split,
     split_kind,
 )
-from harness.eval.backend import Backend, GenRequest, LoglikRequest
-from harness.eval.hf_backend import HFBackend
-from harness.eval.text_metrics import bootstrap_ci, rouge_l_f1, rouge_l_recall
-from harness.models import build_builtin
-from harness.text import encode_pair
-from harness.tokenizer import train_bpe_tokenizer
+from harness.core.stats import bootstrap_ci
+from harness.data.requests import Backend, GenRequest, LoglikRequest
+from harness.data.text import encode_pair
+from harness.models.text import build_builtin
+from harness.models.tokenizer import train_bpe_tokenizer
+from harness.scoring.hf_backend import HFBackend
 
 # ---- metric formulas ------------------------------------------------------------------------------
 

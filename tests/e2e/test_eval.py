@@ -52,7 +52,7 @@ def evaluated(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 
     tmp = tmp_path_factory.mktemp("eval")
     run = demo / "run1"
-    from harness.run_record import read_models
+    from harness.results.run_record import read_models
 
     target_dir = read_models(run).target
     assert main(["export", str(run), "--method", "gd_sine", "--seed", "0", "--out", str(tmp / "exported")]) == 0
@@ -114,7 +114,7 @@ def test_a_plain_peft_adapter_scores_as_its_merged_model(evaluated: dict[str, Pa
 
 @pytest.mark.parametrize("job", ["muse_quick", "tdec_quick"])
 def test_muse_and_tdec_score_a_no_op_peft_adapter_as_their_target(job: str, tmp_path: Path) -> None:
-    from harness.models import build_builtin
+    from harness.models.text import build_builtin
 
     base = tmp_path / "base"
     build_builtin("tiny-llama", 320).save_pretrained(str(base))

@@ -28,8 +28,8 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.resume import registered_checkpoints as resume_states
-from harness.run_dir import read_status
+from harness.pipeline.resume import registered_checkpoints as resume_states
+from harness.results.run_dir import read_status
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -220,7 +220,7 @@ def test_a_job_stopped_after_a_training_resumes_and_ends_as_an_uninterrupted_one
         job = _job(tmp_path, stopped, RESUME_SLOW, RESUME_QUICK)
 
         def slow_checkpointed() -> bool:
-            """A checkpoint of `slow` that Ray Train registered (resume trusts only those, `harness.resume`)."""
+            """A checkpoint of `slow` that Ray Train registered (resume trusts only those: pipeline.resume)."""
             for staging in tmp_path.glob(".stopped.staging-*"):
                 states = [state for _, state in resume_states(staging)]
                 if any(state.get("key") == "slow/seed0" for state in states):

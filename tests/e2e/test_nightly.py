@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.nightly import read_history
+from harness.commands.nightly import read_history
 
 pytestmark = pytest.mark.e2e
 

@@ -178,7 +178,7 @@ def finished(head: dict[str, str]) -> dict[str, str]:
         job: dict[str, str] = {}
         # A hung job is stopped (so --wait returns and the test fails) instead of hanging the suite.
         def _stop_if_hung() -> None:
-            from harness.submit import stop_job
+            from harness.commands.submit import stop_job
             if "id" in job:
                 stop_job(head["address"], job["id"])
         timer = threading.Timer(JOB_TIMEOUT_S, _stop_if_hung)

@@ -66,7 +66,7 @@ def test_trials_stopped_at_first_report_never_leak_their_trainer_group(two_cpu_r
                                                                        tmp_path: Path) -> None:
     from ray import tune
 
-    from harness.tune import _release_callback
+    from harness.commands.tune import _release_callback
 
     seen: list[str] = []
 

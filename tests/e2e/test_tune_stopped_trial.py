@@ -2,7 +2,7 @@
 
 Stopping a trial kills its actor and the Ray Train controller it owns, but Ray Train's placement-group
 cleaner can miss the workers' group (seen on Ray 2.60: it exits before the group is registered). On this
-2-core machine that leaked CPU is what hung `harness tune` and CI; `harness.tune`'s callback frees it.
+2-core machine that leaked CPU is what hung `harness tune` and CI; `harness.commands.tune`'s callback frees it.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def ray_without_dashboard() -> Iterator[None]:
 def test_stopped_trials_free_their_workers_for_the_next(ray_without_dashboard: None, tmp_path: Path) -> None:
     from ray import tune
 
-    from harness.tune import _release_callback
+    from harness.commands.tune import _release_callback
 
     tuner = tune.Tuner(
         tune.with_resources(_trial, {"CPU": 0.1}),

@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 from harness.benchmarks import load_benchmark
-from harness.models import build_builtin, save_model
+from harness.models.text import build_builtin, save_model
+from harness.models.tokenizer import get_or_train_tokenizer
 from harness.objectives import make_objective, original_targets
 from harness.spec import MethodSpec, validate_spec
-from harness.tokenizer import get_or_train_tokenizer
 from harness.train.finetune import finetune
 from harness.train.ray_run import TrainRequest, TrainRun, run_unlearning_many
 
@@ -128,8 +128,8 @@ def _images(n_classes: int = 5, per_class: int = 8) -> tuple[np.ndarray, np.ndar
 def image_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from transformers import ViTConfig, ViTForImageClassification
 
-    from harness.benchmarks.vision.models import save_image_classifier
-    from harness.benchmarks.vision.preprocess import BUILTIN_PREPROCESSOR
+    from harness.models.image import save_image_classifier
+    from harness.models.preprocess import BUILTIN_PREPROCESSOR
 
     tmp = tmp_path_factory.mktemp("baselines-image")
     torch.manual_seed(0)

@@ -8,10 +8,10 @@ import torch
 from safetensors.torch import load_file
 
 from harness.benchmarks import load_benchmark
-from harness.models import build_builtin, save_model
+from harness.models.text import build_builtin, save_model
+from harness.models.tokenizer import get_or_train_tokenizer
 from harness.objectives import make_objective
 from harness.spec import objective_spec, validate_spec
-from harness.tokenizer import get_or_train_tokenizer
 from harness.train.finetune import finetune
 from harness.train.ray_run import TrainRequest, TrainRun, run_unlearning, run_unlearning_many
 

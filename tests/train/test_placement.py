@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.errors import SpecError
+from harness.commands.tune import load_space
+from harness.core.errors import SpecError
 from harness.train.placement import Actor, Group, Tables, _hex, starvation
-from harness.tune import load_space
 
 TRIAL_WORKER = "aa" * 28
 CPU1 = ({"CPU": 1.0},)

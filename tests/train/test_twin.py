@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from harness.adapters import adapter_parameters, attach
-from harness.batch import TokenBatch
-from harness.models import build_builtin
+from harness.config import AdapterSpec, SensitivitySpec, TrainSpec
+from harness.data.batch import TokenBatch
+from harness.models.text import build_builtin
 from harness.objectives import make_objective
-from harness.spec import AdapterSpec, MethodSpec, SensitivitySpec, TrainSpec, objective_spec
+from harness.spec import MethodSpec, objective_spec
 from harness.train.deepspeed_config import build_deepspeed_config
 from harness.train.loop import StepOutcome, make_optimizer, optimizer_step
 from harness.train.twin import SENSITIVITY_KEYS, Twin

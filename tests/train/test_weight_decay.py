@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from harness.adapters import adapter_parameters, attach
-from harness.models import build_builtin
-from harness.spec import AdapterSpec, TrainSpec
+from harness.config import AdapterSpec, TrainSpec
+from harness.models.text import build_builtin
 from harness.train.deepspeed_config import build_deepspeed_config
 from harness.train.loop import make_optimizer
 

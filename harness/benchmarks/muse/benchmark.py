@@ -37,6 +37,7 @@ from harness.benchmarks.base import BENCHMARKS, Benchmark, MatchedUtility, Model
 from harness.benchmarks.muse.data import corpus_texts, load_muse
 from harness.benchmarks.muse.metrics import (
     KNOWMEM_STOP,
+    METRICS,
     cut_answer,
     knowmem_prompt,
     min_k_score,
@@ -46,9 +47,9 @@ from harness.benchmarks.muse.metrics import (
     truncate_tokens,
 )
 from harness.benchmarks.muse.options import MuseOptions
-from harness.eval.backend import GenRequest, LoglikRequest
-from harness.report import Column
-from harness.spec import EvalSpec
+from harness.config import EvalSpec
+from harness.data.requests import GenRequest, LoglikRequest
+from harness.report.tables import Column
 
 KNOWMEM_SPLITS = ("forget", "retain")
 PRIVLEAK_SPLITS = ("forget", "holdout")
@@ -68,6 +69,8 @@ def chunk_text(tokenizer: Any, text: str, max_tokens: int) -> list[str]:
 class Muse(Benchmark):
     """MUSE-News style unlearning with muse_bench's VerbMem, KnowMem and PrivLeak metrics."""
 
+    declared_metrics = METRICS
+
     name = "muse"
 
     @classmethod
@@ -81,10 +84,10 @@ class Muse(Benchmark):
     @classmethod
     def summary_columns_for(cls, options: MuseOptions) -> list[Column]:
         return [
-            Column("forget", "verbmem_rouge", "forget VerbMem", False),
-            Column("forget", "knowmem_rouge", "forget KnowMem", False),
-            Column("retain", "knowmem_rouge", "retain KnowMem", True),
-            Column("forget", "privleak", "PrivLeak", None),
+            cls.column("forget", "verbmem_rouge", "forget VerbMem"),
+            cls.column("forget", "knowmem_rouge", "forget KnowMem"),
+            cls.column("retain", "knowmem_rouge", "retain KnowMem"),
+            cls.column("forget", "privleak", "PrivLeak"),
         ]
 
     def __init__(self, spec: MuseOptions) -> None:

@@ -27,8 +27,8 @@ from harness.benchmarks.hub import hub_records
 from harness.benchmarks.muse.synth import SYNTH_VERSION, SyntheticMuseSpec, generate_muse
 from harness.benchmarks.synthetic_cache import ensure_cached
 from harness.benchmarks.synthetic_cache import synth_dir as _synth_dir
-from harness.errors import DataError
-from harness.results import atomic_write_text
+from harness.core.errors import DataError
+from harness.core.io import atomic_write_text
 
 #: File keys (path without suffix) of the synthetic set, all written by `write_muse`.
 SYNTH_FILES = ("raw/forget", "raw/retain1", "raw/retain2", "raw/holdout", "verbmem/forget",

@@ -20,6 +20,16 @@ from typing import Any
 import numpy as np
 from rouge_score import rouge_scorer
 
+from harness.results.contract import FORGET_SPLITS, Metric
+
+#: The metrics MUSE reports (x100 scale for the ROUGE metrics; PrivLeak is best at 0, so any move counts).
+METRICS = (
+    Metric(("verbmem_rouge", "knowmem_rouge"), "lower_is_better", "ci", 1.0, split=FORGET_SPLITS, range=(0.0, 100.0)),
+    Metric(("verbmem_rouge", "knowmem_rouge"), "higher_is_better", "ci", 1.0, range=(0.0, 100.0)),
+    Metric("privleak", "both", "absolute", 5.0, range=(-100.0, 100.0)),
+    Metric("mink_auc", "both", "absolute", 0.05, range=(0.0, 1.0)),
+)
+
 #: Min-K% Prob ratio MUSE's PrivLeak uses (`Min-40%`).
 MINK_K = 0.4
 #: muse_bench `eval.py` defaults: VerbMem continues for 128 tokens, KnowMem answers in at most 32.

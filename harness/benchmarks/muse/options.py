@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from harness.benchmarks.muse.synth import SyntheticMuseSpec
-from harness.specbase import BENCHMARK_OPTIONS, BenchmarkOptions
+from harness.config import BENCHMARK_OPTIONS, BenchmarkOptions
 
 
 @BENCHMARK_OPTIONS.register("muse")

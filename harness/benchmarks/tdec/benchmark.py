@@ -46,17 +46,18 @@ import numpy as np
 from harness.benchmarks.base import BENCHMARKS, Benchmark, MatchedUtility, ModelScores, Pair, mean_metric_row
 from harness.benchmarks.tdec.data import corpus_texts, load_tdec
 from harness.benchmarks.tdec.metrics import (
+    METRICS,
     PAPER_SEQUENCE_LENGTH,
     extraction_likelihood_from_pairs,
     memorization_accuracy,
 )
 from harness.benchmarks.tdec.options import TdecOptions
 from harness.benchmarks.tdec.synth import SYNTH_SEQUENCE_LENGTH
-from harness.errors import DataError
-from harness.eval.backend import Backend, GenRequest, LoglikRequest
-from harness.registry import Registry
-from harness.report import Column
-from harness.spec import EvalSpec
+from harness.config import EvalSpec
+from harness.core.errors import DataError
+from harness.core.registry import Registry
+from harness.data.requests import Backend, GenRequest, LoglikRequest
+from harness.report.tables import Column
 
 #: A utility task scores one model: `task(backend, tokenizer, eval_spec)` -> rows `{split, metric, value}`.
 UtilityTask = Callable[[Backend, Any, EvalSpec], list[dict[str, Any]]]
@@ -121,6 +122,8 @@ def score_sequences(backend: Backend, tokenizer: Any, texts: list[str], length: 
 class Tdec(Benchmark):
     """TDEC: unlearn memorised sequences; MA and EL_n on them and on held-out sequences (the thresholds)."""
 
+    declared_metrics = METRICS
+
     name = "tdec"
 
     def __init__(self, spec: TdecOptions) -> None:
@@ -145,12 +148,12 @@ class Tdec(Benchmark):
     def summary_columns_for(cls, options: TdecOptions) -> list[Column]:
         n = options.el_n
         return [
-            Column("forget", "ma", "forget MA", False),
-            Column("forget", f"el_{n}", f"forget EL_{n}", False),
-            Column("retain", "ma", "retain MA", True),
-            Column("retain", "ppl", "retain PPL", False),
-            Column("holdout", "ma_threshold", "MA threshold", None),
-            Column("holdout", "el_threshold", f"EL_{n} threshold", None),
+            cls.column("forget", "ma", "forget MA"),
+            cls.column("forget", f"el_{n}", f"forget EL_{n}"),
+            cls.column("retain", "ma", "retain MA"),
+            cls.column("retain", "ppl", "retain PPL"),
+            cls.column("holdout", "ma_threshold", "MA threshold"),
+            cls.column("holdout", "el_threshold", f"EL_{n} threshold"),
         ]
 
     # ---- training pairs -------------------------------------------------------------------------

@@ -28,8 +28,8 @@ from pathlib import Path
 from harness.benchmarks.synthetic_cache import ensure_cached
 from harness.benchmarks.synthetic_cache import synth_dir as _synth_dir
 from harness.benchmarks.tdec.synth import SPLITS, SYNTH_VERSION, SyntheticTdecSpec, generate_tdec
-from harness.errors import DataError
-from harness.results import atomic_write_text
+from harness.core.errors import DataError
+from harness.core.io import atomic_write_text
 
 COLUMNS = ("doc_id", "corpus", "text")
 

@@ -20,6 +20,18 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
+from harness.results.contract import FORGET_SPLITS, Metric
+
+#: The metrics TDEC reports: memorisation accuracy and extraction likelihood on the forget set, holdout thresholds.
+METRICS = (
+    Metric(("ma", "el_*"), "lower_is_better", "ci", 0.02, split=FORGET_SPLITS, range=(0.0, 1.0)),
+    Metric("ma", "higher_is_better", "ci", 0.02, split="retain", range=(0.0, 1.0)),  # retention
+    Metric("ppl", "lower_is_better", "relative", 0.05, split="retain"),
+    Metric(("ma_threshold", "el_threshold"), "both", "absolute", 0.02, range=(0.0, 1.0)),
+    Metric(("ma", "el_*"), "both", "ci", 0.02, range=(0.0, 1.0)),
+    Metric("forgotten", "higher_is_better", "absolute", 0.0, range=(0.0, 1.0)),
+)
+
 #: The paper's n for EL (EL_10) and the thresholds its configs use for GPT-Neo (`configs/example.json`:
 #: `ma_threshold` 0.2994, `el_threshold` 0.0499), for reference only: a job measures its own on held-out data.
 DEFAULT_EL_N = 10

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from harness.benchmarks.tdec.synth import SyntheticTdecSpec
-from harness.specbase import BENCHMARK_OPTIONS, BenchmarkOptions
+from harness.config import BENCHMARK_OPTIONS, BenchmarkOptions
 
 
 @BENCHMARK_OPTIONS.register("tdec")

@@ -18,8 +18,8 @@ import random
 
 from pydantic import Field
 
-from harness.errors import DataError
-from harness.specbase import StrictModel
+from harness.config import StrictModel
+from harness.core.errors import DataError
 
 #: Bump when the generator's output changes, so cached copies are regenerated.
 SYNTH_VERSION = 1

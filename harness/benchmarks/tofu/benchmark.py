@@ -7,21 +7,24 @@ from typing import Any
 
 from harness.benchmarks.base import BENCHMARKS, Benchmark, MatchedUtility, ModelScores, Pair
 from harness.benchmarks.tofu.data import corpus_texts, load_tofu
-from harness.benchmarks.tofu.evaluate import (
+from harness.benchmarks.tofu.metrics import METRICS
+from harness.benchmarks.tofu.options import TofuOptions
+from harness.benchmarks.tofu.score import (
     aggregate_tofu,
     answer_text,
     prompt_for,
     score_tofu_split,
     split_kind,
 )
-from harness.benchmarks.tofu.options import TofuOptions
-from harness.report import Column
-from harness.spec import EvalSpec
+from harness.config import EvalSpec
+from harness.report.tables import Column
 
 
 @BENCHMARKS.register("tofu")
 class Tofu(Benchmark):
     """TOFU with its metric suite (locuslab/tofu `evaluate_util.py`, `aggregate_eval_stat.py`)."""
+
+    declared_metrics = METRICS
 
     name = "tofu"
 
@@ -39,12 +42,12 @@ class Tofu(Benchmark):
     def summary_columns_for(cls, options: TofuOptions) -> list[Column]:
         f = options.forget_split
         return [
-            Column(f, "forget_quality", "forget quality", True),
-            Column("all", "model_utility", "model utility", True),
-            Column(f, "rouge_l_recall", "forget ROUGE-L", False),
-            Column(f, "truth_ratio", "forget truth ratio", True),
-            Column(f, "prob", "forget prob", False),
-            Column("retain", "rouge_l_recall", "retain ROUGE-L", True),
+            cls.column(f, "forget_quality", "forget quality"),
+            cls.column("all", "model_utility", "model utility"),
+            cls.column(f, "rouge_l_recall", "forget ROUGE-L"),
+            cls.column(f, "truth_ratio", "forget truth ratio"),
+            cls.column(f, "prob", "forget prob"),
+            cls.column("retain", "rouge_l_recall", "retain ROUGE-L"),
         ]
 
     def _pairs(self, records: list[dict], tokenizer: Any,

@@ -13,7 +13,7 @@ from harness.benchmarks.hub import hub_records
 from harness.benchmarks.synthetic_cache import ensure_cached
 from harness.benchmarks.synthetic_cache import synth_dir as _synth_dir
 from harness.benchmarks.tofu.synth import CONFIGS, SYNTH_VERSION, SyntheticTofuSpec, generate_tofu
-from harness.errors import DataError
+from harness.core.errors import DataError
 
 FORGET_TO_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 FILE_SUFFIXES = (".json", ".jsonl", ".parquet")

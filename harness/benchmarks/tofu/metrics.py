@@ -13,6 +13,17 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy.stats import hmean, ks_2samp
 
+from harness.results.contract import FORGET_SPLITS, Metric
+
+#: The metrics TOFU reports (locuslab/tofu names); prob / ROUGE / truth ratio carry bootstrap intervals.
+METRICS = (
+    Metric("forget_quality", "higher_is_better", "absolute", 0.05, range=(0.0, 1.0)),  # KS p-value vs retain model
+    Metric("model_utility", "higher_is_better", "relative", 0.05, range=(0.0, 1.0)),
+    Metric(("prob", "rouge_l_recall"), "lower_is_better", "ci", 0.02, split=FORGET_SPLITS, range=(0.0, 1.0)),
+    Metric(("prob", "rouge_l_recall"), "higher_is_better", "ci", 0.02, range=(0.0, 1.0)),  # retain, real authors...
+    Metric("truth_ratio", "higher_is_better", "ci", 0.02, range=(0.0, 1.0)),
+)
+
 #: The splits (by role) and metrics whose harmonic mean is TOFU's model utility.
 UTILITY_SPLITS: tuple[str, ...] = ("retain", "real_authors", "world_facts")
 UTILITY_METRICS: tuple[str, ...] = ("prob", "rouge_l_recall", "truth_ratio")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from harness.benchmarks.tofu.synth import SyntheticTofuSpec
-from harness.specbase import BENCHMARK_OPTIONS, BenchmarkOptions
+from harness.config import BENCHMARK_OPTIONS, BenchmarkOptions
 
 
 @BENCHMARK_OPTIONS.register("tofu")

@@ -29,12 +29,13 @@ import numpy as np
 import pandas as pd
 
 from harness.benchmarks.base import BENCHMARKS, Benchmark, MatchedUtility, ModelScores, mean_metric_row
-from harness.benchmarks.vision.data import SPLITS, class_deletion_splits, load_image_dataset
-from harness.benchmarks.vision.metrics import avg_gap, forget_quality, image_rows, model_utility, salun_metrics
+from harness.benchmarks.vision.data import SPLITS, class_deletion_splits
+from harness.benchmarks.vision.metrics import METRICS, avg_gap, forget_quality, image_rows, model_utility, salun_metrics
 from harness.benchmarks.vision.options import VisionOptions
-from harness.eval.backend import ClassifyRequest
-from harness.report import Column
-from harness.spec import EvalSpec
+from harness.benchmarks.vision.sources import load_image_dataset
+from harness.config import EvalSpec
+from harness.data.requests import ClassifyRequest
+from harness.report.tables import Column, plt, save_figure
 
 Example = tuple[np.ndarray, int]
 
@@ -42,6 +43,8 @@ Example = tuple[np.ndarray, int]
 @BENCHMARKS.register("vision")
 class Vision(Benchmark):
     """Class deletion on an image classifier, scored with SalUn's metrics against the retrain model."""
+
+    declared_metrics = METRICS
 
     name = "vision"
 
@@ -62,14 +65,14 @@ class Vision(Benchmark):
     @classmethod
     def summary_columns_for(cls, options: VisionOptions) -> list[Column]:
         return [
-            Column("forget", "ua", "UA", True),
-            Column("retain", "ra", "RA", True),
-            Column("test_retain", "ta", "TA", True),
-            Column("test_forget", "accuracy", "deleted-class TA", False),
-            Column("forget", "mia_efficacy", "MIA-efficacy", True),
-            Column("all", "avg_gap", "avg gap to retrain", False),
-            Column("forget", "forget_quality", "forget quality", True),
-            Column("all", "model_utility", "model utility", True),
+            cls.column("forget", "ua", "UA"),
+            cls.column("retain", "ra", "RA"),
+            cls.column("test_retain", "ta", "TA"),
+            cls.column("test_forget", "accuracy", "deleted-class TA"),
+            cls.column("forget", "mia_efficacy", "MIA-efficacy"),
+            cls.column("all", "avg_gap", "avg gap to retrain"),
+            cls.column("forget", "forget_quality", "forget quality"),
+            cls.column("all", "model_utility", "model utility"),
         ]
 
     # ---- training examples ------------------------------------------------------------------------
@@ -137,7 +140,6 @@ class Vision(Benchmark):
 
     def plots(self, examples: pd.DataFrame, methods: Sequence[str], out_dir: Path) -> list[Path]:
         """`per_class.png`: each model's per-class test accuracy (mean over seeds), deleted classes marked."""
-        from harness.report import plt, save_figure
 
         test = examples[examples["split"].isin(["test_retain", "test_forget"])]
         if test.empty:

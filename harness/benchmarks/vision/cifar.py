@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from harness.benchmarks.vision.data import ImageDataset, ImageSplit
-from harness.errors import DataError
+from harness.core.errors import DataError
 
 PICKLE_DIR = "cifar-100-python"
 PICKLE_FILES = ("train", "test", "meta")

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from harness.errors import DataError
+from harness.core.errors import DataError
 
 #: Names of the four class-deletion splits, as they appear in the results' `split` column.
 SPLITS = ("forget", "retain", "test_retain", "test_forget")
@@ -137,32 +135,6 @@ def digits_dataset(test_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
         class_names=tuple(str(int(n)) for n in digits.target_names),
         source=DIGITS_SOURCE,
     )
-
-
-def load_image_dataset(source: str, data_dir: str | Path, *, seed: int = 0, test_fraction: float = 0.2,
-                       label_column: str = "fine_label", synthetic: Any = None) -> ImageDataset:
-    """The image set named by `source`: `digits`, `synthetic` (sizes from `synthetic`, a SyntheticCifarSpec), a
-    local CIFAR-100 directory, or a hub id."""
-    from harness.benchmarks.vision import cifar
-
-    if source == DIGITS_SOURCE:
-        return digits_dataset(test_fraction, seed)
-    if source == SYNTHETIC_SOURCE:
-        from harness.benchmarks.vision.synth import SyntheticCifarSpec, ensure_synthetic
-
-        return cifar.read_cifar100_pickles(ensure_synthetic(data_dir, synthetic or SyntheticCifarSpec(), seed))
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if cifar.find_pickle_dir(path) is not None:
-            return cifar.read_cifar100_pickles(path)
-        if cifar.find_parquet_shards(path, "train"):
-            return cifar.read_hub_parquet_dir(path, label_column=label_column)
-        raise DataError(f"benchmark.source {source!r}: the directory holds neither the cifar-100-python pickles "
-                        "(train, test, meta) nor parquet shards in the hub layout (train-*.parquet, test-*.parquet)")
-    if cifar.looks_like_hub_id(source):
-        return cifar.load_hub_dataset(source, label_column=label_column)
-    raise DataError(f"benchmark.source {source!r}: expected 'digits', 'synthetic', a local directory of CIFAR-100 "
-                    "files, or a hub dataset id such as 'uoft-cs/cifar100'; no such directory exists")
 
 
 def resolve_classes(classes: Sequence[int | str], class_names: Sequence[str]) -> tuple[int, ...]:

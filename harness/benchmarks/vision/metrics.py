@@ -26,7 +26,18 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from harness.errors import DataError
+from harness.core.errors import DataError
+from harness.results.contract import Metric
+
+#: The metrics of vision class deletion (SalUn's, fractions in [0, 1]), beside TOFU-style quality and utility.
+METRICS = (
+    Metric(("ua", "mia_efficacy"), "higher_is_better", "absolute", 0.02, range=(0.0, 1.0)),
+    Metric(("ra", "ta"), "higher_is_better", "absolute", 0.02, range=(0.0, 1.0)),
+    Metric("accuracy", "lower_is_better", "absolute", 0.02, split="test_forget", range=(0.0, 1.0)),
+    Metric("avg_gap", "lower_is_better", "absolute", 0.02, range=(0.0, 1.0)),
+    Metric("forget_quality", "higher_is_better", "absolute", 0.05, range=(0.0, 1.0)),
+    Metric("model_utility", "higher_is_better", "relative", 0.05, range=(0.0, 1.0)),
+)
 
 #: Per-image values of `ImageRows`, as they go to examples.parquet (`metric` column).
 ROW_METRICS = ("loss", "correct", "confidence", "entropy", "predicted")

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from harness.benchmarks.vision.synth import SyntheticCifarSpec
-from harness.specbase import BENCHMARK_OPTIONS, BenchmarkOptions
+from harness.config import BENCHMARK_OPTIONS, BenchmarkOptions
 
 
 @BENCHMARK_OPTIONS.register("vision")

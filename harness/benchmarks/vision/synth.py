@@ -18,8 +18,8 @@ from pydantic import Field
 from harness.benchmarks.synthetic_cache import ensure_cached
 from harness.benchmarks.synthetic_cache import synth_dir as _synth_dir
 from harness.benchmarks.vision.cifar import COARSE_LABELS, FINE_LABELS, IMAGE_SIDE, PICKLE_DIR, PICKLE_FILES
-from harness.results import atomic_write_bytes
-from harness.specbase import StrictModel
+from harness.config import StrictModel
+from harness.core.io import atomic_write_bytes
 
 #: Bump when the generator's output changes, so cached copies are regenerated.
 SYNTH_VERSION = 1

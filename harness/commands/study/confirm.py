@@ -17,9 +17,9 @@ import pandas as pd
 from harness.benchmarks.base import MatchedUtility
 from harness.commands.study.select import check_disjoint_seeds
 from harness.commands.study.spec import StudySpec
-from harness.seeds import bootstrap_interval, holm, paired_comparison
+from harness.commands.tune import apply_trial
+from harness.core.stats import bootstrap_interval, holm, paired_comparison
 from harness.spec import JobSpec, validate_spec
-from harness.tune import apply_trial
 
 #: Significance level of the verdict (after Holm's adjustment).
 ALPHA = 0.05
@@ -57,8 +57,9 @@ def confirm_job(study: StudySpec, job: JobSpec, selected: pd.DataFrame, out: Pat
 
 def run_confirmation(spec: JobSpec, resume: bool) -> Path:
     """Run the confirmation job (kept when an earlier attempt finished it; resumed when `resume`)."""
-    from harness.pipeline import log, run_job
-    from harness.run_dir import has_results
+    from harness.pipeline.context import log
+    from harness.pipeline.job import run_job
+    from harness.results.run_dir import has_results
 
     out = spec.out_dir()
     if resume and has_results(out):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from harness.commands.plan import describe_plan
 from harness.commands.study.space import baselines, method_space
 from harness.commands.study.spec import StudySpec
-from harness.memory import meta_model
-from harness.plan import describe_plan, plan_config
+from harness.pipeline.preflight import job_model_config as plan_config
 from harness.spec import JobSpec, MethodSpec
+from harness.train.memory import meta_model
 
 #: Dense bf16 peak of one H100 SXM (FLOP/s) and the share of it a LoRA step is assumed to reach.
 GPU_PEAK_FLOPS = 989e12
@@ -37,7 +38,7 @@ def describe_study(study: StudySpec, job: JobSpec) -> str:
     config = plan_config(job)
     model = meta_model(config)
     n_params = sum(p.numel() for p in model.parameters())
-    from harness.memory import model_shape
+    from harness.train.memory import model_shape
 
     per_example = model_shape(config, None, model).tokens_per_example
     n_search, n_confirm = study.trials * len(study.search_seeds), len(study.confirm_seeds)

@@ -23,9 +23,9 @@ from harness.commands.study.select import select_trials
 from harness.commands.study.space import baselines
 from harness.commands.study.spec import StudySpec
 from harness.commands.study.write import write_study
-from harness.errors import OutputError
-from harness.results import atomic_write_json, atomic_write_text, read_json_file
-from harness.signals import cleaning_up, signal_name
+from harness.core.errors import OutputError
+from harness.core.io import atomic_write_json, atomic_write_text, read_json_file
+from harness.core.signals import cleaning_up, signal_name
 from harness.spec import JobSpec, dump_spec
 
 STATUS = "status.json"
@@ -64,9 +64,11 @@ def study_status(out: Path) -> Iterator[None]:
 def run_study(study: StudySpec, job: JobSpec, out: Path, resume: bool = False) -> Path:
     """Run (or resume) the study and write study.md, study.parquet and plots/ under `out`; returns `out`."""
     from harness.benchmarks import load_benchmark
-    from harness.pipeline import log, resolve_device, score_model
-    from harness.reference import prepare_references
-    from harness.train.ray_run import ensure_ray
+    from harness.core.ray_env import ensure_ray
+    from harness.pipeline.context import job_device as resolve_device
+    from harness.pipeline.context import log
+    from harness.pipeline.score import score_model
+    from harness.train.reference import prepare_references
 
     out = out.expanduser().absolute()
     check_study_out(out, resume)
@@ -83,7 +85,7 @@ def run_study(study: StudySpec, job: JobSpec, out: Path, resume: bool = False) -
         device = resolve_device(job.resources.device)
         refs = prepare_references(job, bench, device)
         if refs.retain is None:
-            from harness.errors import SpecError
+            from harness.core.errors import SpecError
 
             raise SpecError("a study needs a retain reference model (reference.retain) for the forget score")
         log("study: scoring the target and retain models once for every trial")
@@ -126,7 +128,7 @@ def _yaml(study: StudySpec) -> str:
 
 def _track(study: StudySpec, job: JobSpec, out: Path, trials: pd.DataFrame, table: pd.DataFrame) -> None:
     """One MLflow parent run for the study, a nested run per trial (harness.tracking); a failure is a warning."""
-    from harness.pipeline import log
+    from harness.pipeline.context import log
     from harness.tracking import log_study, resolve_uri, warn_failed
 
     try:

@@ -11,9 +11,9 @@ import pandas as pd
 from harness.benchmarks.base import MatchedUtility
 from harness.commands.study.space import method_space
 from harness.commands.study.spec import StudySpec
-from harness.results import atomic_write_parquet, read_parquet_file
+from harness.commands.tune import SearchObjective, search, trial_context, trial_scores
+from harness.core.io import atomic_write_parquet, read_parquet_file
 from harness.spec import JobSpec, MethodSpec
-from harness.tune import SearchObjective, search, trial_context, trial_scores
 
 #: The trainer's in-training metric kept in each trial's row (the study does not stop trials early).
 PROXY = "loss_retain"
@@ -48,7 +48,7 @@ def search_method(study: StudySpec, job: JobSpec, method: MethodSpec, matched: M
                   refs: Any, retain_scores: Any, out: Path, resume: bool) -> pd.DataFrame:
     """The trials of one method (searched now, restored, or read back when an earlier attempt finished them):
     `trials.parquet` under `out/search/<method>/`, one row per trial."""
-    from harness.pipeline import log
+    from harness.pipeline.context import log
 
     method_out = out / "search" / method.name
     done = method_out / "trials.parquet"

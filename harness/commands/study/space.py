@@ -6,7 +6,7 @@ from typing import Any
 
 from harness.adapters.bounds import BOUNDS
 from harness.commands.study.spec import LEARNING_RATE, StudySpace
-from harness.errors import SpecError
+from harness.core.errors import SpecError
 from harness.spec import MethodSpec
 
 

@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from harness.commands.tune import check_params
 from harness.config import StrictModel, load_yaml, validate_config
-from harness.errors import SpecError
+from harness.core.errors import SpecError
 from harness.spec import JobSpec, read_spec_data, validate_spec
-from harness.tune import check_params
 
 #: What every method searches besides its bound's and objective's own parameters.
 LEARNING_RATE: dict[str, dict[str, Any]] = {"train.lr": {"loguniform": [1e-4, 3e-2]}}

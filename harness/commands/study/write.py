@@ -12,8 +12,8 @@ from harness.benchmarks.base import MatchedUtility
 from harness.commands.study.confirm import ALPHA
 from harness.commands.study.select import check_equal_budgets, utility_budget
 from harness.commands.study.spec import StudySpec
-from harness.report import format_stat, plt, save_figure, to_markdown
-from harness.results import atomic_write_parquet, atomic_write_text
+from harness.core.io import atomic_write_parquet, atomic_write_text
+from harness.report.tables import format_stat, plt, save_figure, to_markdown
 
 
 def _fmt(x: float) -> str:

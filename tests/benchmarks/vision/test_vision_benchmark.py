@@ -15,10 +15,11 @@ from harness.benchmarks.vision.benchmark import Vision
 from harness.benchmarks.vision.metrics import image_rows, svc_mia_efficacy
 from harness.benchmarks.vision.options import VisionOptions
 from harness.cli import main
-from harness.errors import SpecError
-from harness.eval.backend import Backend, ClassifyRequest, GenRequest, LoglikRequest
+from harness.config import EvalSpec
+from harness.core.errors import SpecError
+from harness.data.requests import Backend, ClassifyRequest, GenRequest, LoglikRequest
 from harness.objectives import make_objective
-from harness.spec import EvalSpec, objective_spec, validate_spec
+from harness.spec import objective_spec, validate_spec
 
 SPEC = VisionOptions(source="digits", deleted_classes=[0, 7], max_train_per_class=12, max_test_per_class=6)
 METHODS = [{"name": "gd_sine"}]

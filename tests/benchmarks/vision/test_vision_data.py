@@ -16,13 +16,13 @@ from harness.benchmarks.vision.data import (
     ImageSplit,
     class_deletion_splits,
     digits_dataset,
-    load_image_dataset,
     resolve_classes,
     subsample_per_class,
 )
+from harness.benchmarks.vision.sources import load_image_dataset
 from harness.benchmarks.vision.synth import SyntheticCifarSpec, ensure_synthetic, generate_cifar100, write_cifar100
-from harness.cli_data import synth_command
-from harness.errors import DataError
+from harness.commands.data import synth_command
+from harness.core.errors import DataError
 
 NAMES = ("apple", "bear", "castle")
 

@@ -21,7 +21,7 @@ from harness.benchmarks.vision.metrics import (
     salun_metrics,
     svc_mia_efficacy,
 )
-from harness.errors import DataError
+from harness.core.errors import DataError
 
 LOGITS = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [1.0, 1.0, 1.0], [-2.0, 4.0, 0.0], [0.0, 0.0, 5.0]])
 LABELS = np.array([0, 2, 1, 0, 1])

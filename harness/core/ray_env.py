@@ -1,0 +1,59 @@
+"""Ray start-up and shut-down for the driver, in one place: one local instance (or a cluster) per process."""
+
+from __future__ import annotations
+
+import os
+
+from harness.core.console import quiet_libraries
+from harness.core.signals import handle_sigterm
+
+_local_instance = False
+
+
+#: How often Ray Train's controller polls its workers (Ray's default is 2 s). Every `ray.train.report`
+#: waits for that poll, and so does the worker group's start, so a short interval cuts both.
+HEALTH_CHECK_INTERVAL_S = "0.2"
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to `address` (or RAY_ADDRESS), or start a local Ray instance, once per process; `num_cpus` sets
+    the local instance's logical CPUs (default: the machine's), e.g. more, to overlap trainers' start-ups."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
+    if ray.is_initialized():
+        return
+    global _local_instance
+    quiet_libraries()  # Ray's token notice at init (unless verbose)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        _local_instance = True
+        # Worker logs stay in Ray's session logs; failures come back with their traceback in the result.
+        # The dashboard serves the State API, which Ray Train's PlacementGroupCleaner polls: without it, a
+        # trainer whose controller is killed (a Tune trial stopped by ASHA) leaks its workers' placement
+        # group and the next trainer waits for those CPUs forever.
+        # Each worker process hides the library noise the driver hides (harness.core.console) before it runs a task.
+        ray.init(include_dashboard=True, log_to_driver=False, configure_logging=False, num_cpus=num_cpus,
+                 runtime_env={"worker_process_setup_hook": "harness.core.console.quiet_libraries"})
+    handle_sigterm()  # ray.init replaced it with Ray's own (exit at once, no clean-up)
+
+
+def stop_ray() -> None:
+    """Disconnect from Ray (a local instance started here stops, with every worker; a cluster's drops the
+    actors this driver owns). Nothing when Ray was never started."""
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    global _local_instance
+    _local_instance = False
+
+
+def started_locally() -> bool:
+    """Whether `ensure_ray` started a local Ray instance (rather than joining a cluster)."""
+    return _local_instance

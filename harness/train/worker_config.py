@@ -1,0 +1,46 @@
+"""What the driver sends the Ray Train workers: every (method, seed) run, each dataset once, the run settings.
+
+Typed dataclasses, not dicts, across Ray: `ray_run` builds a `WorkerConfig`, `loop.train_loop_per_worker` reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.spec import MethodSpec
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One (method, seed) run as the workers see it: its datasets by content key and its DeepSpeed config."""
+
+    key: str
+    method: dict[str, Any]  # the resolved MethodSpec as JSON data (validated again in the worker)
+    seed: int
+    target: str  # the directory (or hub id) the target model and processor load from
+    forget: str
+    retain: str | None
+    prepare_forget: str | None  # the forget set with the benchmark's own targets, for the objective's prepare
+    deepspeed: dict[str, Any]
+
+    def method_spec(self) -> MethodSpec:
+        """The run's method, validated."""
+        return MethodSpec.model_validate(self.method)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Every run of one Ray Train run and what they share."""
+
+    runs: list[PlannedRun]
+    data: dict[str, list[Any]]
+    modality: str
+    use_gpu: bool
+    threads: int
+    #: test hook: `{"rank", "run", "step", "marker"}` makes that worker SIGKILL itself once
+    fault: dict[str, Any] | None = None
+    #: run key -> checkpoint directory of an earlier, interrupted attempt to continue from
+    resume_from: dict[str, str] = field(default_factory=dict)
+    #: the driver's progress actor (None: no progress bars)
+    progress: Any = None
