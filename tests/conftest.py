@@ -35,9 +35,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Under pytest-xdist (`make test`: `-n 2 --dist loadscope --no-loadscope-reorder`) each test module is one
     unit of work, so its module-scoped fixtures (a trained run, a Ray instance) are built once, on one worker,
     and the units are handed out in collection order: the end-to-end modules, the longest units, go first so
-    that no long unit starts when the rest is done."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        items.sort(key=lambda item: item.get_closest_marker("e2e") is None)  # stable: file order otherwise
+    that no long unit starts when the rest is done. The first module that reads the shared demo run (the
+    `demo` fixture of tests/e2e/conftest.py, the longest fixture) goes first of all and the other readers
+    after the other end-to-end modules, so the second worker has work of its own while the first trains
+    the demo, instead of waiting for it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    demo_modules = list(dict.fromkeys(item.module.__name__ for item in items
+                                      if item.get_closest_marker("e2e") and "demo" in item.fixturenames))
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("e2e") is None:
+            return 3
+        if item.module.__name__ not in demo_modules:
+            return 1
+        return 0 if item.module.__name__ == demo_modules[0] else 2
+
+    items.sort(key=rank)  # stable: file order otherwise
 
 
 @pytest.fixture

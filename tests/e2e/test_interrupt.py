@@ -214,21 +214,25 @@ def _table(out: Path) -> list[str]:
 def test_a_job_stopped_after_a_training_resumes_and_ends_as_an_uninterrupted_one(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    assert main(["run", str(_job(tmp_path, whole, RESUME_SLOW, RESUME_QUICK))]) == 0
     ray_tmp = Path(tempfile.mkdtemp(prefix="hint-resume-", dir="/tmp"))
+    job = _job(tmp_path, stopped, RESUME_SLOW, RESUME_QUICK)
+
+    def slow_checkpointed() -> bool:
+        """A checkpoint of `slow` that Ray Train registered (resume trusts only those: pipeline.resume)."""
+        for staging in tmp_path.glob(".stopped.staging-*"):
+            states = [state for _, state in resume_states(staging)]
+            if any(state.get("key") == "slow/seed0" for state in states):
+                return True
+        return False
+
+    # The job stopped by SIGTERM (its own process and Ray instance) runs while the uninterrupted one runs here:
+    # their start-ups and waits overlap.
     try:
-        job = _job(tmp_path, stopped, RESUME_SLOW, RESUME_QUICK)
-
-        def slow_checkpointed() -> bool:
-            """A checkpoint of `slow` that Ray Train registered (resume trusts only those: pipeline.resume)."""
-            for staging in tmp_path.glob(".stopped.staging-*"):
-                states = [state for _, state in resume_states(staging)]
-                if any(state.get("key") == "slow/seed0" for state in states):
-                    return True
-            return False
-
-        code, err, _ = _interrupt_at(tmp_path, job, ray_tmp, "trained quick/seed0", False, signal.SIGTERM,
-                                     when=slow_checkpointed)
+        with ThreadPoolExecutor(1) as pool:
+            interrupted = pool.submit(_interrupt_at, tmp_path, job, ray_tmp, "trained quick/seed0", False,
+                                      signal.SIGTERM, when=slow_checkpointed)
+            assert main(["run", str(_job(tmp_path, whole, RESUME_SLOW, RESUME_QUICK))]) == 0
+            code, err, _ = interrupted.result()
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert code == 143 and read_status(stopped)["state"] == "interrupted", err

@@ -64,14 +64,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def tracked(server: str, demo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A 5-step demo run (the demo's cached references) logged to the server, with its console output."""
+    """A 5-step demo run (the demo's cached references, short generations) logged to the server, with its
+    console output."""
     tmp = tmp_path_factory.mktemp("tracked")
     out = tmp / "run"
     log = tmp / "console.txt"
     args = ["run", str(ROOT / "jobs/quickstart.yaml"), "--out", str(out),
             "--set", f"reference.cache_dir={demo / 'cache'}", "--set", f"benchmark.data_dir={demo / 'data'}",
             "--set", "seeds=[0, 1]", "--set", "train.max_steps=5", "--set", "train.report_every=1",
-            "--set", f"tracking.mlflow_uri={server}"]
+            "--set", "eval.max_new_tokens=8", "--set", f"tracking.mlflow_uri={server}"]
     # A separate process, as a user runs it: its console is exactly what they would see.
     done = subprocess.run([str(Path(sys.executable).with_name("harness")), *args], capture_output=True, text=True,
                           timeout=900)

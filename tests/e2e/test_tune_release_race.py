@@ -18,7 +18,9 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-TRIALS = 6
+#: Without the release the first boundary already hangs (issue 24: trial 1 was never placed, both tries): three
+#: trials check two boundaries and the end of the search.
+TRIALS = 3
 
 
 def _reporting_loop(config: dict) -> None:

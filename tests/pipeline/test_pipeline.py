@@ -15,6 +15,10 @@ from harness.pipeline.job import run_job
 from harness.results.contract import EXAMPLE_COLUMNS, GENERATION_COLUMNS, METRIC_COLUMNS, TRAIN_LOG_COLUMNS
 from harness.spec import load_spec, validate_spec
 
+#: A whole job through Ray Train and scoring (about 45 s): end to end, so `make test` runs it and the quick
+#: `make test-fast` loop does not.
+pytestmark = pytest.mark.e2e
+
 
 def small_spec(tmp: Path, **methods_lr: float) -> dict:
     """A job that runs in seconds: 10 authors, short reference training, few steps, short generations."""
@@ -155,6 +159,7 @@ def test_second_run_reuses_cached_reference_models(finished_run: tuple[Path, obj
     data = small_spec(tmp, gd_sine=("sine", 1e-3))
     data["out"] = str(tmp / "out2")
     data["train"]["max_steps"] = 1
+    data["seeds"] = [0]  # the references are the same for any seeds: one training and one scoring suffice
     run_job(validate_spec(data), progress=False)
     env = json.loads((tmp / "out2" / "env.json").read_text())
     first = json.loads((tmp / "out" / "env.json").read_text())

@@ -71,11 +71,13 @@ def _spec_data(tmp: Path) -> dict:
 
 
 def _methods(table: list, zero: int) -> list[MethodSpec]:
+    """The methods of `table` at ZeRO stage `zero`. Only the runs that get killed checkpoint during training
+    (every 2 steps) and report every step; the others save their one checkpoint at the end, as every run does."""
     base = {"max_steps": STEPS, "epochs": 50, "batch_size": 4, "lr": 1e-2, "scheduler": "constant",
-            "checkpoint_every": 2, "report_every": 100, "zero_stage": zero}
+            "report_every": 100, "zero_stage": zero}
+    killed = {"checkpoint_every": 2, "report_every": 1}
     return [MethodSpec.model_validate({"name": name, "objective": objective, "adapter": {"rank": 4, **adapter},
-                                       "train": {**base, **train, **({"report_every": 1} if name in KILLED.values()
-                                                                     else {})}})
+                                       "train": {**base, **train, **(killed if name in KILLED.values() else {})}})
             for name, objective, adapter, train in table]
 
 

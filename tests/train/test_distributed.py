@@ -11,7 +11,7 @@ from harness.benchmarks import load_benchmark
 from harness.models.text import build_builtin, save_model
 from harness.models.tokenizer import get_or_train_tokenizer
 from harness.objectives import make_objective
-from harness.spec import objective_spec, validate_spec
+from harness.spec import JobSpec, MethodSpec, objective_spec, validate_spec
 from harness.train.finetune import finetune
 from harness.train.ray_run import TrainRequest, TrainRun, run_unlearning, run_unlearning_many
 
@@ -55,34 +55,42 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"tmp": tmp, "data": data, "target": str(target), "method": method, "pairs": pairs}
 
 
-def _run(setup: dict, name: str, workers: int, zero: int, fault: dict | None = None,
-         checkpoint_every: int | None = None) -> TrainRun:
-    data = {**setup["data"], "resources": {**setup["data"]["resources"], "num_workers": workers}}
-    spec = validate_spec(data)
+def _method(setup: dict, zero: int, checkpoint_every: int | None = None, name: str | None = None) -> MethodSpec:
     train = {"zero_stage": zero, "checkpoint_every": checkpoint_every}
-    method = setup["method"].model_copy(update={"train": setup["method"].train.model_copy(update=train)})
-    out = setup["tmp"] / name
-    return run_unlearning(method, spec, setup["target"], *setup["pairs"], out, fault=fault)
+    update = {"train": setup["method"].train.model_copy(update=train), **({"name": name} if name else {})}
+    return setup["method"].model_copy(update=update)
+
+
+def _spec(setup: dict, workers: int) -> JobSpec:
+    return validate_spec({**setup["data"], "resources": {**setup["data"]["resources"], "num_workers": workers}})
+
+
+def _run(setup: dict, name: str, workers: int, zero: int) -> TrainRun:
+    return run_unlearning(_method(setup, zero), _spec(setup, workers), setup["target"], *setup["pairs"],
+                          setup["tmp"] / name)
 
 
 @pytest.fixture(scope="module")
 def runs(setup: dict) -> dict[str, TrainRun]:
+    """w1 and w2 alone (one trainer each); the run whose rank 1 is killed (checkpoints every 2 steps), ZeRO-2 and
+    ZeRO-3 one after another in one worker group of 2: one trainer start-up instead of three. Their method names
+    differ only to key the runs (the name does not enter the training; `many` below checks that the runs of one
+    group do not leak state into each other)."""
     marker = setup["tmp"] / "killed.pid"
-    return {
-        "w1": _run(setup, "w1", 1, 0),
-        "w2": _run(setup, "w2", 2, 0),
-        "z2": _run(setup, "z2", 2, 2),
-        "z3": _run(setup, "z3", 2, 3),
-        "killed": _run(setup, "killed", 2, 0, fault={"rank": 1, "step": 4, "marker": str(marker)},
-                       checkpoint_every=2),
-        "marker": marker,
-    }
+    grouped = [("killed", _method(setup, 0, checkpoint_every=2, name="gd_sine_killed")),
+               ("z2", _method(setup, 2, name="gd_sine_z2")), ("z3", _method(setup, 3, name="gd_sine_z3"))]
+    requests = [TrainRequest(method, 0, *setup["pairs"], target=setup["target"]) for _, method in grouped]
+    group = run_unlearning_many(requests, _spec(setup, 2), setup["tmp"] / "group", progress=False,
+                                fault={"rank": 1, "run": 0, "step": 4, "marker": str(marker)})
+    return {"w1": _run(setup, "w1", 1, 0), "w2": _run(setup, "w2", 2, 0),
+            **{label: group[request.key] for (label, _), request in zip(grouped, requests, strict=True)},
+            "marker": marker}
 
 
 @pytest.fixture(scope="module")
 def many(setup: dict) -> dict:
     """Three runs in one worker group (2 workers); rank 1 dies in the second run, after its checkpoint."""
-    spec = validate_spec({**setup["data"], "resources": {**setup["data"]["resources"], "num_workers": 2}})
+    spec = _spec(setup, 2)
     base = setup["method"]
     ckpt = base.model_copy(update={"train": base.train.model_copy(update={"checkpoint_every": 2})})
     lora = ckpt.model_copy(update={"name": "gd_lora", "adapter": base.adapter.model_copy(update={"bound": "none"})})
