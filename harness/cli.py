@@ -87,6 +87,22 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from harness.commands.study.spec import load_study, study_out
+
+    study, job = load_study(args.spec, args.set, args.space)
+    if args.dry_run:
+        from harness.commands.study.plan import describe_study
+
+        print(describe_study(study, job))
+        return 0
+    from harness.commands.study.run import run_study
+
+    out = run_study(study, job, study_out(study, args.out), resume=args.resume)
+    print(f"study results: {out} (study.md, study.parquet, plots/, confirm/)")
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -220,6 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec field")
     tune.add_argument("--resume", action="store_true", help="resume an interrupted search in --out")
     tune.set_defaults(func=_tune)
+
+    study = command("study", help="every method of a job searched with the same budget, selected at matched "
+                    "utility, confirmed on fresh seeds")
+    study.add_argument("spec", help="study spec (YAML, e.g. jobs/study_quickstart.yaml) or a job spec")
+    study.add_argument("--space", help="search-space overrides (YAML: params, methods.<name>); default spaces come "
+                       "with every bound and objective")
+    study.add_argument("--out", help="output directory (default: the study's `out`, results/study-<name>)")
+    study.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override a field of the job spec (repeatable)")
+    study.add_argument("--dry-run", action="store_true", help="print the plan (trainings, GPU-hours, memory) offline")
+    study.add_argument("--resume", action="store_true", help="continue an interrupted study in --out: finished "
+                       "trials, searches and confirmation trainings are kept")
+    study.set_defaults(func=_study)
 
     sweep = command("sweep", help="a grid (or random) sweep over spec fields: every configuration x seed")
     sweep.add_argument("spec", help="job spec (YAML)")

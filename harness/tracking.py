@@ -226,6 +226,31 @@ def log_nightly(tracking: TrackingSpec, out: Path, suite: str, run_id: str, base
                            artifacts)
 
 
+def log_study(tracking: TrackingSpec, out: Path, study: str, settings: Mapping[str, Any], trials: pd.DataFrame,
+              table: pd.DataFrame) -> list[str]:
+    """Log a finished `harness study`: one parent run (the study's settings; per method the confirmed forget score,
+    utility and difference to its baseline; study.md and study.parquet attached) and one nested run per trial (its
+    settings and scores). Returns the parent's id, then the trials'."""
+    tracker = Tracker(resolve_uri(tracking, out), tracking.experiment or f"study-{study}")
+    entries = [(mlflow_key(f"{row['method']}/{key}"), float(row[key]), 0) for _, row in table.iterrows()
+               for key in ("forget_mean", "utility_mean", "diff", "p_holm") if key in row and _finite(row[key])]
+    artifacts = [out / name for name in ("study.md", "study.parquet") if (out / name).is_file()]
+    parent = tracker.log_run(f"study-{study}", {"harness.kind": "study", "harness.study": study,
+                                                "harness.out_dir": str(out.resolve())},
+                             flatten(settings), entries, artifacts)
+    ids = [parent]
+    for _, row in trials.iterrows():
+        params = {c.removeprefix("config/"): str(row[c]) for c in trials.columns
+                  if c.startswith("config/") and not pd.isna(row[c])}
+        scores = [(k, float(row[k]), 0) for k in ("forget_score", "utility") if _finite(row[k])]
+        tags = {"mlflow.parentRunId": parent, "harness.kind": "trial", "harness.study": study,
+                "harness.method": str(row["method"]), "harness.trial": str(row["trial_id"]),
+                "harness.selected": str(bool(row.get("selected", False))),
+                "harness.diverged": str(bool(row["diverged"]))}
+        ids.append(tracker.log_run(f"{row['method']}/{row['trial_id']}", tags, params, scores))
+    return ids
+
+
 def tune_callback(spec: JobSpec, out: Path, method: str) -> Any:
     """Ray's `MLflowLoggerCallback` for `harness tune` (one MLflow run per trial, its config as params and
     every report as metrics), or None when tracking is off. The experiment is created here first so the

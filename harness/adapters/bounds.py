@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -27,6 +28,10 @@ class Bound:
 
     #: True when `delta W = scale * M` (no bound): the layer keeps the cheap low-rank path.
     low_rank: bool = False
+
+    #: The bound's own settings that `harness study` searches by default (dotted paths inside a method,
+    #: distributions as in tune_spaces/); plain LoRA has none beyond the learning rate.
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @staticmethod
     def norm(d_in: int) -> float:
@@ -53,6 +58,8 @@ class Bound:
 class SineBound(Bound):
     """`delta W = s * sin(omega M) / sqrt(d_in)` (Sine-LoRA, arXiv 2403.19243; Stable Forgetting, 2509.24166)."""
 
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {"adapter.omega": {"loguniform": [1.0, 1000.0]}}
+
     @staticmethod
     def norm(d_in: int) -> float:
         return math.sqrt(d_in)
@@ -77,6 +84,8 @@ class SineBound(Bound):
 class TanhBound(Bound):
     """`delta W = s * tanh(omega M) / sqrt(d_in)`."""
 
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {"adapter.omega": {"loguniform": [1.0, 1000.0]}}
+
     @staticmethod
     def norm(d_in: int) -> float:
         return math.sqrt(d_in)
@@ -100,6 +109,8 @@ class TanhBound(Bound):
 @dataclass(frozen=True)
 class ClipBound(Bound):
     """`delta W = s * clamp(M, -c, c)` (weight clipping)."""
+
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {"adapter.clip_value": {"loguniform": [0.001, 0.1]}}
 
     def delta(self, m: torch.Tensor) -> torch.Tensor:
         return self.scale * m.clamp(-self.clip_value, self.clip_value)

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -27,6 +27,48 @@ def mean_metric_row(split: str, metric: str, values: np.ndarray, n_resamples: in
     if n_resamples > 0:
         row["ci_low"], row["ci_high"] = bootstrap_ci(values, n_resamples, seed)
     return row
+
+
+#: A metric of a scored model: (split, metric), as in metrics.parquet.
+MetricKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class MatchedUtility:
+    """How `harness study` compares methods on a benchmark, declared once per benchmark: a trial is inside the
+    budget when its `utility` (higher is better) is at least (1 - delta) x the target model's; among those the
+    best forget score wins. The forget score is the mean of the `forget` metrics (`goal` max or min), or with goal
+    `retain` the mean absolute gap of the `forget` metrics to the retain (retrain) model's: closest wins."""
+
+    utility: MetricKey
+    forget: tuple[MetricKey, ...]
+    goal: Literal["max", "min", "retain"]
+    #: (low, high) of the forget score and of the utility, for intervals and plots.
+    forget_range: tuple[float, float] = (0.0, 1.0)
+    utility_range: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def mode(self) -> Literal["max", "min"]:
+        """Whether a larger forget score is better."""
+        return "max" if self.goal == "max" else "min"
+
+    @property
+    def forget_label(self) -> str:
+        """The forget score in words, for tables and plots."""
+        names = " + ".join(f"{split} {metric}" for split, metric in self.forget)
+        return f"gap to retain ({names})" if self.goal == "retain" else names
+
+    @property
+    def utility_label(self) -> str:
+        """The utility in words."""
+        return f"{self.utility[0]} {self.utility[1]}"
+
+    def forget_score(self, values: dict[MetricKey, float], retain: dict[MetricKey, float]) -> float:
+        """The forget score of one model from its metric values (and the retain model's, for goal `retain`)."""
+        parts = [float(values.get(key, np.nan)) for key in self.forget]
+        if self.goal == "retain":
+            parts = [abs(v - float(retain.get(key, np.nan))) for v, key in zip(parts, self.forget, strict=True)]
+        return float(np.mean(parts))
 
 
 @dataclass
@@ -63,6 +105,11 @@ class Benchmark(ABC):
     @abstractmethod
     def summary_columns_for(cls, options: Any) -> list[Column]:
         """Columns of the summary table, in order, for these options (no data needed: reports use it)."""
+
+    @classmethod
+    def matched_utility_for(cls, options: Any) -> MatchedUtility:
+        """The benchmark's utility constraint and forget score for `harness study` (see MatchedUtility)."""
+        raise NotImplementedError(f"benchmark {cls.name} declares no utility constraint and forget score")
 
     @property
     def summary_columns(self) -> list[Column]:

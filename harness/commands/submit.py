@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from harness.config import load_yaml
 from harness.core.errors import HarnessError
 from harness.spec import load_spec
 
@@ -179,12 +180,13 @@ def project_root(start: Path | None = None) -> Path:
 
 
 def build_entrypoint(spec_rel: str, overrides: Sequence[str] = (), out: str | None = None,
-                     overwrite: bool = False) -> str:
-    """The shell command the job runs on the cluster (in the uploaded project directory)."""
-    argv = ["python", "-m", "harness.cli", "run", spec_rel]
+                     overwrite: bool = False, command: str = "run") -> str:
+    """The shell command the job runs on the cluster (in the uploaded project directory): `harness run`, or
+    `harness study` for a study spec (its trials then run as Ray Train worker groups on the cluster)."""
+    argv = ["python", "-m", "harness.cli", command, spec_rel]
     if out:
         argv += ["--out", out]
-    if overwrite:
+    if overwrite and command == "run":
         argv.append("--overwrite")
     for o in overrides:
         argv += ["--set", o]
@@ -204,14 +206,23 @@ def build_runtime_env(root: Path) -> dict[str, Any]:
 def submit_job(spec_path: str | Path, address: str | None, overrides: Sequence[str] = (), wait: bool = False,
                out: str | None = None, stream: TextIO | None = None, poll_s: float = 2.0,
                overwrite: bool = False) -> str:
-    """Validate a job spec here, submit `harness run SPEC [--set ...]` to the cluster, return the job id.
+    """Validate a job spec here, submit `harness run SPEC [--set ...]` to the cluster, return the job id (a study
+    spec, one naming its `job`, is submitted as `harness study SPEC`).
 
     `out` is the results directory on the cluster (`harness run --out`); a relative one lands in the
     job's temporary working directory there. With `wait`, follow the logs until the job ends.
     """
 
     stream = stream or sys.stdout
-    spec = load_spec(spec_path, list(overrides))  # bad specs fail here, before anything is uploaded
+    command = "study" if "job" in load_yaml(spec_path, "job spec") else "run"  # a study spec names its `job`
+    if command == "study":
+        from harness.commands.study.spec import load_study, study_out
+
+        study, spec = load_study(spec_path, list(overrides))  # bad specs fail here, before anything is uploaded
+        default_out = str(study_out(study))
+    else:
+        spec = load_spec(spec_path, list(overrides))  # bad specs fail here, before anything is uploaded
+        default_out = spec.out.format(name=spec.name)
     root = project_root(Path(spec_path).resolve().parent)
     resolved = Path(spec_path).resolve()
     try:
@@ -219,11 +230,11 @@ def submit_job(spec_path: str | Path, address: str | None, overrides: Sequence[s
     except ValueError:
         raise SubmitError(f"job spec {spec_path} is outside the project directory {root} that is uploaded; "
                           "copy it under jobs/") from None
-    results = out or spec.out.format(name=spec.name)
+    results = out or default_out
     if not os.path.isabs(os.path.expanduser(results)):
         print(f"note: results go to {results!r} relative to the job's temporary working directory on the "
               "cluster; pass --out with a shared or absolute path to keep them", file=stream)
-    entrypoint = build_entrypoint(spec_rel, overrides, out, overwrite)
+    entrypoint = build_entrypoint(spec_rel, overrides, out, overwrite, command)
     job_id = f"harness-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     # A job that scores on `cuda` needs its driver on a GPU node (a head node often has none).
     gpus = 1 if spec.resources.device == "cuda" else None

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -31,10 +32,10 @@ from harness.pipeline.context import job_device, log
 from harness.pipeline.score import score_model
 from harness.report.tables import pareto_front, plt, save_figure, to_markdown
 from harness.scoring.load import load_with_adapter
-from harness.spec import JobSpec, dump_spec, validate_spec
+from harness.spec import JobSpec, MethodSpec, dump_spec, validate_spec
 from harness.tracking import tune_callback
 from harness.train.placement import guarded_trainer, release_orphans, release_trainers, worker_of_actor
-from harness.train.ray_run import run_unlearning
+from harness.train.ray_run import TrainRequest, run_unlearning_many
 from harness.train.reference import prepare_references
 
 
@@ -72,13 +73,18 @@ class TuneSpace(StrictModel):
         names = [o.metric for o in self.objectives]
         if len(set(names)) != len(names):
             raise ValueError("objectives must name different metrics")
-        for path, dist in self.params.items():
-            if len(dist) != 1 or next(iter(dist)) not in _DISTRIBUTIONS:
-                raise ValueError(f"params.{path}: give exactly one of {', '.join(_DISTRIBUTIONS)}")
+        check_params(self.params, "params")
         return self
 
 
-_DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+
+
+def check_params(params: dict[str, dict[str, Any]], where: str) -> None:
+    """ValueError naming `where.<path>` unless every distribution is exactly one of DISTRIBUTIONS."""
+    for path, dist in params.items():
+        if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
+            raise ValueError(f"{where}.{path}: give exactly one of {', '.join(DISTRIBUTIONS)}")
 
 
 def load_space(path: str | Path) -> TuneSpace:
@@ -86,7 +92,8 @@ def load_space(path: str | Path) -> TuneSpace:
     return load_config(TuneSpace, path, "search space")
 
 
-def _domain(dist: dict[str, Any]) -> Any:
+def domain(dist: dict[str, Any]) -> Any:
+    """The Ray Tune search domain of one distribution (`{loguniform: [lo, hi]}`, ...)."""
     from ray import tune
 
     kind, args = next(iter(dist.items()))
@@ -105,35 +112,58 @@ def apply_trial(base: JobSpec, method_name: str, config: dict[str, Any]) -> JobS
     return validate_spec(data, f"(trial {config})")
 
 
-def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
-    """One Tune trial: train on Ray Train (reports forwarded to Tune), then score and report objectives. The
-    trainer is released (placement group confirmed REMOVED) before scoring, and fails the trial when its
-    workers' group waits longer than the space's `trainer_pending_timeout_s` for resources it can never get."""
+def trial_scores(config: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """Train one trial's settings (inside a Tune trial) and score it: the trial's final report before its
+    objectives. Every seed of `context["seeds"]` (default: the job's first) trains in ONE Ray Train worker group
+    (Tune sees its reports, so ASHA can stop it); each finished run is scored, and the report holds `diverged`
+    (1 when every seed diverged), `steps`, the proxy's last value, and the mean over the scored seeds of every
+    metric as `split.metric` (the trial's own, and the retain model's as `retain:split.metric`). The trainer is
+    released (placement group confirmed REMOVED) before scoring, and fails the trial when its workers' group waits
+    longer than `pending_timeout_s` for resources it can never get."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     spec = apply_trial(validate_spec(context["spec"]), context["method"], config)
     method = spec.methods[0]
+    seeds = context.get("seeds") or spec.seeds[:1]
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
+    requests = [TrainRequest(method, seed, context["forget"], context["retain"], context["target"],
+                             context["forget_original"]) for seed in seeds]
     with guarded_trainer(context["pending_timeout_s"]):
-        run = run_unlearning(method, spec, context["target"], context["forget"], context["retain"],
-                             trial_dir, seed=spec.seeds[0], callbacks=[TuneReportCallback()],
-                             modality=context["modality"], forget_original=context["forget_original"])
-    final: dict[str, Any] = {"diverged": float(run.diverged), "steps": run.steps}
+        runs = list(run_unlearning_many(requests, spec, trial_dir, modality=context["modality"],
+                                        callbacks=[TuneReportCallback()], name=method.name, progress=False).values())
+    final: dict[str, Any] = {"diverged": float(all(r.diverged for r in runs)), "steps": max(r.steps for r in runs)}
     proxy = context["proxy"]
-    if run.log and proxy in run.log[-1]:  # the proxy's last value stays in the trial's final row
-        final[proxy] = float(run.log[-1][proxy])
-    if run.diverged:
-        final.update({o["metric"]: (0.0 if o["mode"] == "max" else float("inf")) for o in context["objectives"]})
-        ray.tune.report(final)
-        return
+    last = [r.log[-1][proxy] for r in runs if r.log and proxy in r.log[-1]]
+    if last:  # the proxy's last value stays in the trial's final row
+        final[proxy] = float(sum(last) / len(last))
+    scored = [r for r in runs if not r.diverged]
+    if not scored:
+        return final
     bench = load_benchmark(spec.benchmark)
-    model, processor = load_with_adapter(context["target"], run.adapter_dir, modality=bench.modality)
-    scores = score_model(bench, model.eval(), processor, spec, torch.device("cpu"))
-    rows = bench.aggregate({"trial": scores, "retain": context["retain_scores"]}, spec.eval)
-    values = {(r["split"], r["metric"]): r["value"] for r in rows if r["method"] == "trial"}
+    per_seed: list[dict[str, float]] = []
+    for run in scored:
+        model, processor = load_with_adapter(context["target"], run.adapter_dir, modality=bench.modality)
+        scores = score_model(bench, model.eval(), processor, spec, torch.device("cpu"))
+        rows = bench.aggregate({"trial": scores, "retain": context["retain_scores"]}, spec.eval)
+        per_seed.append({(f"{r['split']}.{r['metric']}" if r["method"] == "trial"
+                          else f"retain:{r['split']}.{r['metric']}"): float(r["value"]) for r in rows})
+    for key in per_seed[0]:
+        final[key] = float(np.nanmean([v.get(key, np.nan) for v in per_seed]))
+    return final
+
+
+def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """One `harness tune` trial: train and score (`trial_scores`), then report the space's objectives."""
+    import ray.tune
+
+    scores = trial_scores(config, context)
+    final = {k: scores[k] for k in ("diverged", "steps", context["proxy"]) if k in scores}
     for o in context["objectives"]:
-        final[o["metric"]] = float(values.get((o["split"], o["metric"]), float("nan")))
+        if scores["diverged"]:
+            final[o["metric"]] = 0.0 if o["mode"] == "max" else float("inf")
+        else:
+            final[o["metric"]] = float(scores.get(f"{o['split']}.{o['metric']}", float("nan")))
     ray.tune.report(final)
 
 
@@ -274,9 +304,7 @@ def _plot_pareto(frame: pd.DataFrame, front: pd.DataFrame, objectives: list[Sear
 
 def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = None, resume: bool = False) -> Path:
     """Run the search (or resume it) and write trials, the Pareto front and the best job specs under `out`."""
-    from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     method_name = space.method or spec.methods[0].name
     base = next((m for m in spec.methods if m.name == method_name), None)
@@ -291,55 +319,74 @@ def run_tune(spec: JobSpec, space: TuneSpace, out: Path, trials: int | None = No
         raise SpecError("tuning needs a retain reference model (reference.retain) to compute forget quality")
     log("scoring the retain model once for all trials")
     retain_scores = score_model(bench, refs.retain, refs.processor, spec, device)
-    objective = make_objective(base.objective)
-    context = {
-        "spec": spec.model_dump(mode="json"), "method": method_name, "target": refs.target_source,
-        "modality": bench.modality,
-        "forget": bench.forget_examples(refs.processor, objective, spec.seeds[0]),
-        "forget_original": (bench.forget_examples(refs.processor, original_targets(), spec.seeds[0])
+    context = {**trial_context(spec, base, bench, refs, retain_scores, space.proxy.metric,
+                               space.trainer_pending_timeout_s),
+               "objectives": [o.model_dump() for o in space.objectives]}
+    ensure_ray(spec.resources.address)
+    n_trials = trials or space.num_samples
+    mlflow_callback = tune_callback(spec, out, method_name)  # one MLflow run per trial
+    scheduler = (ASHAScheduler(metric=space.proxy.metric, mode=space.proxy.mode, max_t=space.asha.max_t,
+                               grace_period=space.asha.grace_period,
+                               reduction_factor=space.asha.reduction_factor) if space.asha else None)
+    frame = search(_trial, context, space.params, space.objectives, n_trials, space.seed, space.max_concurrent,
+                   out, scheduler=scheduler, callbacks=[mlflow_callback] if mlflow_callback else [], resume=resume)
+    return write_tune_results(frame, spec, method_name, space, out)
+
+
+def trial_context(spec: JobSpec, method: MethodSpec, bench: Any, refs: Any, retain_scores: Any, proxy: str,
+                  pending_timeout_s: float, seeds: list[int] | None = None) -> dict[str, Any]:
+    """What every trial of a search over `method` needs (`trial_scores`): the job, the target model's source,
+    the forget and retain examples, the retain model's scores, the proxy and the trainer's pending timeout, and
+    the `seeds` each trial trains (default: the job's first)."""
+    objective = make_objective(method.objective)
+    seed = (seeds or spec.seeds)[0]
+    return {
+        "spec": spec.model_dump(mode="json"), "method": method.name, "target": refs.target_source,
+        "modality": bench.modality, "seeds": list(seeds or spec.seeds[:1]),
+        "forget": bench.forget_examples(refs.processor, objective, seed),
+        "forget_original": (bench.forget_examples(refs.processor, original_targets(), seed)
                             if objective.has_prepare else []),
-        "retain": bench.retain_examples(refs.processor) if base.objective.uses_retain else [],
-        "retain_scores": retain_scores,
-        "objectives": [o.model_dump() for o in space.objectives], "proxy": space.proxy.metric,
-        "pending_timeout_s": space.trainer_pending_timeout_s,
+        "retain": bench.retain_examples(refs.processor) if method.objective.uses_retain else [],
+        "retain_scores": retain_scores, "proxy": proxy, "pending_timeout_s": pending_timeout_s,
     }
+
+
+def search(trial: Any, context: dict[str, Any], params: dict[str, dict[str, Any]],
+           objectives: list[SearchObjective], n_trials: int, seed: int, max_concurrent: int, out: Path,
+           scheduler: Any = None, callbacks: list[Any] = (), resume: bool = False) -> pd.DataFrame:
+    """One Ray Tune search under `out/tune` (or its restore when `resume` finds one): the function trainable
+    `trial(config, context)`, Optuna's TPE sampler (multi-objective over `objectives`, seeded with `seed`), the
+    trainer release and progress callbacks, `n_trials` trials; returns Tune's results frame. Every trainer the
+    search started is released however it ends."""
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
     # Intermediate reports come from the trainer (training proxy only); the objectives arrive with the
     # trial's last report, so Tune must not demand them in every result.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     if not is_verbose():
         _quiet_tune()
-    ensure_ray(spec.resources.address)
-    trainable = tune.with_resources(tune.with_parameters(_trial, context=context), {"CPU": 0.1})
-    storage = str(out.resolve())
-    if resume and tune.Tuner.can_restore(str(out.resolve() / "tune")):
-        log("resuming the search from its last state")
-        tuner = tune.Tuner.restore(str(out.resolve() / "tune"), trainable=trainable, resume_unfinished=True,
-                                   restart_errored=True)
+    trainable = tune.with_resources(tune.with_parameters(trial, context=context), {"CPU": 0.1})
+    path = str(out.resolve() / "tune")
+    if resume and tune.Tuner.can_restore(path):
+        log(f"resuming the search in {out} from its last state")
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, restart_errored=True)
     else:
-        n_trials = trials or space.num_samples
-        callbacks = [_release_callback(), _progress_callback(n_trials)]
-        mlflow_callback = tune_callback(spec, out, method_name)
-        if mlflow_callback is not None:  # one MLflow run per trial
-            callbacks.append(mlflow_callback)
-        search = OptunaSearch(metric=[o.metric for o in space.objectives], mode=[o.mode for o in space.objectives],
-                              seed=space.seed)
-        scheduler = (ASHAScheduler(metric=space.proxy.metric, mode=space.proxy.mode, max_t=space.asha.max_t,
-                                   grace_period=space.asha.grace_period,
-                                   reduction_factor=space.asha.reduction_factor) if space.asha else None)
+        optuna = OptunaSearch(metric=[o.metric for o in objectives], mode=[o.mode for o in objectives], seed=seed)
         tuner = tune.Tuner(
             trainable,
-            param_space={path: _domain(dist) for path, dist in space.params.items()},
-            tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=n_trials,
-                                        max_concurrent_trials=space.max_concurrent),
-            run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=1 if is_verbose() else 0,
-                                      callbacks=callbacks),
+            param_space={p: domain(dist) for p, dist in params.items()},
+            tune_config=tune.TuneConfig(search_alg=optuna, scheduler=scheduler, num_samples=n_trials,
+                                        max_concurrent_trials=max_concurrent),
+            run_config=tune.RunConfig(name="tune", storage_path=str(out.resolve()),
+                                      verbose=1 if is_verbose() else 0,
+                                      callbacks=[_release_callback(), _progress_callback(n_trials), *callbacks]),
         )
     try:
         grid = tuner.fit()
     finally:
         release_trainer_groups()
-    frame = grid.get_dataframe()
-    return write_tune_results(frame, spec, method_name, space, out)
+    return grid.get_dataframe()
 
 
 def write_tune_results(frame: pd.DataFrame, spec: JobSpec, method_name: str, space: TuneSpace, out: Path) -> Path:

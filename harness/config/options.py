@@ -45,6 +45,10 @@ class ObjectiveOptions(StrictModel):
     w_retain: float = Field(1.0, ge=0)
     retain_loss: Literal["nll", "kl", "none"] = "nll"
 
+    #: The objective's own parameters that `harness study` searches by default (dotted paths inside a method,
+    #: distributions as in tune_spaces/): each objective declares its own beside its options.
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {}
+
     @property
     def uses_retain(self) -> bool:
         """Whether the retain term contributes (it has a loss and a positive weight)."""

@@ -15,8 +15,9 @@ _local_instance = False
 HEALTH_CHECK_INTERVAL_S = "0.2"
 
 
-def ensure_ray(address: str | None = None) -> None:
-    """Connect to `address` (or RAY_ADDRESS), or start a local Ray instance, once per process."""
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to `address` (or RAY_ADDRESS), or start a local Ray instance, once per process; `num_cpus` sets
+    the local instance's logical CPUs (default: the machine's), e.g. more, to overlap trainers' start-ups."""
     import ray
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
@@ -34,7 +35,7 @@ def ensure_ray(address: str | None = None) -> None:
         # trainer whose controller is killed (a Tune trial stopped by ASHA) leaks its workers' placement
         # group and the next trainer waits for those CPUs forever.
         # Each worker process hides the library noise the driver hides (harness.core.console) before it runs a task.
-        ray.init(include_dashboard=True, log_to_driver=False, configure_logging=False,
+        ray.init(include_dashboard=True, log_to_driver=False, configure_logging=False, num_cpus=num_cpus,
                  runtime_env={"worker_process_setup_hook": "harness.core.console.quiet_libraries"})
     handle_sigterm()  # ray.init replaced it with Ray's own (exit at once, no clean-up)
 

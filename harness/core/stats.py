@@ -130,3 +130,80 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, n_resamples: int, seed: i
                                  vectorized=True, confidence_level=1 - alpha, method="percentile",
                                  rng=np.random.default_rng(seed))
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+#: Bootstrap resamples of the across-seed intervals (fixed generator seed: the same values give the same interval).
+BOOTSTRAP_RESAMPLES = 9999
+
+
+def bootstrap_interval(values: Sequence[float] | np.ndarray, low: float = -math.inf, high: float = math.inf,
+                       confidence: float = CONFIDENCE, method: str = "percentile") -> SeedStat:
+    """Mean of the finite `values` (one per seed) and its bootstrap interval over the seeds
+    (`scipy.stats.bootstrap` of the mean, `method` percentile or BCa, fixed generator), clipped to the metric's
+    range [`low`, `high`]. A percentile interval of a mean never leaves the values' own range, so it respects any
+    range the metric has; one seed has no interval (NaN), equal values give [value, value]."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = int(x.size)
+    if n == 0:
+        return SeedStat(math.nan, math.nan, math.nan, 0)
+    mean = float(x.mean())
+    if n == 1:
+        return SeedStat(mean, math.nan, math.nan, 1)
+    if np.ptp(x) == 0:
+        return SeedStat(mean, mean, mean, n)
+    res = stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES,
+                          method=method, rng=np.random.default_rng(0))
+    ci_low, ci_high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return SeedStat(mean, float(np.clip(ci_low, low, high)), float(np.clip(ci_high, low, high)), n)
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """A method against its baseline on paired seeds: the mean difference (method - baseline) with its bootstrap
+    interval, the two-sided p of an exact paired sign-flip permutation test, the smallest p that test can reach
+    with n pairs (`2 / 2^n`), and n."""
+
+    diff: float
+    low: float
+    high: float
+    p: float
+    min_p: float
+    n: int
+
+
+def paired_comparison(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
+                      confidence: float = CONFIDENCE) -> PairedComparison:
+    """`a` (the method) vs `b` (the baseline), value i of both from seed i: pairs with a non-finite value are
+    left out. The test is `scipy.stats.permutation_test` of the mean difference with `permutation_type="samples"`
+    (every sign flip of the differences: exact for up to 2^n <= 9999 flips); identical pairs give p 1."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"paired values need equal lengths, got {x.size} and {y.size}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    n = int(x.size)
+    diff = bootstrap_interval(x - y, confidence=confidence)
+    if n < 2:
+        return PairedComparison(diff.mean, diff.low, diff.high, math.nan, math.nan, n)
+    min_p = min(1.0, 2.0 / 2**n)
+    if np.all(x == y):
+        return PairedComparison(diff.mean, diff.low, diff.high, 1.0, min_p, n)
+    res = stats.permutation_test((x, y), lambda u, v, axis: np.mean(u - v, axis=axis), permutation_type="samples",
+                                 alternative="two-sided", n_resamples=BOOTSTRAP_RESAMPLES,
+                                 rng=np.random.default_rng(0), vectorized=True)
+    return PairedComparison(diff.mean, diff.low, diff.high, float(res.pvalue), min_p, n)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of `pvalues` (NaNs stay NaN and do not count): the k-th smallest of m is
+    multiplied by (m - k + 1), made monotone, capped at 1."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    m = idx.size
+    running = 0.0
+    for k, i in enumerate(idx[np.argsort(p[idx], kind="stable")]):
+        running = max(running, min(1.0, (m - k) * p[i]))
+        out[i] = running
+    return out.tolist()

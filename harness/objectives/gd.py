@@ -7,7 +7,7 @@ retain_loss`, forget loss `-outputs.loss`, retain loss NLL or KL; defaults gamma
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -20,6 +20,8 @@ class GDOptions(ObjectiveOptions):
     """GD: NLL on the retain set by default."""
 
     name: Literal["gd"] = "gd"
+
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {"objective.w_retain": {"uniform": [0.5, 4.0]}}
 
 
 @OBJECTIVES.register("gd")

@@ -8,7 +8,7 @@ open-unlearning's `configs/trainer/NPO.yaml` and the NPO paper use beta = 0.1.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,9 @@ class NPOOptions(ObjectiveOptions):
 
     name: Literal["npo"] = "npo"
     beta: float = Field(0.1, gt=0)
+
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {"objective.beta": {"loguniform": [0.03, 1.0]},
+                                                         "objective.w_retain": {"uniform": [0.5, 4.0]}}
 
 
 @OBJECTIVES.register("npo")

@@ -17,7 +17,7 @@ The ranking covers the adapted (MLP) layers, the only weights that move; the ref
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -34,6 +34,8 @@ class SalUnOptions(ObjectiveOptions):
 
     name: Literal["salun"] = "salun"
     fraction: float = Field(0.5, gt=0, le=1, description="share of the adapted weights left free to change")
+
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {"objective.fraction": {"uniform": [0.1, 0.9]}}
 
 
 def saliency_masks(saliency: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:

@@ -152,5 +152,5 @@ def _seeds_note(spec: JobSpec, ref_seeds: list[int]) -> str:
     if n == 1:
         return f"one seed ({spec.seeds[0]}): no interval; one seed of a chaotic optimisation supports no conclusion. " \
                f"Reference models: {refs}."
-    return (f"{n} seeds ({', '.join(map(str, spec.seeds))}): each cell is the mean [95% Student-t interval] over the "
-            f"seeds (diverged seeds left out of the metrics). Reference models: {refs}.")
+    return (f"{n} seeds ({', '.join(map(str, spec.seeds))}): each cell is the mean [95% percentile bootstrap "
+            f"interval] over the seeds (diverged seeds left out of the metrics). Reference models: {refs}.")

@@ -16,7 +16,7 @@ import pandas as pd
 
 from harness.config import SearchObjective
 from harness.core.io import atomic_write_bytes, atomic_write_text
-from harness.core.stats import across_seeds
+from harness.core.stats import bootstrap_interval
 
 
 @dataclass(frozen=True)
@@ -48,15 +48,16 @@ def fmt_value(value: float) -> str:
 
 def _stat_row(method: str, column: str, split: str, metric: str, better: bool | None,
               values: Sequence[float]) -> dict[str, object]:
-    s = across_seeds(values)
+    s = bootstrap_interval(values)  # a percentile interval: never outside the seeds' values, so inside the range
     return {"method": method, "column": column, "split": split, "metric": metric, "higher_is_better": better,
             "mean": s.mean, "ci_low": s.low, "ci_high": s.high, "n": s.n, "values": [float(v) for v in values]}
 
 
 def summary_stats(metrics: pd.DataFrame, train_log: pd.DataFrame, columns: Sequence[Column],
                   methods: Sequence[str]) -> pd.DataFrame:
-    """Long table, one row per (method, column): the across-seed mean, 95% interval, seed count and the
-    per-seed values of every summary metric and of each telemetry maximum (harness.core.stats)."""
+    """Long table, one row per (method, column): the across-seed mean, 95% percentile bootstrap interval (which
+    stays inside the metric's range), seed count and the per-seed values of every summary metric and of each
+    telemetry maximum (harness.core.stats.bootstrap_interval)."""
     rows = []
     seed_col = "seed" in metrics.columns
     for method in methods:

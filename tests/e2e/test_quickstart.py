@@ -21,7 +21,7 @@ def test_table_compares_both_methods_and_references(demo: Path) -> None:
     summary = (demo / "run1" / "summary.md").read_text()
     for needle in ("| target |", "| retain |", "| gd_lora | 2 |", "| gd_sine | 2 |", "| gd_clip | 2 |",
                    "forget quality", "model utility", "forget ROUGE-L", "forget truth ratio", "max grad norm",
-                   "diverged", "95% Student-t interval"):
+                   "diverged", "95% percentile bootstrap"):
         assert needle in summary, needle
 
 

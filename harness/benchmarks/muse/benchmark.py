@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.benchmarks.base import BENCHMARKS, Benchmark, ModelScores, Pair, mean_metric_row
+from harness.benchmarks.base import BENCHMARKS, Benchmark, MatchedUtility, ModelScores, Pair, mean_metric_row
 from harness.benchmarks.muse.data import corpus_texts, load_muse
 from harness.benchmarks.muse.metrics import (
     KNOWMEM_STOP,
@@ -72,6 +72,14 @@ class Muse(Benchmark):
     declared_metrics = METRICS
 
     name = "muse"
+
+    @classmethod
+    def matched_utility_for(cls, options: MuseOptions) -> MatchedUtility:
+        # MUSE's reading: retain KnowMem kept, forget VerbMem and KnowMem (ROUGE x 100) down; PrivLeak (near 0 is
+        # best) stays in the confirmation's summary.md beside them.
+        return MatchedUtility(utility=("retain", "knowmem_rouge"),
+                              forget=(("forget", "verbmem_rouge"), ("forget", "knowmem_rouge")), goal="min",
+                              forget_range=(0.0, 100.0), utility_range=(0.0, 100.0))
 
     @classmethod
     def summary_columns_for(cls, options: MuseOptions) -> list[Column]:

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.benchmarks.base import BENCHMARKS, Benchmark, ModelScores, Pair, mean_metric_row
+from harness.benchmarks.base import BENCHMARKS, Benchmark, MatchedUtility, ModelScores, Pair, mean_metric_row
 from harness.benchmarks.tdec.data import corpus_texts, load_tdec
 from harness.benchmarks.tdec.metrics import (
     METRICS,
@@ -137,6 +137,12 @@ class Tdec(Benchmark):
                             f"sequence_length={self.sequence_length}")
         self.utility_tasks: list[str] = list(spec.utility_tasks)
         self.el_metric = f"el_{self.el_n}"
+
+    @classmethod
+    def matched_utility_for(cls, options: TdecOptions) -> MatchedUtility:
+        # The knowledge-unlearning reading: retain MA kept, forget MA and EL_n down.
+        return MatchedUtility(utility=("retain", "ma"), forget=(("forget", "ma"), ("forget", f"el_{options.el_n}")),
+                              goal="min")
 
     @classmethod
     def summary_columns_for(cls, options: TdecOptions) -> list[Column]:

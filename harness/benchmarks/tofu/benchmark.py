@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from harness.benchmarks.base import BENCHMARKS, Benchmark, ModelScores, Pair
+from harness.benchmarks.base import BENCHMARKS, Benchmark, MatchedUtility, ModelScores, Pair
 from harness.benchmarks.tofu.data import corpus_texts, load_tofu
 from harness.benchmarks.tofu.metrics import METRICS
 from harness.benchmarks.tofu.options import TofuOptions
@@ -37,6 +37,12 @@ class Tofu(Benchmark):
     def __init__(self, spec: TofuOptions) -> None:
         super().__init__(spec)
         self.data = load_tofu(spec.source, spec.data_dir, spec.synthetic, spec.seed, spec.forget_split)
+
+    @classmethod
+    def matched_utility_for(cls, options: TofuOptions) -> MatchedUtility:
+        # TOFU's own reading: model utility kept, forget quality (KS p-value against the retain model) up.
+        return MatchedUtility(utility=("all", "model_utility"), forget=((options.forget_split, "forget_quality"),),
+                              goal="max")
 
     @classmethod
     def summary_columns_for(cls, options: TofuOptions) -> list[Column]:

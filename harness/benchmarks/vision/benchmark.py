@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.benchmarks.base import BENCHMARKS, Benchmark, ModelScores, mean_metric_row
+from harness.benchmarks.base import BENCHMARKS, Benchmark, MatchedUtility, ModelScores, mean_metric_row
 from harness.benchmarks.vision.data import SPLITS, class_deletion_splits
 from harness.benchmarks.vision.metrics import METRICS, avg_gap, forget_quality, image_rows, model_utility, salun_metrics
 from harness.benchmarks.vision.options import VisionOptions
@@ -60,6 +60,12 @@ class Vision(Benchmark):
         self.splits = class_deletion_splits(data, spec.deleted_classes, max_train_per_class=spec.max_train_per_class,
                                             max_test_per_class=spec.max_test_per_class, seed=spec.seed)
         self.class_names = data.class_names
+
+    @classmethod
+    def matched_utility_for(cls, options: VisionOptions) -> MatchedUtility:
+        # SalUn's reading: test accuracy kept, UA and MIA-efficacy as close as possible to the retrain model's.
+        return MatchedUtility(utility=("test_retain", "ta"), forget=(("forget", "ua"), ("forget", "mia_efficacy")),
+                              goal="retain")
 
     @classmethod
     def summary_columns_for(cls, options: VisionOptions) -> list[Column]:
