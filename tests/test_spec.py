@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.commands.study.spec import load_study
 from harness.config import apply_override
 from harness.core.errors import SpecError
 from harness.spec import JobSpec, dump_spec, load_spec, validate_spec
@@ -82,10 +83,16 @@ def test_spec_round_trips_through_spec_yaml(tmp_path: Path) -> None:
 
 
 def test_shipped_job_specs_validate() -> None:
-    jobs = [p for p in sorted((ROOT / "jobs").glob("*.yaml")) if "jobs" not in yaml.safe_load(p.read_text())]
-    assert len(jobs) >= 8  # suites (jobs/nightly*.yaml) list jobs and are checked in tests/test_nightly.py
+    shipped = {p: yaml.safe_load(p.read_text()) for p in sorted((ROOT / "jobs").glob("*.yaml"))}
+    # suites (jobs/nightly*.yaml) list jobs and are checked in tests/commands/test_nightly.py
+    jobs = [p for p, data in shipped.items() if "jobs" not in data and "job" not in data]
+    studies = [p for p, data in shipped.items() if "job" in data]
+    assert len(jobs) >= 8 and len(studies) >= 2
     for path in jobs:
         assert isinstance(load_spec(path), JobSpec), path
+    for path in studies:  # a study spec names its job: both validate
+        study, job = load_study(path)
+        assert isinstance(job, JobSpec) and study.methods, path
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:

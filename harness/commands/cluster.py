@@ -187,7 +187,8 @@ def job_problems(spec: Any, label: str, nodes: list[NodeType], global_max: int, 
 
 
 def _job_specs(jobs_dir: Path) -> list[tuple[Path, dict[str, Any] | None]]:
-    """The job specs of a directory: YAML files with a `methods` list (suites and search spaces skipped)."""
+    """The job specs of a directory: YAML files with a `methods` list (suites, search spaces and study specs, which
+    name their `job`, skipped: the job a study names is checked itself)."""
     found = []
     for path in sorted(jobs_dir.glob("*.yaml")):
         try:
@@ -195,7 +196,7 @@ def _job_specs(jobs_dir: Path) -> list[tuple[Path, dict[str, Any] | None]]:
         except yaml.YAMLError:
             found.append((path, None))
             continue
-        if isinstance(data, dict) and "methods" in data:
+        if isinstance(data, dict) and "methods" in data and "job" not in data:
             found.append((path, data))
     return found
 
