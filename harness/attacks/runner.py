@@ -1,6 +1,6 @@
 """Run the job's enabled attacks on every scored model, and report them: the "after attack" table of summary.md
-(forget quality, the recovery metric and the recovery score per method and attack, mean [95% interval] over
-seeds), the membership-inference AUC table, and plots/recovery.png (the relearn recovery curves)."""
+(forget quality, the recovery metric and the recovery score per method and attack, mean [95% percentile bootstrap
+interval] over seeds), the membership-inference AUC table, and plots/recovery.png (the relearn recovery curves)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pandas as pd
 
 from harness.attacks.base import ATTACKS, AttackInputs, AttackOutput, remove_dir
 from harness.benchmarks.base import Benchmark
-from harness.core.stats import across_seeds
+from harness.core.stats import bootstrap_interval
 from harness.report.tables import format_stat, plt, save_figure, to_markdown
 
 NO_ATTACK = "none"
@@ -37,7 +37,7 @@ def run_attacks(inputs: AttackInputs) -> AttackOutput:
 
 
 def _cell(values: Sequence[float]) -> str:
-    s = across_seeds(values)
+    s = bootstrap_interval(values)  # percentile: inside the seeds' values, so inside the metric's range
     return "—" if s.n == 0 else format_stat(s.mean, s.low, s.high)
 
 
