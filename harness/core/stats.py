@@ -31,16 +31,23 @@ class SeedStat:
     n: int
 
 
-def across_seeds(values: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE) -> SeedStat:
-    """Mean and Student-t interval of the finite `values` (one per seed)."""
+def _finite_seeds(values: Sequence[float] | np.ndarray) -> tuple[np.ndarray, SeedStat | None]:
+    """The finite seed values, and the statistic itself when there are fewer than two (no interval then)."""
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]
-    n = int(x.size)
-    if n == 0:
-        return SeedStat(math.nan, math.nan, math.nan, 0)
-    mean = float(x.mean())
-    if n == 1:
-        return SeedStat(mean, math.nan, math.nan, 1)
+    if x.size == 0:
+        return x, SeedStat(math.nan, math.nan, math.nan, 0)
+    if x.size == 1:
+        return x, SeedStat(float(x[0]), math.nan, math.nan, 1)
+    return x, None
+
+
+def across_seeds(values: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE) -> SeedStat:
+    """Mean and Student-t interval of the finite `values` (one per seed)."""
+    x, short = _finite_seeds(values)
+    if short is not None:
+        return short
+    mean, n = float(x.mean()), int(x.size)
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
     return SeedStat(mean, mean - half, mean + half, n)
 
@@ -142,14 +149,10 @@ def bootstrap_interval(values: Sequence[float] | np.ndarray, low: float = -math.
     (`scipy.stats.bootstrap` of the mean, `method` percentile or BCa, fixed generator), clipped to the metric's
     range [`low`, `high`]. A percentile interval of a mean never leaves the values' own range, so it respects any
     range the metric has; one seed has no interval (NaN), equal values give [value, value]."""
-    x = np.asarray(values, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    n = int(x.size)
-    if n == 0:
-        return SeedStat(math.nan, math.nan, math.nan, 0)
-    mean = float(x.mean())
-    if n == 1:
-        return SeedStat(mean, math.nan, math.nan, 1)
+    x, short = _finite_seeds(values)
+    if short is not None:
+        return short
+    mean, n = float(x.mean()), int(x.size)
     if np.ptp(x) == 0:
         return SeedStat(mean, mean, mean, n)
     res = stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES,
