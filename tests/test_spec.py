@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.commands.study.spec import load_study
+from harness.commands.study.spec import is_study, load_study
 from harness.config import apply_override
 from harness.core.errors import SpecError
 from harness.spec import JobSpec, dump_spec, load_spec, validate_spec
@@ -85,8 +85,8 @@ def test_spec_round_trips_through_spec_yaml(tmp_path: Path) -> None:
 def test_shipped_job_specs_validate() -> None:
     shipped = {p: yaml.safe_load(p.read_text()) for p in sorted((ROOT / "jobs").glob("*.yaml"))}
     # suites (jobs/nightly*.yaml) list jobs and are checked in tests/commands/test_nightly.py
-    jobs = [p for p, data in shipped.items() if "jobs" not in data and "job" not in data]
-    studies = [p for p, data in shipped.items() if "job" in data]
+    jobs = [p for p, data in shipped.items() if "jobs" not in data and not is_study(data)]
+    studies = [p for p, data in shipped.items() if is_study(data)]
     assert len(jobs) >= 8 and len(studies) >= 2
     for path in jobs:
         assert isinstance(load_spec(path), JobSpec), path

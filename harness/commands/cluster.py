@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from harness.commands.study.spec import is_study
 from harness.core.errors import HarnessError, SpecError
 from harness.spec import validate_spec
 
@@ -196,7 +197,7 @@ def _job_specs(jobs_dir: Path) -> list[tuple[Path, dict[str, Any] | None]]:
         except yaml.YAMLError:
             found.append((path, None))
             continue
-        if isinstance(data, dict) and "methods" in data and "job" not in data:
+        if isinstance(data, dict) and "methods" in data and not is_study(data):
             found.append((path, data))
     return found
 
