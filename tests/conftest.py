@@ -1,4 +1,4 @@
-"""Shared fixtures: offline environment, and a fresh Ray instance per test module."""
+"""Shared fixtures: offline environment, and one local Ray instance per test process while modules leave it idle."""
 
 from __future__ import annotations
 
@@ -16,9 +16,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # A scoring group that cannot be placed fails the test in a minute instead of hanging the suite.
 os.environ.setdefault("HARNESS_PLACEMENT_TIMEOUT_S", "120")
-# Ray Train's controller polls its workers every 2 s, so each fit ends up to 2 s after its last step; the suite
-# runs about forty tiny fits (Ray instances started later, in-process or in a subprocess, inherit this).
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -110,15 +107,36 @@ def peaked_llama() -> Callable[[int], Any]:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _fresh_ray_per_module() -> Iterator[None]:
-    """Each test module ends by shutting down the Ray instance it started in this process, so no actor,
-    placement group or Tune trial of one module can hold the 2 CPUs another module's workers need."""
+def _ray_kept_while_idle() -> Iterator[None]:
+    """The local Ray instance a test module started serves the next module of this process too (a start and a
+    shut-down cost about 5 s), but only when the module left it idle: every CPU and GPU free, no placement group
+    held or pending. Otherwise (an actor, a Tune trial or a worker group still holding resources) it is shut
+    down, so nothing one module leaves behind can hold the 2 CPUs another module's workers need. Modules that
+    start Ray their own way shut down the shared instance first (tests/e2e/test_tune_*.py)."""
     yield
-    if "ray" in sys.modules:
-        import ray
+    if "ray" not in sys.modules:
+        return
+    import ray
 
-        if ray.is_initialized():
-            ray.shutdown()
+    if ray.is_initialized() and not _idle_local_ray():
+        ray.shutdown()
+
+
+def _idle_local_ray() -> bool:
+    import ray
+    from ray.util import placement_group_table
+
+    from harness.core.ray_env import started_locally
+
+    if not started_locally():
+        return False
+    try:
+        total, free = ray.cluster_resources(), ray.available_resources()
+        groups = placement_group_table().values()
+    except Exception:  # noqa: BLE001 - an instance that cannot answer is not reused
+        return False
+    return (all(free.get(key, 0) == total.get(key, 0) for key in ("CPU", "GPU"))
+            and all(group["state"] == "REMOVED" for group in groups))
 
 
 @pytest.fixture(scope="session")

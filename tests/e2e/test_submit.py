@@ -43,7 +43,8 @@ pytestmark = pytest.mark.e2e
 TINY = ["methods=[{name: gd_sine, adapter: {bound: sine}}]", "train.max_steps=1", "reference.train.epochs=1",
         "benchmark.synthetic.n_authors=10", "benchmark.synthetic.qa_per_author=1",
         "benchmark.synthetic.n_real_authors=2", "benchmark.synthetic.n_world_facts=2",
-        "eval.max_new_tokens=4", "eval.max_examples=4", "eval.bootstrap=0"]
+        "eval.max_new_tokens=4", "eval.max_examples=4", "eval.bootstrap=0", "seeds=[0]",
+        "attacks.quantize.enabled=false"]
 JOB_TIMEOUT_S = 300
 
 
