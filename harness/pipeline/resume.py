@@ -26,7 +26,8 @@ from harness.config import load_yaml
 from harness.core.errors import DataError, SpecError
 from harness.core.io import atomic_write_bytes
 from harness.results.run_dir import has_results
-from harness.train.loop import ADAPTER_DIR, ENGINE_TAG, STATE_FILE, total_steps
+from harness.train.checkpoint import ADAPTER_DIR, ENGINE_TAG, STATE_FILE
+from harness.train.loop import total_steps
 from harness.train.ray_run import read_finished_run
 
 if TYPE_CHECKING:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import pickle
 import shutil
 import signal
@@ -26,12 +25,11 @@ from harness.core.ray_env import ensure_ray, started_locally
 from harness.core.signals import cleaning_up
 from harness.results.contract import run_key
 from harness.spec import JobSpec, MethodSpec
+from harness.train.checkpoint import ADAPTER_DIR, RUN_DONE_KEY, CheckpointRecord
 from harness.train.deepspeed_config import build_deepspeed_config
-from harness.train.loop import ADAPTER_DIR, RUN_DONE_KEY, STATE_FILE, WORKER_CONFIG_KEY, train_loop_per_worker
+from harness.train.loop import WORKER_CONFIG_KEY, train_loop_per_worker
 from harness.train.progress import TrainingProgress
-from harness.train.worker_config import PlannedRun, WorkerConfig
-
-#: Whether this process started the Ray instance it uses (its `ray.shutdown` then stops every worker).
+from harness.train.worker_config import KillAt, PlannedRun, WorkerConfig
 
 
 class TrainingError(HarnessError):
@@ -161,7 +159,7 @@ def _train_config(requests: Sequence[TrainRequest], spec: JobSpec, modality: str
                                target=req.target, forget=forget_key, retain=retain_key,
                                prepare_forget=original_key, deepspeed=ds_config))
     return WorkerConfig(runs=runs, data=data, modality=modality, use_gpu=res.use_gpu, threads=res.cpus_per_worker,
-                        fault=fault, resume_from=resume_from or {})
+                        fault=KillAt(**fault) if fault else None, resume_from=resume_from or {})
 
 
 def run_unlearning_many(requests: Sequence[TrainRequest], spec: JobSpec, out_dir: Path,
@@ -229,12 +227,12 @@ def read_finished_run(checkpoint: Path, req: TrainRequest, out_dir: Path) -> Tra
     """A run's result from its `done` checkpoint directory: its state, and its adapter copied to
     `<out_dir>/checkpoints/<method>/seed<seed>/`."""
     dest = out_dir / "checkpoints" / req.method.name / f"seed{req.seed}"
-    state = json.loads((checkpoint / STATE_FILE).read_text())
+    state = CheckpointRecord.read(checkpoint)
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(checkpoint / ADAPTER_DIR, dest)
-    return TrainRun(method=req.method.name, seed=req.seed, log=state["log"], diverged=state["diverged"],
-                    reason=state["reason"], steps=state["step"], adapter_dir=dest,
-                    seconds=state.get("seconds", 0.0), prepare=state["prepare"])
+    return TrainRun(method=req.method.name, seed=req.seed, log=state.log, diverged=state.diverged,
+                    reason=state.reason, steps=state.step, adapter_dir=dest, seconds=state.seconds,
+                    prepare=state.prepare)
 
 
 def run_unlearning(method: MethodSpec, spec: JobSpec, target: str, forget: Sequence[Any], retain: Sequence[Any],

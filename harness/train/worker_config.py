@@ -30,6 +30,17 @@ class PlannedRun:
 
 
 @dataclass(frozen=True)
+class KillAt:
+    """Test hook: the worker of `rank` SIGKILLs itself once (the `marker` file records it), before step `step` of
+    run `run` (its index)."""
+
+    rank: int
+    step: int
+    marker: str
+    run: int = 0
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     """Every run of one Ray Train run and what they share."""
 
@@ -38,8 +49,8 @@ class WorkerConfig:
     modality: str
     use_gpu: bool
     threads: int
-    #: test hook: `{"rank", "run", "step", "marker"}` makes that worker SIGKILL itself once
-    fault: dict[str, Any] | None = None
+    #: test hook: that worker SIGKILLs itself once
+    fault: KillAt | None = None
     #: run key -> checkpoint directory of an earlier, interrupted attempt to continue from
     resume_from: dict[str, str] = field(default_factory=dict)
     #: the driver's progress actor (None: no progress bars)
