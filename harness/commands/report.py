@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import html
 import io
@@ -392,3 +393,16 @@ def write_report(dirs: Sequence[str | Path], out: str | Path | None = None) -> P
     body += ["<h2>All metrics</h2>", html_table(everything, "metrics")]
     atomic_write_text(out / "report.html", html_page(title, "\n".join(body)))
     return out / "report.md"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`harness report`'s arguments."""
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="run directories (each with metrics.parquet)")
+    parser.add_argument("--out", help="output directory (default: report/ under the runs' common parent)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Write the report; say where it went."""
+    path = write_report(args.dirs, args.out)
+    print(f"report: {path} (and {path.with_suffix('.html')})")
+    return 0
