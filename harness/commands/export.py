@@ -26,7 +26,7 @@ from harness.core.errors import DataError
 from harness.models.modality import get_modality
 from harness.models.text import torch_dtype
 from harness.models.tokenizer import load_tokenizer
-from harness.report.tables import to_markdown
+from harness.render.tables import to_markdown
 from harness.results.run_record import FinishedRun, load_finished_run
 from harness.scoring.load import load_with_adapter
 from harness.spec import benchmark_spec

@@ -24,10 +24,10 @@ from harness.core.io import (
     ensure_writable_dir,
 )
 from harness.core.stats import two_sample
-from harness.report import sensitivity
-from harness.report.comparison_plots import plot_metric_bars, plot_training_overlay
-from harness.report.html import figure_png, html_image, html_page, html_table
-from harness.report.tables import TELEMETRY, Column, summary_stats, summary_table, to_markdown
+from harness.render import sensitivity
+from harness.render.comparison_plots import plot_metric_bars, plot_training_overlay
+from harness.render.html import figure_png, html_image, html_page, html_table
+from harness.render.tables import TELEMETRY, Column, summary_stats, summary_table, to_markdown
 from harness.results.run_record import FinishedRun, load_finished_run
 from harness.spec import benchmark_spec
 
@@ -75,7 +75,7 @@ def _with_seed(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def comparison_stats(runs: Sequence[FinishedRun]) -> tuple[pd.DataFrame, list[Column], dict[str, pd.DataFrame]]:
-    """Across-seed statistics (harness.report.tables.summary_stats) of every run's summary columns and telemetry,
+    """Across-seed statistics (harness.render.tables.summary_stats) of every run's summary columns and telemetry,
     with a `run` column; the union of the columns; and each run's formatted summary table."""
     columns: list[Column] = []
     frames, tables = [], {}

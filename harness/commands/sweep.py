@@ -48,7 +48,7 @@ from harness.core.stats import across_seeds
 from harness.pipeline.context import log
 from harness.pipeline.job import run_job
 from harness.pipeline.resume import check_resumable
-from harness.report.tables import format_stat, pareto_front, plt, save_figure, to_markdown
+from harness.render.tables import format_stat, pareto_front, plt, save_figure, to_markdown
 from harness.results.run_dir import has_results
 from harness.results.run_record import read_run_metrics, read_run_train_log
 from harness.spec import JobSpec, load_spec, validate_spec

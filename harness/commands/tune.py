@@ -31,12 +31,12 @@ from harness.core.ray_env import ensure_ray
 from harness.objectives import make_objective, original_targets
 from harness.pipeline.context import job_device, log
 from harness.pipeline.score import score_model
-from harness.report.tables import pareto_front, plt, save_figure, to_markdown
+from harness.render.tables import pareto_front, plt, save_figure, to_markdown
 from harness.scoring.load import load_with_adapter
 from harness.spec import JobSpec, MethodSpec, dump_spec, load_spec, validate_spec
 from harness.tracking import tune_callback
 from harness.train.placement import guarded_trainer, release_orphans, release_trainers, worker_of_actor
-from harness.train.ray_run import TrainRequest, run_unlearning_many
+from harness.train.ray_run import TrainingRequest, run_unlearning_many
 from harness.train.reference import prepare_references
 
 
@@ -65,7 +65,7 @@ def trial_scores(config: dict[str, Any], context: dict[str, Any]) -> dict[str, A
     method = spec.methods[0]
     seeds = context.get("seeds") or spec.seeds[:1]
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
-    requests = [TrainRequest(method, seed, context["forget"], context["retain"], context["target"],
+    requests = [TrainingRequest(method, seed, context["forget"], context["retain"], context["target"],
                              context["forget_original"]) for seed in seeds]
     with guarded_trainer(context["pending_timeout_s"]):
         runs = list(run_unlearning_many(requests, spec, trial_dir, modality=context["modality"],

@@ -82,8 +82,8 @@ def earlier_checkpoint(path: str, index: int) -> ResumePoint:
 
 
 @dataclass
-class RunState:
-    """Where a run stands: its step log so far and whether it diverged (why). Written into every checkpoint
+class TrainingState:
+    """Where a training stands: its step log so far and whether it diverged (why). Written into every checkpoint
     (`CheckpointRecord`, with the run's index, key and preparation record) and read back by a resumed worker."""
 
     log: list[dict[str, Any]] = field(default_factory=list)
@@ -93,7 +93,7 @@ class RunState:
     earlier_seconds: float = 0.0
 
     @classmethod
-    def resumed(cls, record: CheckpointRecord) -> RunState:
+    def resumed(cls, record: CheckpointRecord) -> TrainingState:
         """The state a checkpoint recorded."""
         return cls(log=list(record.log), earlier_seconds=record.seconds)
 

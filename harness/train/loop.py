@@ -46,7 +46,7 @@ from harness.train.checkpoint import (
     PREPARED_FILE,
     RUN_DONE_KEY,
     ResumePoint,
-    RunState,
+    TrainingState,
     earlier_checkpoint,
     latest_checkpoint,
 )
@@ -54,7 +54,7 @@ from harness.train.schedule import make_scheduler
 from harness.train.step import MicroBatch, accumulate, all_reduce_mean, finite
 from harness.train.twin import Twin, rng_state
 from harness.train.worker import Worker, prepare_objective
-from harness.train.worker_config import KillAt, PlannedRun, WorkerConfig
+from harness.train.worker_config import KillAt, PlannedTraining, WorkerConfig
 
 #: The key of the `WorkerConfig` in Ray Train's `train_loop_config` (a dict).
 WORKER_CONFIG_KEY = "worker_config"
@@ -168,23 +168,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         partial = resume if resume is not None and resume.run == index and not resume.done else None
         if resume is None and config.runs[index].key in config.resume_from:
             partial = earlier_checkpoint(config.resume_from[config.runs[index].key], index)
-        RunTrainer(worker, index, partial).train()
+        TrainingRecipe(worker, index, partial).train()
         gc.collect()
         if worker.device.type == "cuda":
             torch.cuda.empty_cache()
 
 
-class RunTrainer:
-    """One run (method x seed) on this worker, in the shape of a torchtune recipe: `setup` (model, adapter,
+class TrainingRecipe:
+    """One training (method x seed) on this worker, in the shape of a torchtune recipe: `setup` (model, adapter,
     objective and its preparation, DeepSpeed engine, twin, data streams, resume), `train_step`,
     `save_checkpoint` (collective on every rank) and `cleanup` (the final `done` checkpoint)."""
 
     def __init__(self, worker: Worker, index: int, resume: ResumePoint | None) -> None:
         self.worker, self.index, self.resume = worker, index, resume
-        self.run: PlannedRun = worker.config.runs[index]
+        self.run: PlannedTraining = worker.config.runs[index]
         self.method: MethodSpec = self.run.method_spec()
         self.train_spec: TrainSpec = self.method.train
-        self.state = RunState() if resume is None else RunState.resumed(resume.state)
+        self.state = TrainingState() if resume is None else TrainingState.resumed(resume.state)
         self.start = 0 if resume is None else resume.state.step
         self.began = time.perf_counter()
 

@@ -19,7 +19,7 @@ from harness.data.encode import BatchStream
 from harness.models.modality import Modality, get_modality
 from harness.objectives import FORGET, RETAIN, Objective, PrepareContext
 from harness.train.checkpoint import PREPARED_FILE, ResumePoint
-from harness.train.worker_config import PlannedRun, WorkerConfig
+from harness.train.worker_config import PlannedTraining, WorkerConfig
 
 #: Models up to this size are kept as a pristine copy in memory between runs; larger ones are re-read.
 KEEP_PRISTINE_BYTES = 2**30
@@ -87,7 +87,7 @@ class Worker:
         """The first `n` examples of a dataset as one batch on the device, the same on every worker (None: n 0)."""
         return self.collate(self.encoded(data_key, train)[:n]).to(self.device) if n else None
 
-    def prepare(self, objective: Objective, model: torch.nn.Module, run: PlannedRun, train: TrainSpec,
+    def prepare(self, objective: Objective, model: torch.nn.Module, run: PlannedTraining, train: TrainSpec,
                 use_retain: bool) -> dict[str, torch.Tensor]:
         """Run the objective's preparation pass on this worker (collective): the model moves to the device and
         reads fresh seeded streams of the forget set (the benchmark's own targets) and the retain set."""
@@ -101,8 +101,9 @@ class Worker:
         return objective.prepare(ctx) or {}
 
 
-def prepare_objective(worker: Worker, objective: Objective, model: torch.nn.Module, run: PlannedRun, train: TrainSpec,
-             use_retain: bool, resume: ResumePoint | None) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
+def prepare_objective(worker: Worker, objective: Objective, model: torch.nn.Module, run: PlannedTraining,
+                      train: TrainSpec, use_retain: bool, resume: ResumePoint | None
+                      ) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
     """The objective's preparation result (None when it has none), applied to the model: loaded from the run's
     checkpoint when resuming, else computed (collective); and its record (`passes`, `loads`, `seconds`)."""
     if not objective.has_prepare:

@@ -12,8 +12,8 @@ from harness.spec import MethodSpec
 
 
 @dataclass(frozen=True)
-class PlannedRun:
-    """One (method, seed) run as the workers see it: its datasets by content key and its DeepSpeed config."""
+class PlannedTraining:
+    """One (method, seed) training as the workers see it: its datasets by content key and its DeepSpeed config."""
 
     key: str
     method: dict[str, Any]  # the resolved MethodSpec as JSON data (validated again in the worker)
@@ -44,7 +44,7 @@ class KillAt:
 class WorkerConfig:
     """Every run of one Ray Train run and what they share."""
 
-    runs: list[PlannedRun]
+    runs: list[PlannedTraining]
     data: dict[str, list[Any]]
     modality: str
     use_gpu: bool

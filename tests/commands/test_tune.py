@@ -11,7 +11,7 @@ import yaml
 from harness.commands.tune import TuneSpace, apply_trial, load_space, write_tune_results
 from harness.config import SearchObjective
 from harness.core.errors import SpecError
-from harness.report.tables import pareto_front
+from harness.render.tables import pareto_front
 from harness.spec import load_spec, validate_spec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,8 +16,8 @@ from harness.core.io import (
     atomic_write_parquet,
     atomic_write_text,
 )
-from harness.report.html import figure_png, html_image, html_page, html_table
-from harness.report.tables import to_markdown
+from harness.render.html import figure_png, html_image, html_page, html_table
+from harness.render.tables import to_markdown
 
 _SHOW = [*KEYS, "baseline", "new", "delta", "rel_delta", "baseline_ci_low", "baseline_ci_high", "rule", "status"]
 

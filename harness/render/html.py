@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import pandas as pd
 from pandas.io.formats.style import Styler
 
-from harness.report.tables import fmt_value, plt
+from harness.render.tables import fmt_value, plt
 
 
 def figure_png(fig: plt.Figure) -> bytes:

@@ -1,4 +1,4 @@
-"""Finite-time Lyapunov exponents from twin distances (harness.report.sensitivity) and the seed-distribution test of
+"""Finite-time Lyapunov exponents from twin distances (harness.render.sensitivity) and the seed-distribution test of
 `harness report` (harness.core.stats.two_sample, harness.commands.report.seed_distribution_tests)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from scipy import stats
 
 from harness.commands.report import seed_distribution_tests
 from harness.core.stats import smallest_p, two_sample
-from harness.report.sensitivity import COLUMNS, growth_window, lyapunov, metric_rows, summary_columns, threshold_step
-from harness.report.tables import summary_stats
+from harness.render.sensitivity import COLUMNS, growth_window, lyapunov, metric_rows, summary_columns, threshold_step
+from harness.render.tables import summary_stats
 from harness.results.run_record import FinishedRun
 
 STEPS = np.arange(100, dtype=float)
@@ -162,7 +162,7 @@ def test_sensitivity_is_off_by_default_and_validated() -> None:
 
 
 def test_the_plot_draws_identical_twins_and_growing_ones(tmp_path: Path) -> None:
-    from harness.report.sensitivity import plot_sensitivity
+    from harness.render.sensitivity import plot_sensitivity
 
     grown = _log("a", 0, 0.3)
     zero = grown.assign(method="b", sens_adapter=0.0, sens_logits=0.0)  # epsilon 0: identical twins

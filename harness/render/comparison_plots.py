@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from harness.report.tables import Column, plt
+from harness.render.tables import Column, plt
 from harness.results.run_record import FinishedRun
 
 _CURVES = [("loss", "total loss", False), ("loss_forget", "forget loss", False), ("loss_retain", "retain loss", False),
