@@ -1,17 +1,17 @@
-"""The per-worker unlearning loop, run by Ray Train: a list of runs (method x seed), one after another.
+"""The per-worker unlearning loop, run by Ray Train: a list of trainings (method x seed), one after another.
 
-One worker group trains every run of a job, so the Ray Train start-up is paid once. For each run, every
-worker builds a fresh copy of the target model, attaches the bounded adapter, wraps it in a DeepSpeed
-engine (ZeRO 0-3, fp32/bf16, optional offload) and trains on its slice of each global batch. Telemetry
-is all-reduced so every rank sees the same numbers; NaN/inf stops the run on all ranks together, and
-the next run starts. A run's checkpoints (DeepSpeed engine state + PEFT-format adapter + the step log so
-far, plus the objective's preparation result) go through `ray.train.report`; its last one is marked `done`.
-A restarted worker group resumes from the latest checkpoint: finished runs are skipped, an unfinished one
-resumes at its step with its preparation loaded, not recomputed, so each step's telemetry appears exactly
-once. A run named in `WorkerConfig.resume_from` (a resumed job, harness.pipeline.resume) starts from that checkpoint of
-an earlier attempt the same way. Rank 0 also streams every step to an optional progress actor. With
-`train.sensitivity`, each run trains a perturbed twin in lockstep and logs their distance per step
-(harness/train/twin.py).
+One worker group runs every training of a job, so the Ray Train start-up is paid once. Each training is a
+`TrainingRecipe` (a torchtune recipe's shape): every worker builds a fresh copy of the target model, attaches the
+bounded adapter, wraps it in a DeepSpeed engine (ZeRO 0-3, fp32/bf16, optional offload) and trains on its slice of
+each global batch. Telemetry is all-reduced so every rank sees the same numbers; NaN/inf stops the training on all
+ranks together, and the next one starts. A training's checkpoints (DeepSpeed engine state + PEFT-format adapter +
+its `TrainingState` as a `CheckpointRecord`, plus the objective's preparation result; train/checkpoint.py) go
+through `ray.train.report`; its last one is marked `done`. A restarted worker group resumes from the latest
+checkpoint: finished trainings are skipped, an unfinished one resumes at its step with its preparation loaded, not
+recomputed, so each step's telemetry appears exactly once. A training named in `WorkerConfig.resume_from` (a resumed
+job, harness.pipeline.resume) starts from that checkpoint of an earlier attempt the same way. Rank 0 also streams
+every step to an optional progress actor. With `train.sensitivity`, each training runs a perturbed twin in lockstep
+and logs their distance per step (harness/train/twin.py).
 """
 
 from __future__ import annotations
