@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -41,6 +42,10 @@ class ClassifyRequest:
 class Backend(ABC):
     """A model ready to score: per-token log-probs of continuations and greedy generations (language models),
     or class log-probabilities of images (image classifiers)."""
+
+    #: True when a process can drop this backend's model and load another one (nothing kept outside the
+    #: process): a scoring worker (harness.scoring.worker) then serves the next model instead of exiting.
+    reloadable: ClassVar[bool] = False
 
     @abstractmethod
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[np.ndarray]:

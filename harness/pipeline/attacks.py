@@ -18,6 +18,7 @@ from harness.benchmarks.base import Benchmark, ModelScores
 from harness.core.io import atomic_write_text
 from harness.pipeline.context import JobContext, ScoredModel, log
 from harness.pipeline.score import driver_model, score_all
+from harness.scoring.parallel import ScoringPool
 from harness.train.finetune import finetune
 from harness.train.reference import reference_seed_for
 
@@ -26,8 +27,9 @@ WORK_DIR = ".attacks"
 
 
 def attack_job(ctx: JobContext, sources: Mapping[ModelKey, ScoredModel], scores: Mapping[ModelKey, ModelScores],
-               metric_rows: list[dict[str, Any]]) -> AttackOutput:
-    """Run the spec's attacks on every scored model (references included); rows tagged with the benchmark."""
+               metric_rows: list[dict[str, Any]], pool: ScoringPool | None = None) -> AttackOutput:
+    """Run the spec's attacks on every scored model (references included), scored on the job's `pool` when it
+    has one; rows tagged with the benchmark."""
     spec = ctx.spec
     default = next(iter(ctx.refs.values())).processor
 
@@ -41,7 +43,7 @@ def attack_job(ctx: JobContext, sources: Mapping[ModelKey, ScoredModel], scores:
         models = {key: (copy.copy(sources[src]) if isinstance(src, tuple) else
                         ScoredModel(src.directory, None, load=src.load, processor=sources[_origin(key)].processor))
                   for key, src in todo.items()}
-        return score_all(view, ctx.refs, models, spec, ctx.device)
+        return score_all(view, ctx.refs, models, spec, ctx.device, pool=pool)
 
     def _origin(key: ModelKey) -> ModelKey:
         return key[0].split("@", 1)[0], key[1]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +49,29 @@ def _in_memory_model(name: str, refs: References, adapter_dir: str | Path | None
     return model.eval()
 
 
+@contextmanager
+def job_pool(spec: JobSpec, device: torch.device) -> Iterator[ScoringPool | None]:
+    """The job's Ray scoring pool when it scores on several workers (`eval.workers` > 1), else None: one pool
+    for all of a job's scoring (its models, then every attacked variant), so its crews start once."""
+    if spec.eval.workers <= 1:
+        yield None
+        return
+    with ScoringPool.from_spec(spec, device) as pool:
+        yield pool
+
+
 def score_all(bench: Benchmark, refs: dict[int, References],
               sources: Mapping[ModelKey, ScoredModel | tuple[str, str | Path | None]],
-              spec: JobSpec, device: torch.device, cache: Path | None = None) -> dict[ModelKey, ModelScores]:
+              spec: JobSpec, device: torch.device, cache: Path | None = None,
+              pool: ScoringPool | None = None) -> dict[ModelKey, ModelScores]:
     """Score every model ((name, seed) -> ScoredModel, or (model dir, adapter dir or None)).
 
     With `eval.workers` > 1 the models are scored together on Ray: each gets a group of long-lived
-    scoring workers that load it once (harness.scoring.parallel); otherwise one after another here.
+    scoring workers that load it once, then the next model (harness.scoring.parallel); otherwise one after
+    another here.
     With a `cache` directory, each model's scores are kept there as they are computed, and scores kept by
-    an earlier attempt of the job for the same model are reused (harness.pipeline.resume).
+    an earlier attempt of the job for the same model are reused (harness.pipeline.resume). `pool` (see
+    `job_pool`) scores on a pool the caller keeps; without it a pool is started for this call.
     """
     if _lm_eval_tasks(spec) and bench.modality != "text":
         raise SpecError(f"eval.lm_eval_tasks: lm-evaluation-harness tasks score language models; benchmark "
@@ -66,12 +81,13 @@ def score_all(bench: Benchmark, refs: dict[int, References],
     if kept:
         log(f"reusing the scores of {', '.join(run_key(*k) for k in kept)} from the interrupted run")
     models = {key: src for key, src in every.items() if key not in kept}
-    scored = _score_models(bench, refs, models, spec, device, cache)
+    scored = _score_models(bench, refs, models, spec, device, cache, pool)
     return {key: kept[key] if key in kept else scored[key] for key in every}
 
 
 def _score_models(bench: Benchmark, refs: dict[int, References], models: dict[ModelKey, ScoredModel],
-                  spec: JobSpec, device: torch.device, cache: Path | None) -> dict[ModelKey, ModelScores]:
+                  spec: JobSpec, device: torch.device, cache: Path | None,
+                  pool: ScoringPool | None) -> dict[ModelKey, ModelScores]:
     """`score_all` on the models not scored yet, each one's scores kept in `cache` once computed."""
     def keep(key: ModelKey) -> None:
         if cache is not None:
@@ -85,7 +101,7 @@ def _score_models(bench: Benchmark, refs: dict[int, References], models: dict[Mo
         groups: dict[int, list[ModelKey]] = {}  # one pool call per processor (the score function takes one)
         for key, src in models.items():
             groups.setdefault(id(src.processor), []).append(key)
-        with ScoringPool.from_spec(spec, device) as pool:
+        with nullcontext(pool) if pool is not None else ScoringPool.from_spec(spec, device) as pool:
             for keys in groups.values():
                 processor = models[keys[0]].processor or default
                 named = {run_key(*key): (models[key].source, models[key].adapter) for key in keys}

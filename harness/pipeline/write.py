@@ -16,7 +16,7 @@ from harness.pipeline.context import JobContext, JobResult, ModelKey, ScoredMode
 from harness.pipeline.resume import (
     SCORES_DIR,
 )
-from harness.pipeline.score import score_all
+from harness.pipeline.score import job_pool, score_all
 from harness.render import sensitivity
 from harness.render.tables import (
     Column,
@@ -88,23 +88,24 @@ def score_and_write(ctx: JobContext, sources: dict[ModelKey, ScoredModel], names
     training = training or Training()
     record_models(out, {key: (src.source, src.adapter) for key, src in sources.items()})
     t0 = time.perf_counter()
-    scores = score_all(bench, refs, sources, spec, ctx.device, cache=out / SCORES_DIR)
-    scores.update({key: scores[of] for key, of in (copies or {}).items()})
-    ctx.timings["score_s"] = time.perf_counter() - t0
+    with job_pool(spec, ctx.device) as pool:  # one pool for the job's models and every attacked variant
+        scores = score_all(bench, refs, sources, spec, ctx.device, cache=out / SCORES_DIR, pool=pool)
+        scores.update({key: scores[of] for key, of in (copies or {}).items()})
+        ctx.timings["score_s"] = time.perf_counter() - t0
 
-    metric_rows = aggregate_all(bench, scores, spec, ctx.ref_seeds, names, seeds) + training.metric_rows
-    for row in metric_rows:
-        row.setdefault("benchmark", bench.name)
-    examples = [{"method": m, "seed": s, "benchmark": bench.name, **r} for (m, s), sc in scores.items()
-                for r in sc.examples]
-    generations = [{"method": m, "seed": s, "benchmark": bench.name, **r} for (m, s), sc in scores.items()
-                   for r in sc.generations]
-    if spec.attacks.enabled():  # attack rows carry `attack`: every table below but the attack ones leaves them out
-        t_attack = time.perf_counter()
-        attacked = attack_job(ctx, sources, scores, metric_rows)
-        ctx.timings["attacks_s"] = time.perf_counter() - t_attack
-        metric_rows, examples, notes = metric_rows + attacked.metric_rows, examples + attacked.example_rows, \
-            notes + attacked.notes
+        metric_rows = aggregate_all(bench, scores, spec, ctx.ref_seeds, names, seeds) + training.metric_rows
+        for row in metric_rows:
+            row.setdefault("benchmark", bench.name)
+        examples = [{"method": m, "seed": s, "benchmark": bench.name, **r} for (m, s), sc in scores.items()
+                    for r in sc.examples]
+        generations = [{"method": m, "seed": s, "benchmark": bench.name, **r} for (m, s), sc in scores.items()
+                       for r in sc.generations]
+        if spec.attacks.enabled():  # attack rows carry `attack`: the tables below but the attack ones leave them out
+            t_attack = time.perf_counter()
+            attacked = attack_job(ctx, sources, scores, metric_rows, pool)
+            ctx.timings["attacks_s"] = time.perf_counter() - t_attack
+            metric_rows, examples, notes = metric_rows + attacked.metric_rows, examples + attacked.example_rows, \
+                notes + attacked.notes
 
     metrics_df = frame(metric_rows, METRIC_COLUMNS)
     train_df = frame(training.log_rows, TRAIN_LOG_COLUMNS)

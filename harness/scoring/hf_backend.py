@@ -41,6 +41,8 @@ class HFBackend(Backend):
     """Transformers backend: right-padded batched scoring and left-padded greedy generation with KV cache for
     language models; batched classification for image classifiers (whose processor comes as `tokenizer`)."""
 
+    reloadable = True
+
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16,
                  device: str | torch.device | None = "auto", max_batch_tokens: int | None = None) -> None:
         if batch_size < 1:

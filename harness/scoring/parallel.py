@@ -1,25 +1,23 @@
-"""Parallel scoring on Ray: long-lived actors that each load one model replica once, and a pooled backend.
+"""Parallel scoring on Ray: crews of long-lived scoring actors (harness.scoring.worker), and a pooled backend.
 
-Three pieces:
+Two pieces here (the actor itself, `ScoringWorker`, is in harness.scoring.worker):
 
-- `ScoringWorker`: loads a model (a `save_model` directory or hub id, plus an optional saved adapter)
-  ONCE in its constructor and serves `loglikelihood` / `generate` through a registered backend
-  (`hf`, `vllm`, ...). Run as a Ray actor (`ray.remote(ScoringWorker)`); unlike lm-evaluation-harness's
-  data-parallel vLLM path, nothing is rebuilt per call.
-- `RayPoolBackend`: a `Backend` whose calls are split over N such actors. Requests are cut into the
+- `RayPoolBackend`: a `Backend` whose calls are split over N worker actors. Requests are cut into the
   batches `HFBackend` runs (log-likelihood: `plan_loglik`'s shared-prompt batches; generation and
   classification: longest-first batches of `batch_size`), and each worker gets a
   contiguous run of whole batches, the runs balanced by estimated cost (padded tokens for
   log-likelihood; prompt width plus new tokens for generation). Each worker therefore runs exactly
   the batches a single in-process `HFBackend` would run, so results are identical to a one-worker
-  run, returned in request order.
-- `ScoringPool`: owns the actors. `pool.backend(model_dir, adapter_dir)` starts (or reuses) one group
-  of `workers` actors for a model; `pool.score_models({...}, fn)` scores several models concurrently,
-  one driver thread and one actor group per model. Each group's actors are reserved together in a
-  Ray placement group (all or nothing, so two half-started groups can never wait on each other),
-  at most `max_concurrent` groups run at once (default: as many as the cluster can hold), and a
-  group is killed as soon as its model is scored. So at most `workers` replicas of any model are
-  alive, and at most `max_concurrent * workers` replicas in all.
+  run, returned in request order. Unlike lm-evaluation-harness's data-parallel vLLM path, nothing is
+  rebuilt per call.
+- `ScoringPool`: owns the actors, in crews of `workers` reserved together in a Ray placement group (all or
+  nothing, so two half-started crews can never wait on each other). `pool.backend(model_dir, adapter_dir)`
+  loads a model into a crew until `release`; `pool.score_models({...}, fn)` scores several models
+  concurrently, one driver thread and one crew per model, at most `max_concurrent` crews at once (default:
+  as many as the cluster can hold). A crew unloads a finished model and takes the next one (a backend that
+  keeps state outside its process, vLLM, gets a fresh crew per model instead), so a job that scores many
+  models (seeds, references, attacked variants) pays for `workers` process start-ups, not one per model.
+  At most `workers` replicas of any model are alive, and at most `max_concurrent * workers` replicas in all.
 """
 
 from __future__ import annotations
@@ -36,76 +34,16 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from harness.adapters import merge
-from harness.core.errors import HarnessError
 from harness.core.ray_env import ensure_ray
 from harness.data.requests import Backend, ClassifyRequest, GenRequest, LoglikRequest
-from harness.models.text import torch_dtype
-from harness.scoring.backend import make_backend
-from harness.scoring.load import load_with_adapter
 from harness.scoring.sharding import loglik_shards, prompt_length, shard_requests
+from harness.scoring.worker import ModelLocation, ScoringError, ScoringWorker
+
+__all__ = ["RayPoolBackend", "ScoringError", "ScoringPool", "ScoringWorker"]
 
 T = TypeVar("T")
 # How long scoring workers may wait for CPUs/GPUs before the run fails instead of hanging.
 PLACEMENT_TIMEOUT_S = float(os.environ.get("HARNESS_PLACEMENT_TIMEOUT_S", 600))
-ModelLocation = tuple[str, str | None]
-
-
-class ScoringError(HarnessError):
-    """A scoring worker could not start or the cluster cannot hold a worker group."""
-
-    exit_code = 1
-
-
-# ---- the actor --------------------------------------------------------------------------------------
-
-
-class ScoringWorker:
-    """One model replica behind a scoring backend; run it as a Ray actor (`ray.remote(ScoringWorker)`).
-
-    `merge_adapter=None` merges an attached adapter into dense weights for every backend but `hf`
-    (vLLM serves plain weights); `hf` keeps the adapter layers, exactly as the in-process path does.
-    """
-
-    def __init__(self, source: str, adapter_dir: str | None = None, backend: str = "hf", batch_size: int = 16,
-                 device: str = "cpu", dtype: str = "float32", threads: int | None = None,
-                 trust_remote_code: bool = False, merge_adapter: bool | None = None, modality: str = "text") -> None:
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
-        model, tokenizer = load_with_adapter(source, adapter_dir, modality=modality, dtype=torch_dtype(dtype),
-                                             trust_remote_code=trust_remote_code)
-        if adapter_dir is not None and (merge_adapter if merge_adapter is not None else backend != "hf"):
-            merge(model)
-        self.source, self.adapter_dir = source, adapter_dir
-        self.max_length = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
-        self.backend = make_backend(backend, model.eval(), tokenizer, batch_size, device)
-
-    def info(self) -> dict[str, Any]:
-        """Where this replica runs and what the driver needs to shard for it."""
-        return {"pid": os.getpid(), "source": self.source, "adapter_dir": self.adapter_dir,
-                "max_length": self.max_length, "device": str(getattr(self.backend, "device", "?"))}
-
-    def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[np.ndarray]:
-        """The backend's log-likelihoods of one shard."""
-        return self.backend.loglikelihood(requests)
-
-    def generate(self, requests: Sequence[GenRequest]) -> list[str]:
-        """The backend's generations of one shard."""
-        return self.backend.generate(requests)
-
-    def classify(self, requests: Sequence[ClassifyRequest]) -> list[np.ndarray]:
-        """The backend's class log-probabilities of one shard."""
-        return self.backend.classify(requests)
-
-    def close(self) -> None:
-        """Release what the backend holds outside this process (a vLLM engine's processes and export dir)."""
-        close = getattr(self.backend, "close", None)
-        if callable(close):
-            close()
-
-
 
 
 # ---- the pooled backend -----------------------------------------------------------------------------
@@ -114,16 +52,18 @@ class ScoringWorker:
 class RayPoolBackend(Backend):
     """A `Backend` that splits each call over Ray `ScoringWorker` actors and gathers in request order.
 
+    `model` is the (source, adapter dir) the workers serve, named in every call (see `ScoringWorker`).
     `tokenizer` and `max_length` let the driver order requests by token length exactly as the workers'
     `HFBackend` does (so shards hold whole batches of a single-worker run); without a tokenizer,
     character lengths stand in and results match a single worker only up to batch composition.
     """
 
     def __init__(self, actors: Sequence[Any], tokenizer: Any = None, batch_size: int = 16,
-                 max_length: int | None = None, desc: str = "") -> None:
+                 max_length: int | None = None, desc: str = "", model: ModelLocation | None = None) -> None:
         if not actors:
             raise ValueError("RayPoolBackend needs at least one worker")
         self.actors = list(actors)
+        self.model = model  # named in every call: the workers load it first if they serve another
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_length = max_length
@@ -161,7 +101,7 @@ class RayPoolBackend(Backend):
         """Send shard k to worker k, gather with `ray.wait` (progress per finished shard), reorder."""
         import ray
 
-        pending = {getattr(actor, method).remote([requests[i] for i in shard]): shard
+        pending = {getattr(actor, method).remote([requests[i] for i in shard], self.model): shard
                    for actor, shard in zip(self.actors, shards, strict=False)}
         results: list[Any] = [None] * len(requests)
         desc = f"{method}{' ' + self.desc if self.desc else ''} ({len(pending)} workers)"
@@ -182,20 +122,22 @@ class RayPoolBackend(Backend):
 
 
 @dataclass
-class _Group:
-    """One model's actors, their placement group, and the backend over them."""
+class _Crew:
+    """`workers` scoring actors reserved together in one placement group; they serve one model at a time."""
 
     actors: list[Any]
     placement_group: Any
-    backend: RayPoolBackend
 
 
 class ScoringPool:
-    """Owns groups of `workers` scoring actors, one group per model; reusable across models.
+    """Owns crews of `workers` scoring actors; each crew serves one model at a time, then the next.
 
     `num_cpus` / `num_gpus` are each worker's Ray resources (a worker with GPUs scores on `cuda`, else on
     `cpu` with `num_cpus` torch threads). Workers restart once if they die (`max_restarts`), and their
-    calls are retried on the restarted replica (scoring is idempotent).
+    calls are retried on the restarted replica (scoring is idempotent; each call names its model).
+    A crew whose backend can load another model in process (`Backend.reloadable`: `hf`) goes back to the
+    idle crews when its model is done, so scoring ten models starts `workers` processes, not ten times as
+    many; other crews (`vllm`: an engine per model) are killed.
     """
 
     def __init__(self, workers: int = 2, backend: str = "hf", *, batch_size: int = 16, dtype: str = "float32",
@@ -211,9 +153,11 @@ class ScoringPool:
         self.trust_remote_code, self.merge_adapter, self.max_restarts = trust_remote_code, merge_adapter, max_restarts
         self.modality = modality
         self.max_concurrent = max_concurrent or self._groups_that_fit()
-        self._groups: dict[ModelLocation, _Group] = {}  # started by `backend`, kept until `release`
-        self._running: dict[int, _Group] = {}  # started by `score_models`, killed when their model is done
-        self._lock = threading.Lock()
+        self._held: dict[ModelLocation, tuple[_Crew, RayPoolBackend]] = {}  # by `backend`, until `release`
+        self._busy: dict[int, _Crew] = {}  # serving a model in `score_models`
+        self._idle: list[_Crew] = []  # alive, no model loaded
+        self.crews_started = 0
+        self._lock = threading.RLock()  # `backend` holds it while `_serve` takes it again
 
     @classmethod
     def from_spec(cls, spec: Any, device: Any = None) -> ScoringPool:
@@ -226,7 +170,7 @@ class ScoringPool:
                    modality=spec.benchmark.modality)
 
     def _groups_that_fit(self) -> int:
-        """How many worker groups the cluster holds at once; fails early when not even one fits."""
+        """How many crews the cluster holds at once; fails early when not even one fits."""
         import ray
 
         total = ray.cluster_resources()
@@ -242,10 +186,10 @@ class ScoringPool:
                 "lower eval.workers or resources.cpus_per_worker")
         return n
 
-    # ---- groups -------------------------------------------------------------------------------------
+    # ---- crews --------------------------------------------------------------------------------------
 
-    def _start_group(self, source: str, adapter_dir: str | None, tokenizer: Any) -> _Group:
-        """Reserve a placement group for `workers` actors, start them (each loads the model), wait until loaded."""
+    def _start_crew(self) -> _Crew:
+        """Reserve a placement group for `workers` actors and start them (no model loaded yet)."""
         import ray
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -273,78 +217,103 @@ class ScoringPool:
                 num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_restarts=self.max_restarts,
                 max_task_retries=self.max_restarts,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
-            ).remote(source, adapter_dir, **kwargs)
+            ).remote(**kwargs)
             for i in range(self.workers)
         ]
+        with self._lock:
+            self.crews_started += 1
+        return _Crew(actors, pg)
+
+    def _serve(self, source: str, adapter_dir: str | None, tokenizer: Any) -> tuple[_Crew, RayPoolBackend]:
+        """An idle crew (else a new one) with this model loaded in every worker, and the backend over it."""
+        import ray
+
+        with self._lock:
+            crew = self._idle.pop() if self._idle else None
+        crew = crew or self._start_crew()
         try:
-            infos = ray.get([a.info.remote() for a in actors])
-        except Exception as err:  # the constructor's error, wrapped by Ray
-            for a in actors:
-                ray.kill(a)
-            remove_placement_group(pg)
-            raise ScoringError(f"scoring workers for {source!r} (adapter {adapter_dir}) failed to start: "
+            infos = ray.get([a.load.remote(source, adapter_dir) for a in crew.actors])
+        except Exception as err:  # the load's error, wrapped by Ray
+            self._stop_crew(crew)
+            raise ScoringError(f"scoring workers for {source!r} (adapter {adapter_dir}) failed to load it: "
                                f"{err}") from err
         if tokenizer is None and self.modality == "text":  # to order requests as the workers batch them
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code)
         name = Path(adapter_dir).name if adapter_dir else Path(source).name
-        backend = RayPoolBackend(actors, tokenizer, self.batch_size, infos[0]["max_length"], desc=name)
-        return _Group(actors, pg, backend)
+        backend = RayPoolBackend(crew.actors, tokenizer, self.batch_size, infos[0]["max_length"], desc=name,
+                                 model=(source, adapter_dir))
+        return crew, backend
+
+    def _done(self, crew: _Crew) -> None:
+        """The crew's model is scored: unload it and keep the crew for the next model when its workers can
+        load one, else kill it."""
+        import ray
+
+        try:
+            reusable = all(ray.get([a.unload.remote() for a in crew.actors], timeout=60))
+        except Exception:  # noqa: BLE001 - a dead or stuck worker is not reused
+            reusable = False
+        if reusable:
+            with self._lock:
+                self._idle.append(crew)
+        else:
+            self._stop_crew(crew)
 
     @staticmethod
-    def _stop_group(group: _Group) -> None:
+    def _stop_crew(crew: _Crew) -> None:
         """Let each worker close its backend (bounded wait), then kill the actors and free their resources."""
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        closing = [actor.close.remote() for actor in group.actors]
+        closing = [actor.close.remote() for actor in crew.actors]
         try:
             ray.wait(closing, num_returns=len(closing), timeout=60)
         except Exception:  # noqa: BLE001 - a dead worker has nothing left to close
             pass
-        for actor in group.actors:
+        for actor in crew.actors:
             ray.kill(actor, no_restart=True)
-        remove_placement_group(group.placement_group)
+        remove_placement_group(crew.placement_group)
 
     def backend(self, source: str | Path, adapter_dir: str | Path | None = None,
                 tokenizer: Any = None) -> RayPoolBackend:
-        """The pooled backend for a model, starting its worker group on first use (kept until `release`)."""
+        """The pooled backend for a model, loading it into a crew on first use (held until `release`)."""
         key = (str(source), str(adapter_dir) if adapter_dir is not None else None)
         with self._lock:
-            group = self._groups.get(key)
-            if group is None:
-                group = self._groups[key] = self._start_group(key[0], key[1], tokenizer)
-        return group.backend
+            held = self._held.get(key)
+            if held is None:
+                held = self._held[key] = self._serve(key[0], key[1], tokenizer)
+        return held[1]
 
     def release(self, source: str | Path, adapter_dir: str | Path | None = None) -> None:
-        """Kill the worker group of a model (frees its replicas and resources)."""
+        """Done with a model held by `backend`: its crew unloads it and serves the next model."""
         key = (str(source), str(adapter_dir) if adapter_dir is not None else None)
         with self._lock:
-            group = self._groups.pop(key, None)
-        if group is not None:
-            self._stop_group(group)
+            held = self._held.pop(key, None)
+        if held is not None:
+            self._done(held[0])
 
     def score_models(self, models: Mapping[str, tuple[str | Path, str | Path | None]],
                      fn: Callable[[Backend], T], tokenizer: Any = None) -> dict[str, T]:
         """`fn(backend)` for every model `{name: (model_dir, adapter_dir | None)}`, models scored concurrently.
 
-        One driver thread and one worker group per model, at most `max_concurrent` at a time; each group
-        is released as soon as its `fn` returns. Results come back keyed like `models`.
+        One driver thread and one crew per model being scored, at most `max_concurrent` at a time; a crew
+        takes the next model as soon as its `fn` returns. Results come back keyed like `models`.
         """
 
         def one(item: tuple[str, tuple[str | Path, str | Path | None]]) -> T:
             _, (source, adapter_dir) = item
-            group = self._start_group(str(source), str(adapter_dir) if adapter_dir is not None else None,
-                                      tokenizer)
+            crew, backend = self._serve(str(source), str(adapter_dir) if adapter_dir is not None else None,
+                                        tokenizer)
             with self._lock:
-                self._running[id(group)] = group
+                self._busy[id(crew)] = crew
             try:
-                return fn(group.backend)
+                return fn(backend)
             finally:
                 with self._lock:
-                    self._running.pop(id(group), None)
-                self._stop_group(group)
+                    self._busy.pop(id(crew), None)
+                self._done(crew)
 
         items = list(models.items())
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrent, len(items))),
@@ -355,10 +324,10 @@ class ScoringPool:
     def shutdown(self) -> None:
         """Kill every actor the pool started."""
         with self._lock:
-            groups = [*self._groups.values(), *self._running.values()]
-            self._groups, self._running = {}, {}
-        for group in groups:
-            self._stop_group(group)
+            crews = [*(crew for crew, _ in self._held.values()), *self._busy.values(), *self._idle]
+            self._held, self._busy, self._idle = {}, {}, []
+        for crew in crews:
+            self._stop_crew(crew)
 
     def __enter__(self) -> ScoringPool:
         return self

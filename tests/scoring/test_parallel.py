@@ -23,8 +23,8 @@ from harness.models.text import load_pretrained, save_model
 from harness.models.tokenizer import train_bpe_tokenizer
 from harness.scoring.backend import encode_loglik_request
 from harness.scoring.hf_backend import HFBackend
-from harness.scoring.parallel import ScoringWorker
 from harness.scoring.sharding import loglik_length, longest_first, plan_shards, prompt_length, shard_requests
+from harness.scoring.worker import ScoringError, ScoringWorker
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -146,6 +146,22 @@ def test_scoring_worker_in_process_matches_hf_backend(saved: dict[str, Path]) ->
                 worker.generate(GEN_REQUESTS), want.generate(GEN_REQUESTS))
 
 
+def test_scoring_worker_loads_the_model_each_call_names(saved: dict[str, Path]) -> None:
+    """A worker started without a model (as the pool starts them, and as Ray restarts them) scores whatever
+    model a call names, switching models in process with the same results as a fresh backend."""
+    worker = ScoringWorker(batch_size=BATCH, device="cpu", threads=1)
+    assert worker.info()["source"] is None
+    with pytest.raises(ScoringError, match="no model loaded"):
+        worker.loglikelihood(REQUESTS)
+    base, unlearned = (str(saved["model"]), None), (str(saved["model"]), str(saved["adapter"]))
+    for model, adapter in ((unlearned, True), (base, False), (unlearned, True)):
+        want = reference(saved, adapter)
+        assert_same(worker.loglikelihood(REQUESTS, model), want.loglikelihood(REQUESTS),
+                    worker.generate(GEN_REQUESTS, model), want.generate(GEN_REQUESTS))
+        assert (worker.info()["source"], worker.info()["adapter_dir"]) == model
+    assert worker.unload() is True and worker.info()["source"] is None  # hf can load another model
+
+
 # ---- e2e: Ray ---------------------------------------------------------------------------------------
 
 
@@ -180,7 +196,8 @@ def test_two_workers_match_in_process_backend(saved: dict[str, Path], ray_local:
 
 
 @pytest.mark.e2e
-def test_score_models_concurrently_then_releases(saved: dict[str, Path], ray_local: None) -> None:
+def test_score_models_concurrently_on_crews_that_take_the_next_model(saved: dict[str, Path],
+                                                                     ray_local: None) -> None:
     import ray
 
     from harness.scoring.parallel import ScoringPool
@@ -191,19 +208,27 @@ def test_score_models_concurrently_then_releases(saved: dict[str, Path], ray_loc
         seen.append(backend)
         return backend.loglikelihood(REQUESTS), backend.generate(GEN_REQUESTS)
 
+    models = {"base": (saved["model"], None), "unlearned": (saved["model"], saved["adapter"]),
+              "base again": (saved["model"], None), "unlearned again": (saved["model"], saved["adapter"])}
     with ScoringPool(2, batch_size=BATCH, num_cpus=0.5) as pool:
         assert pool.max_concurrent >= 2
-        out = pool.score_models({"base": (saved["model"], None), "unlearned": (saved["model"], saved["adapter"])},
-                                fn)
-        assert list(out) == ["base", "unlearned"]
-        for name, adapter in (("base", False), ("unlearned", True)):
-            want = reference(saved, adapter)
+        out = pool.score_models(dict(list(models.items())[:2]), fn)  # two models at once, a crew each
+        assert list(out) == ["base", "unlearned"] and pool.crews_started == 2
+    for name, adapter in (("base", False), ("unlearned", True)):
+        want = reference(saved, adapter)
+        assert_same(out[name][0], want.loglikelihood(REQUESTS), out[name][1], want.generate(GEN_REQUESTS))
+    seen.clear()
+    with ScoringPool(2, batch_size=BATCH, num_cpus=0.5, max_concurrent=1) as pool:
+        out = pool.score_models(models, fn)
+        # one crew of two processes scored all four models, one after another, each with its own results
+        assert pool.crews_started == 1 and not pool._busy and not pool._held and len(pool._idle) == 1
+        assert len({pid for b in seen for pid in (i["pid"] for i in ray.get([a.info.remote() for a in b.actors]))}) == 2
+        for name, (_, adapter) in models.items():
+            want = reference(saved, adapter is not None)
             assert_same(out[name][0], want.loglikelihood(REQUESTS), out[name][1], want.generate(GEN_REQUESTS))
-        # score_models releases each model's group when its scoring is done
-        assert not pool._groups and not pool._running
-        for backend in seen:
-            with pytest.raises(ray.exceptions.RayActorError):
-                ray.get(backend.actors[0].info.remote(), timeout=60)
+    for backend in seen:  # leaving the pool killed its crews
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(backend.actors[0].info.remote(), timeout=60)
 
 
 @pytest.mark.e2e
