@@ -21,7 +21,8 @@ import os
 import posixpath
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +265,22 @@ def tune_callback(spec: JobSpec, out: Path, method: str) -> Any:
     Tracker(uri, experiment)
     return MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment,
                                 tags={"harness.job": spec.name, "harness.kind": "trial", "harness.method": method})
+
+
+@contextmanager
+def tracking_env_kept() -> Iterator[None]:
+    """Undo what MLflow's `set_tracking_uri` leaves in `os.environ` (Ray's `MLflowLoggerCallback` calls it in
+    this process): without this, every later job in the process would log to that search's store."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN")
+    before = {key: os.environ.get(key) for key in keys}
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def warn_failed(what: str, err: Exception) -> None:

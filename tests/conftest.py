@@ -16,6 +16,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # A scoring group that cannot be placed fails the test in a minute instead of hanging the suite.
 os.environ.setdefault("HARNESS_PLACEMENT_TIMEOUT_S", "120")
+# Ray Train's controller polls its workers every 2 s, so each fit ends up to 2 s after its last step; the suite
+# runs about forty tiny fits (Ray instances started later, in-process or in a subprocess, inherit this).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -3,6 +3,7 @@ the default local store. A job logged to a real `mlflow server`: tests/e2e/test_
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -121,3 +122,21 @@ def test_a_nightly_run_is_one_mlflow_run_in_the_suite_store(tmp_path: Path, monk
     assert [a.path for a in client.list_artifacts(run_id)] == ["nightly_report.md"]
     assert Path(client.download_artifacts(run_id, "nightly_report.md", str(tmp_path))).read_text() == "# report\n"
     assert str(tmp_path / "nightly" / "mlartifacts") in run.info.artifact_uri
+
+
+def test_a_search_leaves_no_tracking_uri_behind_for_later_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's `set_tracking_uri` (called by Ray's MLflowLoggerCallback in `harness tune`) writes
+    MLFLOW_TRACKING_URI into os.environ; a later job in the same process would log to that store."""
+    import mlflow
+
+    from harness.tracking import tracking_env_kept
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with tracking_env_kept():
+        mlflow.set_tracking_uri("sqlite:////tmp/search-store.db")
+        assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:////tmp/search-store.db"
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://team-server:5000")  # a user's own setting stays
+    with tracking_env_kept():
+        mlflow.set_tracking_uri("sqlite:////tmp/search-store.db")
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://team-server:5000"

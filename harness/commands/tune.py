@@ -34,7 +34,7 @@ from harness.pipeline.score import score_model
 from harness.render.tables import pareto_front, plt, save_figure, to_markdown
 from harness.scoring.load import load_with_adapter
 from harness.spec import JobSpec, MethodSpec, dump_spec, load_spec, validate_spec
-from harness.tracking import tune_callback
+from harness.tracking import tracking_env_kept, tune_callback
 from harness.train.placement import guarded_trainer, release_orphans, release_trainers, worker_of_actor
 from harness.train.ray_run import TrainingRequest, run_unlearning_many
 from harness.train.reference import prepare_references
@@ -321,7 +321,8 @@ def search(trial: Any, context: dict[str, Any], params: dict[str, dict[str, Any]
                                       callbacks=[_release_callback(), _progress_callback(n_trials), *callbacks]),
         )
     try:
-        grid = tuner.fit()
+        with tracking_env_kept():
+            grid = tuner.fit()
     finally:
         release_trainer_groups()
     return grid.get_dataframe()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,9 @@ def test_one_mlflow_run_per_trial_with_its_config(tuned: Path) -> None:
         (run,) = [r for r in runs if r.data.tags["trial_name"].endswith(str(trial["trial_id"]))]
         assert run.data.tags["harness.kind"] == "trial"
         assert run.data.params["adapter.bound"] == trial["config/adapter.bound"]
+    # Ray's callback set MLFLOW_TRACKING_URI in this process; the search put it back, so the next job in the
+    # process logs to its own store, not this search's
+    assert str(tuned) not in os.environ.get("MLFLOW_TRACKING_URI", "")
 
 
 def test_console_shows_each_trial_and_no_library_noise(tuned: Path) -> None:
