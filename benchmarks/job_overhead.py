@@ -30,7 +30,7 @@ from harness.benchmarks import load_benchmark
 from harness.core.ray_env import ensure_ray
 from harness.pipeline.job import train_requests
 from harness.spec import load_spec
-from harness.train.ray_run import TrainRequest, run_unlearning, run_unlearning_many
+from harness.train.ray_run import TrainingRequest, run_unlearning, run_unlearning_many
 from harness.train.reference import prepare_references
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"benchmark.data_dir={tmp / 'data'}", f"out={tmp / 'out'}"])
     bench = load_benchmark(spec.benchmark)
     refs = {spec.reference.seed: prepare_references(spec, bench, torch.device("cpu"), progress=False)}
-    requests: list[TrainRequest] = train_requests(spec, bench, refs)[: args.runs]
+    requests: list[TrainingRequest] = train_requests(spec, bench, refs)[: args.runs]
     n = len(requests)
     ensure_ray(spec.resources.address)  # Ray's own start-up is paid by every variant alike: not timed
 

@@ -24,7 +24,7 @@ LAYERS: dict[str, float] = {
     "core": 0,
     "config": 1, "stack": 1,
     "results": 1.5,
-    "adapters": 2, "data": 2, "report": 2,
+    "adapters": 2, "data": 2, "render": 2,
     "models": 2.5,
     "objectives": 3, "benchmarks": 3,
     "spec": 4,

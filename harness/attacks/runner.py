@@ -14,7 +14,7 @@ import pandas as pd
 from harness.attacks.base import ATTACKS, AttackInputs, AttackOutput, remove_dir
 from harness.benchmarks.base import Benchmark
 from harness.core.stats import bootstrap_interval
-from harness.report.tables import format_stat, plt, save_figure, to_markdown
+from harness.render.tables import format_stat, plt, save_figure, to_markdown
 
 NO_ATTACK = "none"
 

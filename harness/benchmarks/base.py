@@ -13,7 +13,7 @@ import numpy as np
 from harness.config import BenchmarkOptions, EvalSpec
 from harness.core.registry import Registry
 from harness.core.stats import bootstrap_ci
-from harness.report.tables import Column
+from harness.render.tables import Column
 from harness.results.contract import Metric
 
 BENCHMARKS: Registry[type[Benchmark]] = Registry("benchmark")

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import logging
@@ -239,3 +240,23 @@ def check_cluster(path: str | Path, jobs_dir: str | Path | None = None) -> list[
         problems += job_problems(spec, label, nodes, int(config.get("max_workers", 2)),
                                  config.get("head_node_type"))
     return problems
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`harness cluster`'s subcommand (`check`) and its arguments."""
+    sub = parser.add_subparsers(dest="cluster_command", required=True)
+    check = sub.add_parser("check", help="validate a cluster config (Ray's schema) and that the jobs fit")
+    check.add_argument("config", help="Ray cluster launcher config, e.g. cluster.yaml")
+    check.add_argument("--jobs", help="directory of job specs to check (default: jobs/ beside the config)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """`harness cluster check`: print each problem (exit 2) or OK."""
+    problems = check_cluster(args.config, args.jobs)
+    if problems:
+        print(f"{args.config}: {len(problems)} problem(s)")
+        for p in problems:
+            print(f"  - {p}")
+        return 2
+    print(f"OK: {args.config} passes Ray's cluster schema and fits every job spec in {args.jobs or 'jobs/'}")
+    return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from harness.benchmarks.muse.data import write_muse
@@ -31,3 +32,19 @@ def synth_command(benchmark: str, out: str, seed: int = 0) -> Path:
         return write_cifar100(generate_cifar100(SyntheticCifarSpec(), seed), out)
 
     return write_tdec(generate_tdec(SyntheticTdecSpec(), seed), out)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`harness data`'s subcommand (`synth`) and its arguments."""
+    sub = parser.add_subparsers(dest="data_command", required=True)
+    synth = sub.add_parser("synth", help="write a synthetic benchmark set as files")
+    synth.add_argument("benchmark", choices=["tofu", "muse", "tdec", "cifar100"])
+    synth.add_argument("--out", required=True, help="directory to write")
+    synth.add_argument("--seed", type=int, default=0)
+
+
+def main(args: argparse.Namespace) -> int:
+    """`harness data synth`: write the set; say where."""
+    path = synth_command(args.benchmark, args.out, args.seed)
+    print(f"wrote synthetic {args.benchmark} to {path}")
+    return 0

@@ -13,6 +13,7 @@ job's target model), is scored over the job's target model.
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 
 from harness.adapters.checkpoint import check_lora_fits, read_bound_config, read_json, read_lora_weights
 from harness.adapters.format import CONFIG_NAME, WEIGHTS_NAME
-from harness.config import REFERENCE_METHODS, ModelSource
+from harness.config import REFERENCE_METHODS, ModelSource, parse_model_arg
 from harness.core.errors import DataError, ModelError, SpecError
 from harness.models.modality import get_modality
 from harness.models.text import damaged_file, is_builtin, load_model_config, torch_dtype
@@ -30,7 +31,7 @@ from harness.pipeline.job import reference_sources, staged_job
 from harness.pipeline.preflight import job_model_config
 from harness.pipeline.write import score_and_write
 from harness.scoring.load import load_scoring_model, load_with_adapter, resolve_sources
-from harness.spec import JobSpec
+from harness.spec import JobSpec, read_spec_data, validate_spec
 from harness.train.memory import meta_model
 from harness.train.reference import reference_seed_for
 
@@ -182,3 +183,44 @@ def _score_given(ctx: JobContext, resolved: list[ModelSource], seeds_of: dict[in
         notes.append(f"scored without training (harness eval): {_describe(src)}")
     all_seeds = sorted({seed for s in resolved for seed in seeds_of[id(s)]})
     return score_and_write(ctx, sources, names, all_seeds, notes, copies=copies)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`harness eval`'s arguments."""
+    parser.add_argument("spec", help="job spec (YAML): benchmark, model, reference models and eval settings")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=SOURCE[,key=value...]",
+                        help="a model to score (repeatable): a HF model dir or hub id, a PEFT or harness adapter dir "
+                        "(base=DIR), or a finished run dir (method=NAME); see harness/scoring/load.py")
+    parser.add_argument("--adapter", metavar="DIR", help="an adapter directory to score over the job's target model")
+    parser.add_argument("--backend", choices=["hf", "vllm"], help="scoring backend (overrides eval.backend)")
+    parser.add_argument("--workers", type=int, help="Ray scoring workers per model (overrides eval.workers)")
+    parser.add_argument("--out", help="output directory (default: the spec's `out` with -eval appended)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a spec field by its dotted path (repeatable)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished run's results in the out dir (kept until the new run finishes)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted or failed run in the out "
+                        "dir (same spec): models already scored are not scored again")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Score the models given (`--model`, `--adapter`) and the spec's `models:`; print the summary."""
+    overrides = list(args.set)
+    if args.backend:
+        overrides.append(f"eval.backend={args.backend}")
+    if args.workers:
+        overrides.append(f"eval.workers={args.workers}")
+    models = [parse_model_arg(text) for text in args.model]
+    if args.adapter:
+        models.append(adapter_source(args.adapter))
+    data = read_spec_data(args.spec, overrides)
+    data["models"] = [*(data.get("models") or []), *(m.model_dump(exclude_defaults=True) for m in models)]
+    if not data["models"]:
+        raise SpecError(f"{args.spec}: no model to score: pass --model NAME=SOURCE or --adapter DIR, or list "
+                        "`models:` in the spec")
+    spec = validate_spec(data, args.spec)
+    spec = spec.model_copy(update={"out": args.out or f"{spec.out}-eval"})
+    result = eval_job(spec, overwrite=args.overwrite, resume=args.resume)
+    print(result.summary)
+    print(f"results: {result.out_dir}")
+    return 0

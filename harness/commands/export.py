@@ -10,6 +10,7 @@ vLLM and lm-evaluation-harness load it as any other causal LM.
 
 from __future__ import annotations
 
+import argparse
 import math
 import shutil
 import tempfile
@@ -25,7 +26,7 @@ from harness.core.errors import DataError
 from harness.models.modality import get_modality
 from harness.models.text import torch_dtype
 from harness.models.tokenizer import load_tokenizer
-from harness.report.tables import to_markdown
+from harness.render.tables import to_markdown
 from harness.results.run_record import FinishedRun, load_finished_run
 from harness.scoring.load import load_with_adapter
 from harness.spec import benchmark_spec
@@ -173,3 +174,18 @@ def export_method(run_dir: str | Path, method: str, out_dir: str | Path, seed: i
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`harness export`'s arguments."""
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (harness run --out)")
+    parser.add_argument("--method", required=True, help="the method to export (a name in the run's spec)")
+    parser.add_argument("--seed", type=int, help="which seed's run of the method (default: the first)")
+    parser.add_argument("--out", required=True, help="new output directory")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Export the method and say where it went."""
+    path = export_method(args.run_dir, args.method, args.out, args.seed)
+    print(f"exported {args.method} of {args.run_dir}: {path} (merged safetensors, config, tokenizer, README.md)")
+    return 0

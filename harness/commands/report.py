@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import base64
+import argparse
 import html
-import io
-import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +14,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
-import yaml
-from pandas.io.formats.style import Styler
 
 from harness.benchmarks import load_benchmark_class
 from harness.config import REFERENCE_METHODS
@@ -29,63 +24,12 @@ from harness.core.io import (
     ensure_writable_dir,
 )
 from harness.core.stats import two_sample
-from harness.report import sensitivity
-from harness.report.tables import TELEMETRY, Column, fmt_value, summary_stats, summary_table, to_markdown
-from harness.results.contract import METRIC_COLUMNS, TRAIN_LOG_COLUMNS
-from harness.results.run_record import read_run_env, read_run_metrics, read_run_train_log
+from harness.render import sensitivity
+from harness.render.comparison_plots import plot_metric_bars, plot_training_overlay
+from harness.render.html import figure_png, html_image, html_page, html_table
+from harness.render.tables import TELEMETRY, Column, summary_stats, summary_table, to_markdown
+from harness.results.run_record import FinishedRun, load_finished_run
 from harness.spec import benchmark_spec
-
-_CURVES = [("loss", "total loss", False), ("loss_forget", "forget loss", False), ("loss_retain", "retain loss", False),
-           ("grad_norm", "gradient norm", True), ("adapter_norm", "adapter norm ‖ΔW‖", True),
-           ("logit_norm", "logit norm", True)]
-_LINESTYLES = ["-", "--", ":", "-."]
-
-
-@dataclass
-class RunData:
-    """One finished run read back from its results directory (DESIGN.md section 4)."""
-
-    label: str
-    path: Path
-    metrics: pd.DataFrame
-    train_log: pd.DataFrame
-    spec: dict[str, Any] = field(default_factory=dict)
-    env: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def methods(self) -> list[str]:
-        """Reference models first, then the unlearning methods in the order the run lists them."""
-        seen = list(dict.fromkeys(self.metrics["method"].tolist() + self.train_log["method"].tolist()))
-        spec_order = [m.get("name") for m in self.spec.get("methods", []) if isinstance(m, dict)]
-        rest = [m for m in spec_order if m in seen] + [m for m in seen if m not in spec_order]
-        return [m for m in REFERENCE_METHODS if m in seen] + [m for m in rest if m not in REFERENCE_METHODS]
-
-
-def load_run(path: str | Path, label: str | None = None) -> RunData:
-    """Read metrics.parquet (required), train_log.parquet, spec.yaml and env.json of a run directory.
-
-    A damaged file (a truncated parquet, invalid JSON or YAML) is a DataError naming it.
-    """
-    path = Path(path)
-    metrics = read_run_metrics(path)
-    missing = [c for c in ("method", "split", "metric", "value") if c not in metrics.columns]
-    if missing:
-        raise DataError(f"{path / 'metrics.parquet'} lacks the columns {', '.join(missing)}")
-    for col in METRIC_COLUMNS:
-        if col not in metrics.columns:
-            metrics[col] = float("nan") if col in ("ci_low", "ci_high") else ""
-    train_log = read_run_train_log(path)
-    for col in TRAIN_LOG_COLUMNS:
-        if col not in train_log.columns:
-            train_log[col] = pd.Series(dtype="float64")
-    spec: Any = {}
-    if (path / "spec.yaml").is_file():
-        try:
-            spec = yaml.safe_load((path / "spec.yaml").read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise DataError(f"{path / 'spec.yaml'} is not valid YAML: {err}") from None
-    env = read_run_env(path)
-    return RunData(label or path.name, path, metrics, train_log, spec if isinstance(spec, dict) else {}, env)
 
 
 def summary_columns_for(spec: dict[str, Any], metrics: pd.DataFrame) -> list[Column]:
@@ -130,8 +74,8 @@ def _with_seed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(seed=frame["seed"].fillna(0))
 
 
-def comparison_stats(runs: Sequence[RunData]) -> tuple[pd.DataFrame, list[Column], dict[str, pd.DataFrame]]:
-    """Across-seed statistics (harness.report.tables.summary_stats) of every run's summary columns and telemetry,
+def comparison_stats(runs: Sequence[FinishedRun]) -> tuple[pd.DataFrame, list[Column], dict[str, pd.DataFrame]]:
+    """Across-seed statistics (harness.render.tables.summary_stats) of every run's summary columns and telemetry,
     with a `run` column; the union of the columns; and each run's formatted summary table."""
     columns: list[Column] = []
     frames, tables = [], {}
@@ -147,7 +91,7 @@ def comparison_stats(runs: Sequence[RunData]) -> tuple[pd.DataFrame, list[Column
     return stats, columns, tables
 
 
-def comparison_table(runs: Sequence[RunData]) -> tuple[pd.DataFrame, list[Column]]:
+def comparison_table(runs: Sequence[FinishedRun]) -> tuple[pd.DataFrame, list[Column]]:
     """One row per (run, method): the across-seed mean of every summary metric and telemetry maximum, the
     number of seeds, and how many seeds diverged (`k/n`)."""
     stats, columns, tables = comparison_stats(runs)
@@ -168,7 +112,7 @@ def comparison_table(runs: Sequence[RunData]) -> tuple[pd.DataFrame, list[Column
         columns
 
 
-def formatted_comparison(runs: Sequence[RunData]) -> pd.DataFrame:
+def formatted_comparison(runs: Sequence[FinishedRun]) -> pd.DataFrame:
     """The comparison as people read it: `mean [95% interval over seeds]` cells, one row per (run, method)."""
     _, columns, tables = comparison_stats(runs)
     frames = [t.assign(run=label) for label, t in tables.items()]
@@ -184,7 +128,7 @@ SEED_TEST_COLUMNS = ["method", "column", "run A", "run B", "n A", "n B", "mean A
                      "smallest p", "verdict"]
 
 
-def seed_distribution_tests(runs: Sequence[RunData]) -> pd.DataFrame:
+def seed_distribution_tests(runs: Sequence[FinishedRun]) -> pd.DataFrame:
     """Every later run against the first, per method both ran and per summary column and telemetry maximum:
     whether their per-seed values differ, by a two-sided Mann-Whitney U test (harness.core.stats.two_sample), with
     the smallest p the seed counts allow."""
@@ -219,7 +163,7 @@ SEED_TEST_NOTE = ("Two-sided Mann-Whitney U test of the per-seed values (scipy.s
                   "is the strongest evidence they allow, and `no evidence` is not evidence of equality.")
 
 
-def all_metrics_table(runs: Sequence[RunData]) -> pd.DataFrame:
+def all_metrics_table(runs: Sequence[FinishedRun]) -> pd.DataFrame:
     """Every (benchmark, split, metric, method) as a row, one value column per run."""
     long = pd.concat([r.metrics.assign(run=r.label) for r in runs], ignore_index=True)
     long["benchmark"] = long["benchmark"].fillna("")
@@ -228,70 +172,17 @@ def all_metrics_table(runs: Sequence[RunData]) -> pd.DataFrame:
     return wide.reindex(columns=[r.label for r in runs]).reset_index()
 
 
-def plot_metric_bars(table: pd.DataFrame, columns: Sequence[Column]) -> plt.Figure | None:
-    """One panel per summary metric; methods on the x axis, one bar per run."""
-    if table.empty or not columns:
-        return None
-    runs = list(dict.fromkeys(table["run"]))
-    methods = list(dict.fromkeys(table["method"]))
-    n = len(columns)
-    ncols = min(n, 3)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.6 * nrows), squeeze=False)
-    width = 0.8 / max(len(runs), 1)
-    for ax, col in zip(axes.flat, columns):
-        for i, run in enumerate(runs):
-            sub = table[table["run"] == run].set_index("method")[col.label].astype(float)
-            xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(methods))]
-            ax.bar(xs, [sub.get(m, float("nan")) for m in methods], width, label=run)
-        arrow = {True: " ↑", False: " ↓"}.get(col.higher_is_better, "")
-        ax.set_title(col.label + arrow, fontsize=10)
-        ax.set_xticks(range(len(methods)), methods, rotation=45, fontsize=8)
-        ax.grid(axis="y", alpha=0.3)
-    for ax in list(axes.flat)[n:]:
-        ax.set_visible(False)
-    axes.flat[0].legend(fontsize=8)
-    fig.suptitle("Summary metrics per method, grouped by run")
-    fig.tight_layout()
-    return fig
-
-
-def plot_training_overlay(runs: Sequence[RunData]) -> plt.Figure | None:
-    """Training curves of every (run, method) overlaid: colour per method, line style per run."""
-    logs = [r for r in runs if not r.train_log.empty]
-    if not logs:
-        return None
-    methods = list(dict.fromkeys(m for r in logs for m in r.train_log["method"]))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
-    for ax, (key, title, log_scale) in zip(axes.flat, _CURVES, strict=True):
-        positive = True
-        for i, run in enumerate(logs):
-            for method, group in run.train_log.groupby("method", sort=False):
-                y = group[key].astype(float)
-                positive &= bool((y.dropna() > 0).all())
-                ax.plot(group["step"], y, color=colors[methods.index(method) % len(colors)],
-                        linestyle=_LINESTYLES[i % len(_LINESTYLES)], linewidth=1.4, label=f"{run.label}: {method}")
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        if log_scale and positive:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle("Training curves (colour: method, line style: run)")
-    fig.tight_layout()
-    return fig
-
-
-def load_runs(dirs: Sequence[str | Path]) -> list[RunData]:
-    """Read several run directories, labelled by their (disambiguated) directory names."""
+def load_runs(dirs: Sequence[str | Path]) -> list[FinishedRun]:
+    """Read several run directories (only metrics.parquet required: `load_finished_run(complete=False)`), labelled
+    by their (disambiguated) directory names."""
     if not dirs:
         raise DataError("no run directories given")
     paths = [Path(d) for d in dirs]
-    return [load_run(p, lab) for p, lab in zip(paths, _unique_labels(paths), strict=True)]
+    labels = _unique_labels(paths)
+    return [load_finished_run(p, complete=False, label=lab) for p, lab in zip(paths, labels, strict=True)]
 
 
-def _figures(runs: Sequence[RunData], table: pd.DataFrame, columns: Sequence[Column]) -> dict[str, plt.Figure]:
+def _figures(runs: Sequence[FinishedRun], table: pd.DataFrame, columns: Sequence[Column]) -> dict[str, plt.Figure]:
     figs = (("metrics", plot_metric_bars(table, columns)), ("training", plot_training_overlay(runs)))
     return {name: fig for name, fig in figs if fig is not None}
 
@@ -303,50 +194,11 @@ def compare_runs(dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, dict[str, pl
     return table, _figures(runs, table, columns)
 
 
-# ---- writing: markdown + self-contained HTML ------------------------------------------------------
-
-def figure_png(fig: plt.Figure) -> bytes:
-    """A figure as PNG bytes (the figure is closed)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def html_table(table: pd.DataFrame, table_id: str, row_class: Sequence[str] | None = None) -> str:
-    """`table` as HTML (pandas Styler) with the markdown tables' number formatting; `row_class` classes each
-    row's cells (`regression`, ...); `table_id` names the table, unique within a page."""
-
-    data = table.reset_index(drop=True)
-    styler = (Styler(data, uuid=table_id, cell_ids=False).hide(axis="index")
-              .format(lambda v: html.escape(fmt_value(v) if isinstance(v, float) else str(v)))
-              .format_index(escape="html", axis=1))
-    if row_class is not None:
-        styler = styler.set_td_classes(pd.DataFrame([[cls or ""] * data.shape[1] for cls in row_class],
-                                                    index=data.index, columns=data.columns))
-    return styler.to_html()
-
-
-def html_image(png: bytes, alt: str) -> str:
-    """An <img> with the PNG embedded as base64, so the page stands alone."""
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-
-
-def html_page(title: str, body: str) -> str:
-    """A small self-contained HTML page."""
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0;"
-             "font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f2f2f2}"
-             "td:first-child,th:first-child{text-align:left}td.regression{background:#fdd}"
-             "td.improvement{background:#dfd}td.missing{background:#fec}img{max-width:100%}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
-
-
-def _runs_table(runs: Sequence[RunData]) -> pd.DataFrame:
+def _runs_table(runs: Sequence[FinishedRun]) -> pd.DataFrame:
     rows = []
     for r in runs:
         bench = (r.spec.get("benchmark") or {}) if r.spec else {}
-        rows.append({"run": r.label, "path": str(r.path), "job": r.spec.get("name", "—"),
+        rows.append({"run": r.label, "path": str(r.run_dir), "job": r.spec.get("name", "—"),
                      "benchmark": f"{bench.get('name', '—')} {bench.get('forget_split', '')}".strip(),
                      "git commit": str(r.env.get("git_commit") or "—")[:16],
                      "seeds": str(r.env.get("seeds", r.env.get("seed", "—"))),
@@ -392,3 +244,16 @@ def write_report(dirs: Sequence[str | Path], out: str | Path | None = None) -> P
     body += ["<h2>All metrics</h2>", html_table(everything, "metrics")]
     atomic_write_text(out / "report.html", html_page(title, "\n".join(body)))
     return out / "report.md"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`harness report`'s arguments."""
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="run directories (each with metrics.parquet)")
+    parser.add_argument("--out", help="output directory (default: report/ under the runs' common parent)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Write the report; say where it went."""
+    path = write_report(args.dirs, args.out)
+    print(f"report: {path} (and {path.with_suffix('.html')})")
+    return 0

@@ -16,6 +16,7 @@ says `disabled`; auth failures become a `HarnessError` that says where the token
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import secrets
@@ -292,3 +293,24 @@ def wait_for_job(address: str | None, job_id: str, stream: TextIO | None = None,
             time.sleep(poll_s)
     print(f"job {job_id}: {state.status}" + (f" ({state.message})" if state.message else ""), file=stream)
     return state
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`harness submit`'s arguments."""
+    parser.add_argument("spec", help="job spec (YAML) inside the project directory, which is uploaded")
+    parser.add_argument("--address", help="Jobs API address, e.g. http://HEAD:8265 "
+                        "(default: RAY_API_SERVER_ADDRESS or RAY_ADDRESS)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a spec field by its dotted path (repeatable)")
+    parser.add_argument("--out", help="results directory on the cluster (passed to `harness run --out`)")
+    parser.add_argument("--overwrite", action="store_true", help="pass --overwrite to `harness run`")
+    parser.add_argument("--wait", action="store_true", help="follow the logs until the job ends; exit 1 unless it "
+                        "succeeded")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Submit the job; with `--wait`, exit 1 unless it succeeded."""
+    job_id = submit_job(args.spec, args.address, args.set, wait=args.wait, out=args.out, overwrite=args.overwrite)
+    if not args.wait:
+        return 0
+    return 0 if job_status(args.address, job_id).status == "SUCCEEDED" else 1

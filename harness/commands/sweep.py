@@ -28,6 +28,7 @@ shaded) and `plots/tradeoff.png` (the two objectives, one point per configuratio
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import math
 import random
@@ -47,10 +48,10 @@ from harness.core.stats import across_seeds
 from harness.pipeline.context import log
 from harness.pipeline.job import run_job
 from harness.pipeline.resume import check_resumable
-from harness.report.tables import format_stat, pareto_front, plt, save_figure, to_markdown
+from harness.render.tables import format_stat, pareto_front, plt, save_figure, to_markdown
 from harness.results.run_dir import has_results
 from harness.results.run_record import read_run_metrics, read_run_train_log
-from harness.spec import JobSpec, validate_spec
+from harness.spec import JobSpec, load_spec, validate_spec
 from harness.tracking import resolve_uri, with_store
 
 METHOD_SECTIONS = ("adapter", "objective", "train")
@@ -346,3 +347,24 @@ def plot_tradeoff(table: pd.DataFrame, objectives: list[SearchObjective], group:
     fig.tight_layout()
     save_figure(fig, path)
     return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`harness sweep`'s arguments."""
+    parser.add_argument("spec", help="job spec (YAML)")
+    parser.add_argument("--space", required=True,
+                        help="sweep file (YAML, see harness/commands/sweep.py and sweeps/)")
+    parser.add_argument("--out", help="output directory (default results/sweep-<job name>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec field")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out: finished "
+                        "jobs are kept, the interrupted one resumes (same spec and sweep file)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the sweep; print its table and where the results went."""
+    spec = load_spec(args.spec, args.set)
+    sweep = load_sweep(args.space)
+    out = run_sweep(spec, sweep, Path(args.out or f"results/sweep-{spec.name}"), resume=args.resume)
+    print((out / "sweep.md").read_text())
+    print(f"sweep results: {out} (sweep.parquet, sweep.md, plots/curves.png, plots/tradeoff.png)")
+    return 0

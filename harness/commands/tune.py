@@ -11,18 +11,19 @@ front (`pareto.md`, `plots/pareto.png`), and the Pareto configurations as ready-
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 import yaml
-from pydantic import Field, model_validator
 
 from harness.benchmarks import load_benchmark
-from harness.config import SearchObjective, StrictModel, apply_override, load_config
+from harness.commands.tune_space import TuneSpace, domain, load_space
+from harness.config import SearchObjective, apply_override
 from harness.core.console import is_verbose
 from harness.core.errors import SpecError
 from harness.core.io import atomic_write_parquet, atomic_write_text
@@ -30,76 +31,13 @@ from harness.core.ray_env import ensure_ray
 from harness.objectives import make_objective, original_targets
 from harness.pipeline.context import job_device, log
 from harness.pipeline.score import score_model
-from harness.report.tables import pareto_front, plt, save_figure, to_markdown
+from harness.render.tables import pareto_front, plt, save_figure, to_markdown
 from harness.scoring.load import load_with_adapter
-from harness.spec import JobSpec, MethodSpec, dump_spec, validate_spec
+from harness.spec import JobSpec, MethodSpec, dump_spec, load_spec, validate_spec
 from harness.tracking import tracking_env_kept, tune_callback
 from harness.train.placement import guarded_trainer, release_orphans, release_trainers, worker_of_actor
-from harness.train.ray_run import TrainRequest, run_unlearning_many
+from harness.train.ray_run import TrainingRequest, run_unlearning_many
 from harness.train.reference import prepare_references
-
-
-class Proxy(StrictModel):
-    """An in-training metric (from the trainer's reports) that ASHA stops trials on."""
-
-    metric: str = "loss_retain"
-    mode: Literal["max", "min"] = "min"
-
-
-class Asha(StrictModel):
-    """ASHA settings, in units of trainer reports."""
-
-    grace_period: int = Field(2, ge=1)
-    reduction_factor: float = Field(2.0, gt=1)
-    max_t: int = Field(100, ge=1)
-
-
-class TuneSpace(StrictModel):
-    """A search space over the settings of one method of a job spec (dotted paths inside the method)."""
-
-    method: str | None = None
-    num_samples: int = Field(8, ge=1)
-    max_concurrent: int = Field(1, ge=1)
-    seed: int = 0
-    objectives: list[SearchObjective] = Field(min_length=1)
-    proxy: Proxy = Proxy()
-    asha: Asha | None = Asha()
-    #: A trial fails when its trainer's workers wait this long for resources that no running work will free.
-    trainer_pending_timeout_s: float = Field(300.0, gt=0)
-    params: dict[str, dict[str, Any]] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _check(self) -> TuneSpace:
-        names = [o.metric for o in self.objectives]
-        if len(set(names)) != len(names):
-            raise ValueError("objectives must name different metrics")
-        check_params(self.params, "params")
-        return self
-
-
-DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
-
-
-def check_params(params: dict[str, dict[str, Any]], where: str) -> None:
-    """ValueError naming `where.<path>` unless every distribution is exactly one of DISTRIBUTIONS."""
-    for path, dist in params.items():
-        if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
-            raise ValueError(f"{where}.{path}: give exactly one of {', '.join(DISTRIBUTIONS)}")
-
-
-def load_space(path: str | Path) -> TuneSpace:
-    """Read and validate a search-space YAML file."""
-    return load_config(TuneSpace, path, "search space")
-
-
-def domain(dist: dict[str, Any]) -> Any:
-    """The Ray Tune search domain of one distribution (`{loguniform: [lo, hi]}`, ...)."""
-    from ray import tune
-
-    kind, args = next(iter(dist.items()))
-    if kind == "choice":
-        return tune.choice(list(args))
-    return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](*args)
 
 
 def apply_trial(base: JobSpec, method_name: str, config: dict[str, Any]) -> JobSpec:
@@ -127,7 +65,7 @@ def trial_scores(config: dict[str, Any], context: dict[str, Any]) -> dict[str, A
     method = spec.methods[0]
     seeds = context.get("seeds") or spec.seeds[:1]
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
-    requests = [TrainRequest(method, seed, context["forget"], context["retain"], context["target"],
+    requests = [TrainingRequest(method, seed, context["forget"], context["retain"], context["target"],
                              context["forget_original"]) for seed in seeds]
     with guarded_trainer(context["pending_timeout_s"]):
         runs = list(run_unlearning_many(requests, spec, trial_dir, modality=context["modality"],
@@ -431,3 +369,24 @@ def _quiet_tune() -> None:
 
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`harness tune`'s arguments."""
+    parser.add_argument("spec", help="job spec (YAML)")
+    parser.add_argument("--space", required=True, help="search space (YAML, see tune_spaces/)")
+    parser.add_argument("--trials", type=int, help="number of trials (overrides the space's num_samples)")
+    parser.add_argument("--out", help="output directory (default results/tune-<job name>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec field")
+    parser.add_argument("--resume", action="store_true", help="resume an interrupted search in --out")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the search; print its Pareto table and where the results went."""
+    spec = load_spec(args.spec, args.set)
+    space = load_space(args.space)
+    out = Path(args.out or f"results/tune-{spec.name}")
+    result = run_tune(spec, space, out, trials=args.trials, resume=args.resume)
+    print((result / "pareto.md").read_text())
+    print(f"tune results: {result} (best job specs in {result / 'best'})")
+    return 0

@@ -68,7 +68,7 @@ class AdapterSpec(StrictModel):
 class SensitivitySpec(StrictModel):
     """Trajectory sensitivity (harness/train/twin.py): a twin of every run, perturbed by relative noise `epsilon` on
     the adapter factors and trained in lockstep on the same batches; their distance per step gives the run's
-    finite-time Lyapunov exponent (harness/report/sensitivity.py)."""
+    finite-time Lyapunov exponent (harness/render/sensitivity.py)."""
 
     epsilon: float = Field(1e-7, ge=0, description="relative noise on the adapter factors: each factor moves by "
                            "epsilon * rms(factor) * N(0, 1); 0 gives a twin identical to the run")

@@ -22,11 +22,11 @@ from harness.pipeline.context import JobContext, JobResult, ModelKey, ScoredMode
 from harness.pipeline.preflight import preflight
 from harness.pipeline.resume import (
     check_same_spec,
-    earlier_runs,
+    earlier_trainings,
     next_train_run_name,
 )
 from harness.pipeline.write import score_and_write
-from harness.report import sensitivity
+from harness.render import sensitivity
 from harness.results.contract import (
     run_key,
     unattacked,
@@ -35,11 +35,11 @@ from harness.results.env import environment
 from harness.results.run_dir import RunDirectory
 from harness.spec import JobSpec, dump_spec
 from harness.tracking import log_job, resolve_uri, warn_failed
-from harness.train.ray_run import TrainRequest, run_unlearning_many
+from harness.train.ray_run import TrainingRequest, run_unlearning_many
 from harness.train.reference import References, prepare_references, reference_seed_for, reference_seeds
 
 
-def train_requests(spec: JobSpec, bench: Benchmark, refs: dict[int, References]) -> list[TrainRequest]:
+def train_requests(spec: JobSpec, bench: Benchmark, refs: dict[int, References]) -> list[TrainingRequest]:
     """Every (method, seed) run of the job, seed-major, each on the targets of its reference seed."""
     requests = []
     for seed in spec.seeds:
@@ -52,7 +52,7 @@ def train_requests(spec: JobSpec, bench: Benchmark, refs: dict[int, References])
             # when they are the objective's targets too, the trainer sends the set once (by content hash).
             original = (bench.forget_examples(ref.processor, original_targets(), seed) if objective.has_prepare
                         else [])
-            requests.append(TrainRequest(method, seed, forget, retain, target=ref.target_source,
+            requests.append(TrainingRequest(method, seed, forget, retain, target=ref.target_source,
                                          forget_original=original))
     return requests
 
@@ -163,7 +163,7 @@ def _train_and_score(ctx: JobContext, progress: bool) -> JobResult:
     spec = ctx.spec
     t0 = time.perf_counter()
     requests = train_requests(spec, ctx.bench, ctx.refs)
-    runs, todo, partial = earlier_runs(ctx.out, requests, log) if ctx.resumed else ({}, requests, {})
+    runs, todo, partial = earlier_trainings(ctx.out, requests, log) if ctx.resumed else ({}, requests, {})
     log(f"training {len(todo)} run(s) ({len(spec.methods)} method(s) x {len(spec.seeds)} seed(s)"
         + (f", {len(runs)} reused" if runs else "") + f") on {spec.resources.num_workers} worker(s)")
     if todo:

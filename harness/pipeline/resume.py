@@ -26,11 +26,12 @@ from harness.config import load_yaml
 from harness.core.errors import DataError, SpecError
 from harness.core.io import atomic_write_bytes
 from harness.results.run_dir import has_results
-from harness.train.loop import ADAPTER_DIR, ENGINE_TAG, STATE_FILE, total_steps
-from harness.train.ray_run import read_finished_run
+from harness.train.checkpoint import ADAPTER_DIR, ENGINE_TAG, STATE_FILE
+from harness.train.loop import total_steps
+from harness.train.ray_run import read_finished_training
 
 if TYPE_CHECKING:
-    from harness.train.ray_run import TrainRequest, TrainRun
+    from harness.train.ray_run import TrainingRequest, TrainingResult
 
 #: Top-level spec fields a resumed job may change: where it runs and where its output goes.
 RESUME_MAY_CHANGE = ("resources", "out", "tracking")
@@ -171,8 +172,8 @@ def earlier_training(out: Path, runs: Iterable[tuple[str, str, int, int]]) -> Ea
     return found
 
 
-def earlier_runs(out: Path, requests: Sequence[TrainRequest], log: Callable[[str], None]
-                 ) -> tuple[dict[str, TrainRun], list[TrainRequest], dict[str, str]]:
+def earlier_trainings(out: Path, requests: Sequence[TrainingRequest], log: Callable[[str], None]
+                 ) -> tuple[dict[str, TrainingResult], list[TrainingRequest], dict[str, str]]:
     """For a resumed job writing into `out`: the runs an earlier attempt finished (verified, their adapters copied
     to `<out>/checkpoints/`: reused, not retrained), the requests still to train, and the checkpoint each
     unfinished one continues from; each decision is logged."""
@@ -181,7 +182,7 @@ def earlier_runs(out: Path, requests: Sequence[TrainRequest], log: Callable[[str
                                    for r in requests])
     for warning in found.warnings:
         log(f"warning: {warning}")
-    runs = {r.key: read_finished_run(found.finished[r.key], r, out) for r in requests if r.key in found.finished}
+    runs = {r.key: read_finished_training(found.finished[r.key], r, out) for r in requests if r.key in found.finished}
     if runs:
         log(f"reusing {len(runs)} finished training(s) of the interrupted run, not retrained: {', '.join(runs)}")
     todo = [r for r in requests if r.key not in runs]

@@ -17,8 +17,8 @@ from harness.pipeline.resume import (
     SCORES_DIR,
 )
 from harness.pipeline.score import job_pool, score_all
-from harness.report import sensitivity
-from harness.report.tables import (
+from harness.render import sensitivity
+from harness.render.tables import (
     Column,
     pareto_table,
     plot_metrics,

@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 from harness.config import REFERENCE_METHODS, FrozenModel
 from harness.core.errors import DataError
 from harness.core.io import atomic_write_json, read_json_file, read_parquet_file
-from harness.results.contract import TRAIN_LOG_COLUMNS, unattacked
+from harness.results.contract import METRIC_COLUMNS, TRAIN_LOG_COLUMNS, unattacked
 from harness.results.run_dir import require_finished
 
 RECORD_NAME = "models.json"
@@ -148,18 +149,38 @@ def read_models(run_dir: str | Path) -> RunModels:
 
 @dataclass(frozen=True)
 class FinishedRun:
-    """A finished run directory, read: its resolved spec (as data), env.json, metrics and models."""
+    """A finished run directory, read: its resolved spec (as data), env.json, metrics, training log and (read when
+    first used) its models; `label` names it in a comparison of runs (default: its directory name)."""
 
     run_dir: Path
     spec: dict[str, Any]
     env: dict[str, Any]
     metrics: pd.DataFrame
-    models: RunModels
+    train_log: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TRAIN_LOG_COLUMNS))
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.run_dir.name)
+
+    @cached_property
+    def models(self) -> RunModels:
+        """The models recorded in models.json (DataError when absent or malformed)."""
+        return read_models(self.run_dir)
 
     @property
     def name(self) -> str:
         """The job name of the run."""
         return str(self.spec.get("name", self.run_dir.name))
+
+    @property
+    def methods(self) -> list[str]:
+        """Reference models first, then the unlearning methods in the order the run lists them (those with metrics
+        or a training log)."""
+        seen = list(dict.fromkeys(self.metrics["method"].tolist() + self.train_log["method"].tolist()))
+        spec_order = [m.get("name") for m in self.spec.get("methods", []) if isinstance(m, dict)]
+        rest = [m for m in spec_order if m in seen] + [m for m in seen if m not in spec_order]
+        return [m for m in REFERENCE_METHODS if m in seen] + [m for m in rest if m not in REFERENCE_METHODS]
 
     def method_spec(self, method: str) -> dict[str, Any]:
         """The resolved spec of one method (`{}` when spec.yaml does not list it)."""
@@ -235,9 +256,17 @@ def read_run_env(run_dir: str | Path, what: str = "run environment") -> dict[str
     return env
 
 
-def load_finished_run(run_dir: str | Path) -> FinishedRun:
-    """Read a finished run directory; DataError naming what is missing when the run did not finish."""
+def load_finished_run(run_dir: str | Path, complete: bool = True, label: str = "") -> FinishedRun:
+    """Read a finished run directory; DataError naming what is missing or damaged.
+
+    `complete`: the run must have finished with its whole record (env.json with its finish time, spec.yaml,
+    models.json), as exporting or scoring its models needs. Else only metrics.parquet is required (what a comparison
+    of runs reads, also of runs an older harness wrote): spec.yaml and env.json are read when present, the metrics
+    and training log get the contract's columns they lack, and models.json is read only when `models` is used.
+    """
     run_dir = Path(run_dir)
+    if not complete:
+        return _results_only(run_dir, label)
     if not run_dir.is_dir():
         raise DataError(f"run directory {run_dir} does not exist")
     require_finished(run_dir)
@@ -252,4 +281,29 @@ def load_finished_run(run_dir: str | Path) -> FinishedRun:
         raise DataError(f"{run_dir} is not a finished run: {env_path} has no 'finished' time "
                         "(the run is still going, or stopped before writing its results)")
     metrics = read_run_metrics(run_dir)
-    return FinishedRun(run_dir, _read_yaml(run_dir / "spec.yaml"), env, metrics, read_models(run_dir))
+    run = FinishedRun(run_dir, _read_yaml(run_dir / "spec.yaml"), env, metrics, read_run_train_log(run_dir), label)
+    _ = run.models  # read now: a run without its record of models fails here
+    return run
+
+
+def _results_only(run_dir: Path, label: str) -> FinishedRun:
+    """`load_finished_run(complete=False)`."""
+    metrics = read_run_metrics(run_dir)
+    missing = [c for c in ("method", "split", "metric", "value") if c not in metrics.columns]
+    if missing:
+        raise DataError(f"{run_dir / 'metrics.parquet'} lacks the columns {', '.join(missing)}")
+    for col in METRIC_COLUMNS:
+        if col not in metrics.columns:
+            metrics[col] = float("nan") if col in ("ci_low", "ci_high") else ""
+    train_log = read_run_train_log(run_dir)
+    for col in TRAIN_LOG_COLUMNS:
+        if col not in train_log.columns:
+            train_log[col] = pd.Series(dtype="float64")
+    spec: Any = {}
+    if (run_dir / "spec.yaml").is_file():
+        try:
+            spec = yaml.safe_load((run_dir / "spec.yaml").read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise DataError(f"{run_dir / 'spec.yaml'} is not valid YAML: {err}") from None
+    env = read_run_env(run_dir)
+    return FinishedRun(run_dir, spec if isinstance(spec, dict) else {}, env, metrics, train_log, label)

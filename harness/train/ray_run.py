@@ -1,4 +1,4 @@
-"""Driver side of training: a job's runs (method x seed) as ONE Ray Train `TorchTrainer`, results read back.
+"""Driver side of training: a job's trainings (method x seed) as ONE Ray Train `TorchTrainer`, results read back.
 
 One worker group trains every run one after another, so the trainer's start-up (controller, worker
 group, process group) is paid once per job instead of once per run. Each finished run leaves a `done`
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import pickle
 import shutil
 import signal
@@ -26,12 +25,11 @@ from harness.core.ray_env import ensure_ray, started_locally
 from harness.core.signals import cleaning_up
 from harness.results.contract import run_key
 from harness.spec import JobSpec, MethodSpec
+from harness.train.checkpoint import ADAPTER_DIR, RUN_DONE_KEY, CheckpointRecord
 from harness.train.deepspeed_config import build_deepspeed_config
-from harness.train.loop import ADAPTER_DIR, RUN_DONE_KEY, STATE_FILE, WORKER_CONFIG_KEY, train_loop_per_worker
+from harness.train.loop import WORKER_CONFIG_KEY, train_loop_per_worker
 from harness.train.progress import TrainingProgress
-from harness.train.worker_config import PlannedRun, WorkerConfig
-
-#: Whether this process started the Ray instance it uses (its `ray.shutdown` then stops every worker).
+from harness.train.worker_config import KillAt, PlannedTraining, WorkerConfig
 
 
 class TrainingError(HarnessError):
@@ -41,8 +39,8 @@ class TrainingError(HarnessError):
 
 
 @dataclass
-class TrainRequest:
-    """One run to train: a method with a seed, on forget (and retain) examples of the job's modality."""
+class TrainingRequest:
+    """One training to run: a method with a seed, on forget (and retain) examples of the job's modality."""
 
     method: MethodSpec
     seed: int
@@ -55,13 +53,13 @@ class TrainRequest:
 
     @property
     def key(self) -> str:
-        """`<method>/seed<seed>`: the run's name in reports, progress and checkpoints."""
+        """`<method>/seed<seed>`: the training's name in reports, progress and checkpoints."""
         return run_key(self.method.name, self.seed)
 
 
 @dataclass
-class TrainRun:
-    """What one run's training produced: step log, divergence, and the PEFT-format adapter."""
+class TrainingResult:
+    """What one training produced: step log, divergence, and the PEFT-format adapter."""
 
     method: str = ""
     seed: int = 0
@@ -139,7 +137,7 @@ def _data_key(examples: Sequence[Any]) -> str:
     return hashlib.sha256(pickle.dumps(list(examples), protocol=5)).hexdigest()[:16]
 
 
-def _train_config(requests: Sequence[TrainRequest], spec: JobSpec, modality: str, out_dir: Path,
+def _train_config(requests: Sequence[TrainingRequest], spec: JobSpec, modality: str, out_dir: Path,
                   fault: dict[str, Any] | None, resume_from: dict[str, str] | None = None) -> WorkerConfig:
     """The workers' config: every run, each distinct dataset once, and the DeepSpeed config per method."""
     res = spec.resources
@@ -157,17 +155,17 @@ def _train_config(requests: Sequence[TrainRequest], spec: JobSpec, modality: str
             data.setdefault(original_key, list(req.forget_original))
         ds_config = build_deepspeed_config(req.method.train, res.num_workers)
         atomic_write_json(out_dir / "deepspeed" / f"{req.method.name}.json", ds_config)
-        runs.append(PlannedRun(key=req.key, method=req.method.model_dump(mode="json"), seed=req.seed,
+        runs.append(PlannedTraining(key=req.key, method=req.method.model_dump(mode="json"), seed=req.seed,
                                target=req.target, forget=forget_key, retain=retain_key,
                                prepare_forget=original_key, deepspeed=ds_config))
     return WorkerConfig(runs=runs, data=data, modality=modality, use_gpu=res.use_gpu, threads=res.cpus_per_worker,
-                        fault=fault, resume_from=resume_from or {})
+                        fault=KillAt(**fault) if fault else None, resume_from=resume_from or {})
 
 
-def run_unlearning_many(requests: Sequence[TrainRequest], spec: JobSpec, out_dir: Path,
+def run_unlearning_many(requests: Sequence[TrainingRequest], spec: JobSpec, out_dir: Path,
                         modality: str = "text", fault: dict[str, Any] | None = None,
                         callbacks: Sequence[Any] = (), name: str = "unlearn",
-                        progress: bool = True, resume_from: dict[str, str] | None = None) -> dict[str, TrainRun]:
+                        progress: bool = True, resume_from: dict[str, str] | None = None) -> dict[str, TrainingResult]:
     """Train every request in one Ray Train run (N workers, each a DeepSpeed engine); results by run key.
 
     Each request names the directory (or hub id) its workers load the target model and processor from.
@@ -210,37 +208,38 @@ def run_unlearning_many(requests: Sequence[TrainRequest], spec: JobSpec, out_dir
     return _collect(result, requests, out_dir)
 
 
-def _collect(result: Any, requests: Sequence[TrainRequest], out_dir: Path) -> dict[str, TrainRun]:
+def _collect(result: Any, requests: Sequence[TrainingRequest], out_dir: Path) -> dict[str, TrainingResult]:
     """Every run's last `done` checkpoint: its log and status, and its adapter copied under `out_dir`."""
     done: dict[str, Any] = {}
     for checkpoint, metrics in result.best_checkpoints or []:
         if metrics.get(RUN_DONE_KEY):
             done[metrics["run"]] = checkpoint
-    runs: dict[str, TrainRun] = {}
+    runs: dict[str, TrainingResult] = {}
     for req in requests:
         if req.key not in done:
             raise TrainingError(f"run {req.key} finished without a final checkpoint")
         with done[req.key].as_directory() as d:
-            runs[req.key] = read_finished_run(Path(d), req, out_dir)
+            runs[req.key] = read_finished_training(Path(d), req, out_dir)
     return runs
 
 
-def read_finished_run(checkpoint: Path, req: TrainRequest, out_dir: Path) -> TrainRun:
+def read_finished_training(checkpoint: Path, req: TrainingRequest, out_dir: Path) -> TrainingResult:
     """A run's result from its `done` checkpoint directory: its state, and its adapter copied to
     `<out_dir>/checkpoints/<method>/seed<seed>/`."""
     dest = out_dir / "checkpoints" / req.method.name / f"seed{req.seed}"
-    state = json.loads((checkpoint / STATE_FILE).read_text())
+    state = CheckpointRecord.read(checkpoint)
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(checkpoint / ADAPTER_DIR, dest)
-    return TrainRun(method=req.method.name, seed=req.seed, log=state["log"], diverged=state["diverged"],
-                    reason=state["reason"], steps=state["step"], adapter_dir=dest,
-                    seconds=state.get("seconds", 0.0), prepare=state["prepare"])
+    return TrainingResult(method=req.method.name, seed=req.seed, log=state.log, diverged=state.diverged,
+                    reason=state.reason, steps=state.step, adapter_dir=dest, seconds=state.seconds,
+                    prepare=state.prepare)
 
 
 def run_unlearning(method: MethodSpec, spec: JobSpec, target: str, forget: Sequence[Any], retain: Sequence[Any],
                    out_dir: Path, seed: int = 0, fault: dict[str, Any] | None = None, callbacks: Sequence[Any] = (),
-                   modality: str = "text", progress: bool = False, forget_original: Sequence[Any] = ()) -> TrainRun:
+                   modality: str = "text", progress: bool = False, forget_original: Sequence[Any] = ()
+                   ) -> TrainingResult:
     """Train one method with one seed (a trainer of its own; used by Tune trials and tests)."""
-    request = TrainRequest(method, seed, forget, retain, target, forget_original)
+    request = TrainingRequest(method, seed, forget, retain, target, forget_original)
     return run_unlearning_many([request], spec, out_dir, modality=modality, fault=fault,
                                callbacks=callbacks, name=method.name, progress=progress)[request.key]

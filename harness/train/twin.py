@@ -13,7 +13,7 @@ Logged per step (train_log.parquet columns): `sens_adapter` = sqrt(sum over adap
 ||dW_run - dW_twin||_F^2) and its signal `sens_adapter_signal` = ||dW_run||; `sens_logits` =
 ||logits_run - logits_twin||_F on the probe batch (the forget set's first examples, eval mode) and its signal
 `sens_logits_signal` = ||logits_run - logits_start||_F; `sens_loss` = |loss_run - loss_twin| and its signal
-|loss_run|. harness.report.sensitivity fits the finite-time Lyapunov exponent from them.
+|loss_run|. harness.render.sensitivity fits the finite-time Lyapunov exponent from them.
 """
 
 from __future__ import annotations

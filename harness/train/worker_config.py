@@ -12,8 +12,8 @@ from harness.spec import MethodSpec
 
 
 @dataclass(frozen=True)
-class PlannedRun:
-    """One (method, seed) run as the workers see it: its datasets by content key and its DeepSpeed config."""
+class PlannedTraining:
+    """One (method, seed) training as the workers see it: its datasets by content key and its DeepSpeed config."""
 
     key: str
     method: dict[str, Any]  # the resolved MethodSpec as JSON data (validated again in the worker)
@@ -30,16 +30,27 @@ class PlannedRun:
 
 
 @dataclass(frozen=True)
+class KillAt:
+    """Test hook: the worker of `rank` SIGKILLs itself once (the `marker` file records it), before step `step` of
+    run `run` (its index)."""
+
+    rank: int
+    step: int
+    marker: str
+    run: int = 0
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     """Every run of one Ray Train run and what they share."""
 
-    runs: list[PlannedRun]
+    runs: list[PlannedTraining]
     data: dict[str, list[Any]]
     modality: str
     use_gpu: bool
     threads: int
-    #: test hook: `{"rank", "run", "step", "marker"}` makes that worker SIGKILL itself once
-    fault: dict[str, Any] | None = None
+    #: test hook: that worker SIGKILLs itself once
+    fault: KillAt | None = None
     #: run key -> checkpoint directory of an earlier, interrupted attempt to continue from
     resume_from: dict[str, str] = field(default_factory=dict)
     #: the driver's progress actor (None: no progress bars)

@@ -96,7 +96,7 @@ def test_report_on_a_directory_without_results_exits_2(tmp_path: Path, capsys: p
 
 def test_html_table_formats_like_markdown_escapes_and_classes_rows() -> None:
     from harness.commands.report import html_table
-    from harness.report.tables import to_markdown
+    from harness.render.tables import to_markdown
 
     table = pd.DataFrame({"method": ["a<b", "gd_sine"], "forget <prob>": [0.123456, float("nan")],
                           "steps": [3, 40000], "norm": [12345.0, 0.0]}, index=[7, 3])

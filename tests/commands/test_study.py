@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from harness.cli import main
-from harness.commands.study.confirm import compare, seed_values
+from harness.commands.study.confirm import compare_with_baselines, seed_values
 from harness.commands.study.select import check_disjoint_seeds, check_equal_budgets, select_trials
 from harness.commands.study.space import baselines, method_space
 from harness.commands.study.spec import StudySpace, StudySpec, load_study
@@ -224,7 +224,7 @@ def test_confirmation_comparison_and_verdict_come_from_the_numbers() -> None:
         {"method": "retain", "seed": 0, "split": "all", "metric": "model_utility", "value": 0.6}])
     per_seed = seed_values(metrics, matched, ["lora", "sine"])
     assert per_seed[per_seed["method"] == "sine"]["forget_score"].tolist() == pytest.approx(FORGET)
-    table = compare(per_seed, {"lora": None, "sine": "lora"}, matched)
+    table = compare_with_baselines(per_seed, {"lora": None, "sine": "lora"}, matched)
     sine = table.set_index("method").loc["sine"]
     assert sine["p"] == pytest.approx(paired_comparison(FORGET, BASE).p) and sine["p_holm"] == pytest.approx(sine["p"])
     assert sine["interval_favours"] == "method" and not sine["better"]  # 5 seeds: p >= 1/16 > 0.05

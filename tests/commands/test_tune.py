@@ -11,7 +11,7 @@ import yaml
 from harness.commands.tune import TuneSpace, apply_trial, load_space, write_tune_results
 from harness.config import SearchObjective
 from harness.core.errors import SpecError
-from harness.report.tables import pareto_front
+from harness.render.tables import pareto_front
 from harness.spec import load_spec, validate_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +76,7 @@ def test_trainer_reports_use_no_key_ray_tune_reserves() -> None:
     # A trial forwards every trainer report to Tune; a reserved key (e.g. `done`) would end the trial early.
     from ray.tune import result as tune_result
 
-    from harness.train.loop import PLACEMENT_GROUP_KEY, RUN_DONE_KEY
+    from harness.train.checkpoint import PLACEMENT_GROUP_KEY, RUN_DONE_KEY
 
     reserved = {v for k, v in vars(tune_result).items() if k.isupper() and isinstance(v, str)}
     assert "done" in reserved

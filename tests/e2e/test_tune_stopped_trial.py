@@ -19,10 +19,11 @@ pytestmark = pytest.mark.e2e
 def _reporting_loop(config: dict) -> None:
     import ray.train
 
-    from harness.train.loop import PLACEMENT_GROUP_KEY, _placement_group_id
+    from harness.train.checkpoint import PLACEMENT_GROUP_KEY
+    from harness.train.worker import placement_group_id
 
     for i in range(120):
-        ray.train.report({"i": i, PLACEMENT_GROUP_KEY: _placement_group_id()})
+        ray.train.report({"i": i, PLACEMENT_GROUP_KEY: placement_group_id()})
         time.sleep(1)
 
 

@@ -21,7 +21,7 @@ from harness.models.tokenizer import get_or_train_tokenizer
 from harness.objectives import make_objective, original_targets
 from harness.spec import MethodSpec, validate_spec
 from harness.train.finetune import finetune
-from harness.train.ray_run import TrainRequest, TrainRun, run_unlearning_many
+from harness.train.ray_run import TrainingRequest, TrainingResult, run_unlearning_many
 
 pytestmark = pytest.mark.e2e
 
@@ -81,8 +81,8 @@ def _methods(table: list, zero: int) -> list[MethodSpec]:
             for name, objective, adapter, train in table]
 
 
-def _fit(requests: list[TrainRequest], tmp: Path, name: str, workers: int, modality: str,
-         killed: str | None = None) -> dict[str, TrainRun]:
+def _fit(requests: list[TrainingRequest], tmp: Path, name: str, workers: int, modality: str,
+         killed: str | None = None) -> dict[str, TrainingResult]:
     data = _spec_data(tmp)
     spec = validate_spec({**data, "resources": {**data["resources"], "num_workers": workers}})
     fault = None
@@ -104,11 +104,11 @@ def text_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     target = str(save_model(model, tokenizer, tmp / "target"))
     retain = bench.retain_examples(tokenizer)
 
-    def requests(zero: int) -> list[TrainRequest]:
+    def requests(zero: int) -> list[TrainingRequest]:
         out = []
         for method in _methods(TEXT_METHODS, zero):
             objective = make_objective(method.objective)
-            out.append(TrainRequest(method, 0, bench.forget_examples(tokenizer, objective),
+            out.append(TrainingRequest(method, 0, bench.forget_examples(tokenizer, objective),
                                     retain if method.objective.uses_retain else [], target=target))
         return out
 
@@ -148,12 +148,12 @@ def image_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
         targets = objective.forget_labels(labels[forget_idx], 5, seed)
         return [(pixels[i], int(t)) for i, t in zip(forget_idx, targets)]
 
-    def requests(zero: int) -> list[TrainRequest]:
+    def requests(zero: int) -> list[TrainingRequest]:
         out = []
         for method in _methods(IMAGE_METHODS, zero):
             objective = make_objective(method.objective)
             forget, original = examples(objective, 0), examples(original_targets(), 0)
-            out.append(TrainRequest(method, 0, forget, retain, target=str(tmp / "vit"),
+            out.append(TrainingRequest(method, 0, forget, retain, target=str(tmp / "vit"),
                                     forget_original=original if objective.has_prepare else []))
         return out
 
@@ -162,15 +162,15 @@ def image_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "marker": tmp / "w2.killed", "labels": labels[forget_idx]}
 
 
-def _adapter(run: TrainRun) -> dict[str, torch.Tensor]:
+def _adapter(run: TrainingResult) -> dict[str, torch.Tensor]:
     return load_file(run.adapter_dir / "adapter_model.safetensors")
 
 
-def _losses(run: TrainRun) -> np.ndarray:
+def _losses(run: TrainingResult) -> np.ndarray:
     return np.array([row["loss"] for row in run.log])
 
 
-def _assert_equal_runs(one: TrainRun, two: TrainRun) -> None:
+def _assert_equal_runs(one: TrainingResult, two: TrainingResult) -> None:
     assert [r["step"] for r in two.log] == list(range(STEPS)) and not one.diverged and not two.diverged
     np.testing.assert_allclose(_losses(two), _losses(one), rtol=WORKERS_RTOL, atol=1e-5)
     ref, other = _adapter(one), _adapter(two)

@@ -13,7 +13,7 @@ from harness.models.tokenizer import get_or_train_tokenizer
 from harness.objectives import make_objective
 from harness.spec import JobSpec, MethodSpec, objective_spec, validate_spec
 from harness.train.finetune import finetune
-from harness.train.ray_run import TrainRequest, TrainRun, run_unlearning, run_unlearning_many
+from harness.train.ray_run import TrainingRequest, TrainingResult, run_unlearning, run_unlearning_many
 
 pytestmark = pytest.mark.e2e
 
@@ -65,13 +65,13 @@ def _spec(setup: dict, workers: int) -> JobSpec:
     return validate_spec({**setup["data"], "resources": {**setup["data"]["resources"], "num_workers": workers}})
 
 
-def _run(setup: dict, name: str, workers: int, zero: int) -> TrainRun:
+def _run(setup: dict, name: str, workers: int, zero: int) -> TrainingResult:
     return run_unlearning(_method(setup, zero), _spec(setup, workers), setup["target"], *setup["pairs"],
                           setup["tmp"] / name)
 
 
 @pytest.fixture(scope="module")
-def runs(setup: dict) -> dict[str, TrainRun]:
+def runs(setup: dict) -> dict[str, TrainingResult]:
     """w1 and w2 alone (one trainer each); the run whose rank 1 is killed (checkpoints every 2 steps), ZeRO-2 and
     ZeRO-3 one after another in one worker group of 2: one trainer start-up instead of three. Their method names
     differ only to key the runs (the name does not enter the training; `many` below checks that the runs of one
@@ -79,7 +79,7 @@ def runs(setup: dict) -> dict[str, TrainRun]:
     marker = setup["tmp"] / "killed.pid"
     grouped = [("killed", _method(setup, 0, checkpoint_every=2, name="gd_sine_killed")),
                ("z2", _method(setup, 2, name="gd_sine_z2")), ("z3", _method(setup, 3, name="gd_sine_z3"))]
-    requests = [TrainRequest(method, 0, *setup["pairs"], target=setup["target"]) for _, method in grouped]
+    requests = [TrainingRequest(method, 0, *setup["pairs"], target=setup["target"]) for _, method in grouped]
     group = run_unlearning_many(requests, _spec(setup, 2), setup["tmp"] / "group", progress=False,
                                 fault={"rank": 1, "run": 0, "step": 4, "marker": str(marker)})
     return {"w1": _run(setup, "w1", 1, 0), "w2": _run(setup, "w2", 2, 0),
@@ -94,9 +94,9 @@ def many(setup: dict) -> dict:
     base = setup["method"]
     ckpt = base.model_copy(update={"train": base.train.model_copy(update={"checkpoint_every": 2})})
     lora = ckpt.model_copy(update={"name": "gd_lora", "adapter": base.adapter.model_copy(update={"bound": "none"})})
-    requests = [TrainRequest(ckpt, 0, *setup["pairs"], target=setup["target"]),
-                TrainRequest(ckpt, 1, *setup["pairs"], target=setup["target"]),
-                TrainRequest(lora, 0, *setup["pairs"], target=setup["target"])]
+    requests = [TrainingRequest(ckpt, 0, *setup["pairs"], target=setup["target"]),
+                TrainingRequest(ckpt, 1, *setup["pairs"], target=setup["target"]),
+                TrainingRequest(lora, 0, *setup["pairs"], target=setup["target"])]
     marker = setup["tmp"] / "killed-many.pid"
     runs = run_unlearning_many(requests, spec, setup["tmp"] / "many", progress=False,
                                fault={"rank": 1, "run": 1, "step": 3, "marker": str(marker)})
@@ -104,11 +104,11 @@ def many(setup: dict) -> dict:
     return {"runs": runs, "alone": alone, "marker": marker}
 
 
-def _losses(run: TrainRun) -> np.ndarray:
+def _losses(run: TrainingResult) -> np.ndarray:
     return np.array([row["loss"] for row in run.log])
 
 
-def _adapter(run: TrainRun) -> dict[str, torch.Tensor]:
+def _adapter(run: TrainingResult) -> dict[str, torch.Tensor]:
     return load_file(run.adapter_dir / "adapter_model.safetensors")
 
 

@@ -12,7 +12,7 @@ from harness.config import AdapterSpec, TrainSpec
 from harness.core.errors import SpecError
 from harness.models.text import build_builtin
 from harness.objectives import make_objective
-from harness.report.tables import non_dominated, pareto_table, plot_pareto
+from harness.render.tables import non_dominated, pareto_table, plot_pareto
 from harness.spec import objective_spec, validate_spec
 from harness.train.deepspeed_config import build_deepspeed_config
 from harness.train.loop import make_optimizer

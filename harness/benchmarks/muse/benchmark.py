@@ -49,7 +49,7 @@ from harness.benchmarks.muse.metrics import (
 from harness.benchmarks.muse.options import MuseOptions
 from harness.config import EvalSpec
 from harness.data.requests import GenRequest, LoglikRequest
-from harness.report.tables import Column
+from harness.render.tables import Column
 
 KNOWMEM_SPLITS = ("forget", "retain")
 PRIVLEAK_SPLITS = ("forget", "holdout")

@@ -57,7 +57,7 @@ from harness.config import EvalSpec
 from harness.core.errors import DataError
 from harness.core.registry import Registry
 from harness.data.requests import Backend, GenRequest, LoglikRequest
-from harness.report.tables import Column
+from harness.render.tables import Column
 
 #: A utility task scores one model: `task(backend, tokenizer, eval_spec)` -> rows `{split, metric, value}`.
 UtilityTask = Callable[[Backend, Any, EvalSpec], list[dict[str, Any]]]

@@ -20,7 +20,7 @@ from harness.benchmarks.tofu.score import (
 )
 from harness.config import EvalSpec
 from harness.core.errors import DataError
-from harness.report.tables import Column
+from harness.render.tables import Column
 
 
 @BENCHMARKS.register("tofu")

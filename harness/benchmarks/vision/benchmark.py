@@ -37,7 +37,7 @@ from harness.benchmarks.vision.options import VisionOptions
 from harness.benchmarks.vision.sources import load_image_dataset
 from harness.config import EvalSpec
 from harness.data.requests import ClassifyRequest
-from harness.report.tables import Column, plt, save_figure
+from harness.render.tables import Column, plt, save_figure
 
 Example = tuple[np.ndarray, int]
 

@@ -11,13 +11,13 @@ import pandas as pd
 from harness.commands.nightly.history import KEYS, run_order
 from harness.commands.nightly.judge import STATUS_ORDER, is_flagged
 from harness.commands.nightly.spec import SuiteSpec
-from harness.commands.report import figure_png, html_image, html_page, html_table
 from harness.core.io import (
     atomic_write_bytes,
     atomic_write_parquet,
     atomic_write_text,
 )
-from harness.report.tables import to_markdown
+from harness.render.html import figure_png, html_image, html_page, html_table
+from harness.render.tables import to_markdown
 
 _SHOW = [*KEYS, "baseline", "new", "delta", "rel_delta", "baseline_ci_low", "baseline_ci_high", "rule", "status"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import secrets
 import traceback
@@ -153,5 +154,24 @@ def run_suite(suite: SuiteSpec | str | Path, history_path: str | Path | None = N
     return result
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`harness nightly`'s arguments."""
+    parser.add_argument("suite", help="suite spec (YAML), e.g. jobs/nightly.yaml")
+    parser.add_argument("--history", help="history parquet (overrides the suite's `history`)")
+    parser.add_argument("--baseline", metavar="RUN_ID",
+                        help="pin the baseline to this run id ('latest': the last)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a field of every job spec (repeatable)")
+    parser.add_argument("--out", help="output directory (overrides the suite's `out`)")
+    parser.add_argument("--resume", action="store_true", help="continue the latest unfinished nightly run (no "
+                        "report yet) instead of starting a new one: finished jobs are kept, the interrupted resumes")
 
 
+def main(args: argparse.Namespace) -> int:
+    """Run the suite; exit 1 when anything regressed."""
+    result = run_suite(args.suite, history_path=args.history, baseline=args.baseline, overrides=args.set,
+                       out=args.out, resume=args.resume)
+    n = len(result.regressions)
+    print(f"nightly run {result.run_id}: {n} regression(s) against {result.baseline}")
+    print(f"report: {result.report}")
+    return 1 if result.regressed else 0

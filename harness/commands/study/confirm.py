@@ -90,7 +90,8 @@ def seed_values(metrics: pd.DataFrame, matched: MatchedUtility, methods: list[st
     return pd.DataFrame(out, columns=["method", "seed", "forget_score", "utility"])
 
 
-def compare(per_seed: pd.DataFrame, baselines: dict[str, str | None], matched: MatchedUtility) -> pd.DataFrame:
+def compare_with_baselines(per_seed: pd.DataFrame, baselines: dict[str, str | None],
+                           matched: MatchedUtility) -> pd.DataFrame:
     """One row per method: forget score and utility, mean with a bootstrap interval inside their ranges, the
     per-seed values, and against the baseline (paired on seeds) the difference of the forget score with its
     interval, p, the smallest p these seeds allow, Holm-adjusted p, and whether the method is better/worse."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.commands.study.confirm import compare, confirm_job, run_confirmation, seed_values
+from harness.commands.study.confirm import compare_with_baselines, confirm_job, run_confirmation, seed_values
 from harness.commands.study.search import search_method
 from harness.commands.study.select import select_trials
 from harness.commands.study.space import baselines
@@ -107,7 +107,7 @@ def run_study(study: StudySpec, job: JobSpec, out: Path, resume: bool = False) -
         metrics = pd.read_parquet(confirm_dir / "metrics.parquet")
         names = [m.name for m in confirm.methods]
         per_seed = seed_values(metrics, matched, names)
-        table = compare(per_seed, baselines(confirm.methods, study.baseline), matched)
+        table = compare_with_baselines(per_seed, baselines(confirm.methods, study.baseline), matched)
         target_rows = metrics[(metrics["method"] == "target") & (metrics["split"] == matched.utility[0])
                               & (metrics["metric"] == matched.utility[1])]
         confirm_target = float(target_rows["value"].mean())

@@ -11,7 +11,8 @@ import pandas as pd
 from harness.benchmarks.base import MatchedUtility
 from harness.commands.study.space import method_space
 from harness.commands.study.spec import StudySpec
-from harness.commands.tune import SearchObjective, search, trial_context, trial_scores
+from harness.commands.tune import search, trial_context, trial_scores
+from harness.config import SearchObjective
 from harness.core.io import atomic_write_parquet, read_parquet_file
 from harness.spec import JobSpec, MethodSpec
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from harness.commands.tune import check_params
+from harness.commands.tune_space import check_params
 from harness.config import StrictModel, load_yaml, validate_config
 from harness.core.errors import SpecError
 from harness.spec import JobSpec, read_spec_data, validate_spec

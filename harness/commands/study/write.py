@@ -13,7 +13,7 @@ from harness.commands.study.confirm import ALPHA
 from harness.commands.study.select import check_equal_budgets, utility_budget
 from harness.commands.study.spec import StudySpec
 from harness.core.io import atomic_write_parquet, atomic_write_text
-from harness.report.tables import format_stat, plt, save_figure, to_markdown
+from harness.render.tables import format_stat, plt, save_figure, to_markdown
 
 
 def _fmt(x: float) -> str:

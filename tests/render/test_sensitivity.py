@@ -1,4 +1,4 @@
-"""Finite-time Lyapunov exponents from twin distances (harness.report.sensitivity) and the seed-distribution test of
+"""Finite-time Lyapunov exponents from twin distances (harness.render.sensitivity) and the seed-distribution test of
 `harness report` (harness.core.stats.two_sample, harness.commands.report.seed_distribution_tests)."""
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from harness.commands.report import RunData, seed_distribution_tests
+from harness.commands.report import seed_distribution_tests
 from harness.core.stats import smallest_p, two_sample
-from harness.report.sensitivity import COLUMNS, growth_window, lyapunov, metric_rows, summary_columns, threshold_step
-from harness.report.tables import summary_stats
+from harness.render.sensitivity import COLUMNS, growth_window, lyapunov, metric_rows, summary_columns, threshold_step
+from harness.render.tables import summary_stats
+from harness.results.run_record import FinishedRun
 
 STEPS = np.arange(100, dtype=float)
 
@@ -121,11 +122,11 @@ def test_two_sample_verdicts_and_the_power_limit_of_three_seeds() -> None:
     assert two_sample([1.0, float("nan"), 2.0], [3.0, 4.0]).n_a == 2
 
 
-def _run(label: str, values: dict[str, list[float]]) -> RunData:
+def _run(label: str, values: dict[str, list[float]]) -> FinishedRun:
     rows = [{"method": m, "seed": s, "benchmark": "x", "split": "forget", "metric": "quality", "value": v,
              "ci_low": float("nan"), "ci_high": float("nan")} for m, vs in values.items() for s, v in enumerate(vs)]
-    return RunData(label, Path(label), pd.DataFrame(rows), pd.DataFrame(columns=["method", "seed", "step"]),
-                   spec={"benchmark": {"name": "no-such-benchmark"}})
+    return FinishedRun(Path(label), {"benchmark": {"name": "no-such-benchmark"}}, {}, pd.DataFrame(rows),
+                       pd.DataFrame(columns=["method", "seed", "step"]), label=label)
 
 
 def test_report_tests_each_run_against_the_first() -> None:
@@ -161,7 +162,7 @@ def test_sensitivity_is_off_by_default_and_validated() -> None:
 
 
 def test_the_plot_draws_identical_twins_and_growing_ones(tmp_path: Path) -> None:
-    from harness.report.sensitivity import plot_sensitivity
+    from harness.render.sensitivity import plot_sensitivity
 
     grown = _log("a", 0, 0.3)
     zero = grown.assign(method="b", sens_adapter=0.0, sens_logits=0.0)  # epsilon 0: identical twins

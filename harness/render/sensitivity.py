@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import stats
 
 from harness.core.stats import across_seeds
-from harness.report.tables import Column, format_stat, save_figure
+from harness.render.tables import Column, format_stat, save_figure
 
 SPLIT = "sensitivity"
 #: Fewest steps a growth window has; a shorter one is widened to the whole run.
