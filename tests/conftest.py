@@ -118,8 +118,10 @@ def _ray_kept_while_idle() -> Iterator[None]:
         return
     import ray
 
+    from harness.core.ray_env import stop_ray
+
     if ray.is_initialized() and not _idle_local_ray():
-        ray.shutdown()
+        stop_ray()
 
 
 def _idle_local_ray() -> bool:

@@ -66,9 +66,8 @@ def score_all(bench: Benchmark, refs: dict[int, References],
               pool: ScoringPool | None = None) -> dict[ModelKey, ModelScores]:
     """Score every model ((name, seed) -> ScoredModel, or (model dir, adapter dir or None)).
 
-    With `eval.workers` > 1 the models are scored together on Ray: each gets a group of long-lived
-    scoring workers that load it once, then the next model (harness.scoring.parallel); otherwise one after
-    another here.
+    With `eval.workers` > 1 the models are scored together on Ray, by crews of long-lived scoring workers that
+    each take the next model once one is scored (harness.scoring.parallel); otherwise one after another here.
     With a `cache` directory, each model's scores are kept there as they are computed, and scores kept by
     an earlier attempt of the job for the same model are reused (harness.pipeline.resume). `pool` (see
     `job_pool`) scores on a pool the caller keeps; without it a pool is started for this call.
@@ -101,7 +100,7 @@ def _score_models(bench: Benchmark, refs: dict[int, References], models: dict[Mo
         groups: dict[int, list[ModelKey]] = {}  # one pool call per processor (the score function takes one)
         for key, src in models.items():
             groups.setdefault(id(src.processor), []).append(key)
-        with nullcontext(pool) if pool is not None else ScoringPool.from_spec(spec, device) as pool:
+        with nullcontext(pool) if pool is not None else job_pool(spec, device) as pool:
             for keys in groups.values():
                 processor = models[keys[0]].processor or default
                 named = {run_key(*key): (models[key].source, models[key].adapter) for key in keys}

@@ -152,7 +152,7 @@ class ScoringPool:
         self.num_cpus, self.num_gpus = float(num_cpus), float(num_gpus)
         self.trust_remote_code, self.merge_adapter, self.max_restarts = trust_remote_code, merge_adapter, max_restarts
         self.modality = modality
-        self.max_concurrent = max_concurrent or self._groups_that_fit()
+        self.max_concurrent = max_concurrent or self._crews_that_fit()
         self._held: dict[ModelLocation, tuple[_Crew, RayPoolBackend]] = {}  # by `backend`, until `release`
         self._busy: dict[int, _Crew] = {}  # serving a model in `score_models`
         self._idle: list[_Crew] = []  # alive, no model loaded
@@ -169,7 +169,7 @@ class ScoringPool:
                    trust_remote_code=spec.model.trust_remote_code, address=spec.resources.address,
                    modality=spec.benchmark.modality)
 
-    def _groups_that_fit(self) -> int:
+    def _crews_that_fit(self) -> int:
         """How many crews the cluster holds at once; fails early when not even one fits."""
         import ray
 
