@@ -13,6 +13,9 @@ _local_instance = False
 #: How often Ray Train's controller polls its workers (Ray's default is 2 s). Every `ray.train.report`
 #: waits for that poll, and so does the worker group's start, so a short interval cuts both.
 HEALTH_CHECK_INTERVAL_S = "0.2"
+#: Ray Train's preemption watcher (an actor per trainer that polls Ray for nodes being drained) is switched off on
+#: a local instance, which has no other node to drain: one process less per trainer (about 1.5 s of CPU each).
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -30,6 +33,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=False)
     else:
         _local_instance = True
+        os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
         # Worker logs stay in Ray's session logs; failures come back with their traceback in the result.
         # The dashboard serves the State API, which Ray Train's PlacementGroupCleaner polls: without it, a
         # trainer whose controller is killed (a Tune trial stopped by ASHA) leaks its workers' placement

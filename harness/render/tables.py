@@ -6,17 +6,34 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from harness.config import SearchObjective
 from harness.core.io import atomic_write_bytes, atomic_write_text
 from harness.core.stats import bootstrap_interval
+
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
+
+
+def pyplot() -> Any:
+    """`matplotlib.pyplot` on the Agg backend, imported on first use: about 0.6 s of import that most processes
+    importing this module (Ray Train and scoring workers reading `Column`) never need."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
+def __getattr__(name: str) -> Any:  # `from harness.render.tables import plt` imports pyplot then (PEP 562)
+    if name == "plt":
+        return pyplot()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -119,6 +136,7 @@ def write_summary(path: Path, title: str, table: pd.DataFrame, notes: Sequence[s
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
+    plt = pyplot()
     import io
 
     buf = io.BytesIO()
@@ -130,6 +148,7 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
 def plot_training(train_log: pd.DataFrame, path: Path) -> Path | None:
     """Loss, gradient norm, adapter norm and logit norm per step, one colour per method: the median over
     seeds as a line, the range over seeds shaded."""
+    plt = pyplot()
     if train_log.empty:
         return None
     panels = [("loss_forget", "forget loss", False), ("loss_retain", "retain loss", False),
@@ -161,6 +180,7 @@ def plot_training(train_log: pd.DataFrame, path: Path) -> Path | None:
 def plot_metrics(stats: pd.DataFrame, columns: Sequence[Column], path: Path) -> Path | None:
     """One panel per metric column: a bar per method (across-seed mean), its 95% interval, and each seed
     as a dot."""
+    plt = pyplot()
     if stats.empty or not columns:
         return None
     n = len(columns)
@@ -225,6 +245,7 @@ def plot_pareto(table: pd.DataFrame, path: Path) -> Path | None:
     """Forget quality vs model utility, one point per method (mean over seeds, 95% interval as error bars,
     clipped to the metrics' range [0, 1]), the Pareto front marked and joined; reference models in grey (a
     `pareto_table`)."""
+    plt = pyplot()
     if table.empty:
         return None
     x, y = PARETO_METRICS
