@@ -261,7 +261,7 @@ class TrainingRecipe:
                "tokens_per_s": n_in * worker.world / done.seconds if done.seconds > 0 else float("nan"), **done.twin}
         self.state.log.append(row)
         if worker.rank == 0 and worker.progress is not None:
-            worker.progress.step.remote(self.run.key, step + 1, self.n_steps, loss_mean, done.grad_norm)
+            worker.progress.step(self.run.key, step + 1, self.n_steps, loss_mean, done.grad_norm)
         return row
 
     def report(self, row: dict[str, Any], done: bool = False) -> None:
@@ -318,4 +318,4 @@ class TrainingRecipe:
         seconds = time.perf_counter() - self.began + self.state.earlier_seconds
         self.save_checkpoint(final, len(self.state.log), seconds, done=True)
         if self.worker.rank == 0 and self.worker.progress is not None:
-            self.worker.progress.finish.remote(self.run.key, self.state.diverged)
+            self.worker.progress.finish(self.run.key, self.state.diverged)

@@ -4,43 +4,82 @@ instead: one per finished run, and one per running run every `line_every_s` seco
 
 Ray Train's own reports cost about a second each (they wait for the controller's poll), so they stay
 sparse; the actor call is fire-and-forget and costs well under a millisecond per step.
+
+One sink actor serves every trainer a driver process starts (a named actor, found again by the next trainer):
+an actor is a process of its own, about a second of CPU to start, and a job, a sweep or the test suite starts
+many trainers. Each trainer writes to a channel of its own on it.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
 
+Steps = dict[str, tuple[int, int, float, float]]
+
 
 class ProgressSink:
-    """Ray actor: the latest step of every run, and which runs finished."""
+    """Ray actor: per channel (one per trainer), the latest step of every run and which runs finished."""
 
     def __init__(self) -> None:
-        self.steps: dict[str, tuple[int, int, float, float]] = {}
-        self.finished: dict[str, bool] = {}
+        self.steps: dict[str, Steps] = {}
+        self.finished: dict[str, dict[str, bool]] = {}
+
+    def step(self, channel: str, key: str, done: int, total: int, loss: float, grad_norm: float) -> None:
+        """Record that run `key` finished step `done` of `total`."""
+        self.steps.setdefault(channel, {})[key] = (done, total, loss, grad_norm)
+
+    def finish(self, channel: str, key: str, diverged: bool) -> None:
+        """Record that run `key` ended (diverged or not)."""
+        self.finished.setdefault(channel, {})[key] = diverged
+
+    def snapshot(self, channel: str) -> tuple[Steps, dict[str, bool]]:
+        """Everything recorded on `channel` so far."""
+        return dict(self.steps.get(channel, {})), dict(self.finished.get(channel, {}))
+
+    def close(self, channel: str) -> None:
+        """Forget `channel` (its trainer ended)."""
+        self.steps.pop(channel, None)
+        self.finished.pop(channel, None)
+
+
+@dataclass(frozen=True)
+class ProgressChannel:
+    """What the workers are given: the sink and their trainer's channel on it (fire-and-forget calls)."""
+
+    sink: Any
+    channel: str
 
     def step(self, key: str, done: int, total: int, loss: float, grad_norm: float) -> None:
-        """Record that run `key` finished step `done` of `total`."""
-        self.steps[key] = (done, total, loss, grad_norm)
+        """Run `key` finished step `done` of `total`."""
+        self.sink.step.remote(self.channel, key, done, total, loss, grad_norm)
 
     def finish(self, key: str, diverged: bool) -> None:
-        """Record that run `key` ended (diverged or not)."""
-        self.finished[key] = diverged
+        """Run `key` ended."""
+        self.sink.finish.remote(self.channel, key, diverged)
 
-    def snapshot(self) -> tuple[dict[str, tuple[int, int, float, float]], dict[str, bool]]:
-        """Everything recorded so far."""
-        return dict(self.steps), dict(self.finished)
+
+def shared_sink() -> Any:
+    """This driver process's sink actor in the current Ray instance (created on first use)."""
+    import ray
+
+    return ray.remote(num_cpus=0)(ProgressSink).options(name=f"harness-progress-{os.getpid()}",
+                                                         get_if_exists=True).remote()
 
 
 class TrainingProgress:
-    """Context manager around `trainer.fit()`: starts the sink actor and a thread that draws the bars.
+    """Context manager around `trainer.fit()`: opens a channel on the sink actor and starts a thread that draws
+    the bars.
 
-    `sink` is the actor handle to give the workers (None when progress is off).
+    `sink` is the `ProgressChannel` to give the workers (None when progress is off).
     """
 
     def __init__(self, keys: Sequence[str], enabled: bool = True, log: Callable[[str], None] | None = None,
@@ -52,7 +91,7 @@ class TrainingProgress:
         self.line_every_s = line_every_s
         self._last_line: dict[str, float] = {}
         self._started = time.monotonic()
-        self.sink: Any = None
+        self.sink: ProgressChannel | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._bars: dict[str, tqdm] = {}
@@ -61,9 +100,7 @@ class TrainingProgress:
     def __enter__(self) -> TrainingProgress:
         if not self.enabled:
             return self
-        import ray
-
-        self.sink = ray.remote(num_cpus=0)(ProgressSink).remote()
+        self.sink = ProgressChannel(shared_sink(), uuid.uuid4().hex)
         self._thread = threading.Thread(target=self._poll, name="harness-train-progress", daemon=True)
         self._thread.start()
         return self
@@ -76,9 +113,8 @@ class TrainingProgress:
         self._draw()  # the last state
         for bar in self._bars.values():
             bar.close()
-        import ray
-
-        ray.kill(self.sink)
+        if self.sink is not None:
+            self.sink.sink.close.remote(self.sink.channel)
 
     def _poll(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -90,7 +126,8 @@ class TrainingProgress:
     def _draw(self) -> None:
         import ray
 
-        steps, finished = ray.get(self.sink.snapshot.remote(), timeout=10)
+        assert self.sink is not None
+        steps, finished = ray.get(self.sink.sink.snapshot.remote(self.sink.channel), timeout=10)
         tty = sys.stderr.isatty()
         for key in self.keys:
             if key not in steps:

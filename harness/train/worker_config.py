@@ -59,5 +59,5 @@ class WorkerConfig:
     fault: KillAt | None = None
     #: run key -> checkpoint directory of an earlier, interrupted attempt to continue from
     resume_from: dict[str, str] = field(default_factory=dict)
-    #: the driver's progress actor (None: no progress bars)
+    #: the driver's progress channel (harness.train.progress.ProgressChannel; None: no progress bars)
     progress: Any = None
