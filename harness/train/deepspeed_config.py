@@ -53,3 +53,18 @@ def validate_deepspeed_config(config: dict[str, Any], world_size: int) -> None:
     if config["train_batch_size"] != micro * accum * world_size:
         raise SpecError(f"train.batch_size x train.grad_accum ({config['train_batch_size']}) must equal "
                         f"micro-batch ({micro}) x grad_accum ({accum}) x workers ({world_size})")
+
+
+def skip_shm_comm_op() -> None:
+    """Keep DeepSpeed from building its shared-memory all-reduce op in this process (call before the first
+    `deepspeed.initialize`).
+
+    On CPU, DeepSpeed's torch backend JIT-compiles `deepspeed_shm_comm` when it starts (deepspeed/comm/torch.py,
+    `build_shm_op`): about 40 s of C++ compilation wherever the torch-extensions cache is empty (a fresh CI
+    machine; and measured here being rebuilt twice per test-suite run). Only `inference_all_reduce` (DeepSpeed's
+    inference tensor parallelism) uses it; training reduces through torch.distributed, so the op is marked
+    incompatible and never built.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False

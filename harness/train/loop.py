@@ -50,6 +50,7 @@ from harness.train.checkpoint import (
     earlier_checkpoint,
     latest_checkpoint,
 )
+from harness.train.deepspeed_config import skip_shm_comm_op
 from harness.train.schedule import make_scheduler
 from harness.train.step import MicroBatch, accumulate, all_reduce_mean, finite
 from harness.train.twin import Twin, rng_state
@@ -161,6 +162,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     config: WorkerConfig = loop_config[WORKER_CONFIG_KEY]
     if not config.use_gpu:
         torch.set_num_threads(config.threads)
+        skip_shm_comm_op()
     worker = Worker(config)
     resume = latest_checkpoint()
     first = 0 if resume is None else resume.run + int(resume.done)

@@ -15,6 +15,9 @@ def process_group() -> Iterator[None]:
     the first default group it sees, so a group destroyed and made again between modules is one it does not know."""
     import torch.distributed as dist
 
+    from harness.train.deepspeed_config import skip_shm_comm_op
+
+    skip_shm_comm_op()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
