@@ -75,7 +75,7 @@ class TrainingResult:
 
 
 def _trainer_class() -> type:
-    """`TorchTrainer` without Ray Train's own SIGINT handler (and without a dataset manager when it has no datasets).
+    """`TorchTrainer` without Ray Train's own SIGINT handler.
 
     Ray Train (ray/train/v2/api/data_parallel_trainer.py, `_register_sigint_handler`) installs a handler
     during `fit` that aborts the run on Ctrl-C and returns as if training had ended (the driver then
@@ -90,17 +90,6 @@ def _trainer_class() -> type:
 
         def _register_sigint_handler(self, controller: Any) -> None:
             self.controller = controller
-
-        def _create_default_callbacks(self) -> list[Any]:
-            # The workers get their examples in their config, not as Ray Datasets; without datasets Ray Train's
-            # DatasetsCallback would still start a DatasetManager actor per trainer (a process: about 1.7 s of
-            # CPU, before the first step). A worker's train context then has no dataset shard provider.
-            from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-
-            callbacks = super()._create_default_callbacks()
-            if self.datasets:
-                return callbacks
-            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
 
         def abort(self, graceful: bool = True) -> None:
             """Stop the run's controller, and with it its worker group (after Ctrl-C).

@@ -151,10 +151,3 @@ def test_one_worker_group_trains_every_run_and_resumes_the_killed_one(runs: dict
         torch.testing.assert_close(_adapter(got["gd_sine/seed1"])[key], value, atol=1e-6, rtol=1e-5)
     assert not np.allclose(_losses(got["gd_sine/seed1"]), _losses(got["gd_sine/seed0"]))  # seeds differ
     assert got["gd_sine/seed1"].adapter_dir.parts[-2:] == ("gd_sine", "seed1")
-
-
-def test_trainers_without_datasets_start_no_dataset_manager(runs: dict) -> None:
-    from ray.util.state import list_actors
-
-    managers = list_actors(filters=[("class_name", "=", "DatasetManager")], detail=False, raise_on_missing_output=False)
-    assert managers == []  # this module's trainers (and the instance's earlier ones) started none
