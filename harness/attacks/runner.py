@@ -14,7 +14,7 @@ import pandas as pd
 from harness.attacks.base import ATTACKS, AttackInputs, AttackOutput, remove_dir
 from harness.benchmarks.base import Benchmark
 from harness.core.stats import bootstrap_interval
-from harness.render.tables import format_stat, plt, save_figure, to_markdown
+from harness.render.tables import format_stat, pyplot, save_figure, to_markdown
 
 NO_ATTACK = "none"
 
@@ -112,6 +112,7 @@ def attack_section(metrics: pd.DataFrame, bench: Benchmark, methods: Sequence[st
 def plot_recovery(metrics: pd.DataFrame, bench: Benchmark, methods: Sequence[str], path: Path) -> Path | None:
     """plots/recovery.png: the recovery metric of each method along the relearn steps (mean over seeds), forget
     fine-tuning solid, benign (retain) fine-tuning dashed."""
+    plt = pyplot()
     which = bench.recovery_metric()
     if which is None or "attack" not in metrics.columns:
         return None

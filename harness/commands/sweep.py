@@ -48,7 +48,7 @@ from harness.core.stats import across_seeds
 from harness.pipeline.context import log
 from harness.pipeline.job import run_job
 from harness.pipeline.resume import check_resumable
-from harness.render.tables import format_stat, pareto_front, plt, save_figure, to_markdown
+from harness.render.tables import format_stat, pareto_front, pyplot, save_figure, to_markdown
 from harness.results.run_dir import has_results
 from harness.results.run_record import read_run_metrics, read_run_train_log
 from harness.spec import JobSpec, load_spec, validate_spec
@@ -274,7 +274,7 @@ def sweep_markdown(table: pd.DataFrame, jobs: list[tuple[JobSpec, dict[str, dict
 def plot_curves(curves: pd.DataFrame, group: str, path: Path) -> Path | None:
     """Gradient norm (top) and adapter norm (bottom) against step, log scale, a panel per `group` value; one
     line per configuration (median over seeds), its seed range shaded."""
-
+    plt = pyplot()
     if curves.empty:
         return None
     values = list(dict.fromkeys(curves[group]))
@@ -308,7 +308,7 @@ def plot_curves(curves: pd.DataFrame, group: str, path: Path) -> Path | None:
 def plot_tradeoff(table: pd.DataFrame, objectives: list[SearchObjective], group: str, path: Path) -> Path | None:
     """The two objectives, one panel per `group` value: a point per configuration (mean over seeds) with the seed
     range as bars; every panel also shows the Pareto front of all configurations' means."""
-
+    plt = pyplot()
     if len(objectives) < 2 or table.empty or any(o.column not in table for o in objectives):
         return None
     (x, y), modes = [o.column for o in objectives], [o.mode for o in objectives]

@@ -31,7 +31,7 @@ from harness.core.ray_env import ensure_ray
 from harness.objectives import make_objective, original_targets
 from harness.pipeline.context import job_device, log
 from harness.pipeline.score import score_model
-from harness.render.tables import pareto_front, plt, save_figure, to_markdown
+from harness.render.tables import pareto_front, pyplot, save_figure, to_markdown
 from harness.scoring.load import load_with_adapter
 from harness.spec import JobSpec, MethodSpec, dump_spec, load_spec, validate_spec
 from harness.tracking import tracking_env_kept, tune_callback
@@ -227,6 +227,7 @@ def _values(result: dict[str, Any], keys: tuple[str, ...]) -> str:
 
 
 def _plot_pareto(frame: pd.DataFrame, front: pd.DataFrame, objectives: list[SearchObjective], path: Path) -> None:
+    plt = pyplot()
     x, y = objectives[0].metric, objectives[1].metric if len(objectives) > 1 else "diverged"
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.scatter(frame[x], frame[y], color="0.6", label="trials")

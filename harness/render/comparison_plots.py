@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from harness.render.tables import Column, plt
+from harness.render.tables import Column, pyplot
 from harness.results.run_record import FinishedRun
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _CURVES = [("loss", "total loss", False), ("loss_forget", "forget loss", False), ("loss_retain", "retain loss", False),
            ("grad_norm", "gradient norm", True), ("adapter_norm", "adapter norm ‖ΔW‖", True),
@@ -17,8 +21,9 @@ _CURVES = [("loss", "total loss", False), ("loss_forget", "forget loss", False),
 _LINESTYLES = ["-", "--", ":", "-."]
 
 
-def plot_metric_bars(table: pd.DataFrame, columns: Sequence[Column]) -> plt.Figure | None:
+def plot_metric_bars(table: pd.DataFrame, columns: Sequence[Column]) -> Figure | None:
     """One panel per summary metric; methods on the x axis, one bar per run."""
+    plt = pyplot()
     if table.empty or not columns:
         return None
     runs = list(dict.fromkeys(table["run"]))
@@ -45,8 +50,9 @@ def plot_metric_bars(table: pd.DataFrame, columns: Sequence[Column]) -> plt.Figu
     return fig
 
 
-def plot_training_overlay(runs: Sequence[FinishedRun]) -> plt.Figure | None:
+def plot_training_overlay(runs: Sequence[FinishedRun]) -> Figure | None:
     """Training curves of every (run, method) overlaid: colour per method, line style per run."""
+    plt = pyplot()
     logs = [r for r in runs if not r.train_log.empty]
     if not logs:
         return None

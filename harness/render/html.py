@@ -7,15 +7,20 @@ import base64
 import html
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from pandas.io.formats.style import Styler
 
-from harness.render.tables import fmt_value, plt
+from harness.render.tables import fmt_value, pyplot
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def figure_png(fig: plt.Figure) -> bytes:
+def figure_png(fig: Figure) -> bytes:
     """A figure as PNG bytes (the figure is closed)."""
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)

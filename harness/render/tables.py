@@ -16,7 +16,7 @@ from harness.core.io import atomic_write_bytes, atomic_write_text
 from harness.core.stats import bootstrap_interval
 
 if TYPE_CHECKING:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
 
 def pyplot() -> Any:
@@ -28,12 +28,6 @@ def pyplot() -> Any:
     import matplotlib.pyplot
 
     return matplotlib.pyplot
-
-
-def __getattr__(name: str) -> Any:  # `from harness.render.tables import plt` imports pyplot then (PEP 562)
-    if name == "plt":
-        return pyplot()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -135,10 +129,10 @@ def write_summary(path: Path, title: str, table: pd.DataFrame, notes: Sequence[s
     return text
 
 
-def save_figure(fig: plt.Figure, path: Path) -> None:
-    plt = pyplot()
+def save_figure(fig: Figure, path: Path) -> None:
     import io
 
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -37,7 +37,7 @@ from harness.benchmarks.vision.options import VisionOptions
 from harness.benchmarks.vision.sources import load_image_dataset
 from harness.config import EvalSpec
 from harness.data.requests import ClassifyRequest
-from harness.render.tables import Column, plt, save_figure
+from harness.render.tables import Column, pyplot, save_figure
 
 Example = tuple[np.ndarray, int]
 
@@ -157,7 +157,7 @@ class Vision(Benchmark):
 
     def plots(self, examples: pd.DataFrame, methods: Sequence[str], out_dir: Path) -> list[Path]:
         """`per_class.png`: each model's per-class test accuracy (mean over seeds), deleted classes marked."""
-
+        plt = pyplot()
         test = examples[examples["split"].isin(["test_retain", "test_forget"])]
         if test.empty:
             return []

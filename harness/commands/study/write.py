@@ -13,7 +13,7 @@ from harness.commands.study.confirm import ALPHA
 from harness.commands.study.select import check_equal_budgets, utility_budget
 from harness.commands.study.spec import StudySpec
 from harness.core.io import atomic_write_parquet, atomic_write_text
-from harness.render.tables import format_stat, plt, save_figure, to_markdown
+from harness.render.tables import format_stat, pyplot, save_figure, to_markdown
 
 
 def _fmt(x: float) -> str:
@@ -125,6 +125,7 @@ def study_markdown(study: StudySpec, job_name: str, matched: MatchedUtility, tri
 
 def plot_matched(table: pd.DataFrame, matched: MatchedUtility, path: Path) -> Path | None:
     """The forget score at matched utility per method: mean, 95% interval and each seed."""
+    plt = pyplot()
     if table.empty:
         return None
     fig, ax = plt.subplots(figsize=(max(4.5, 0.8 * len(table) + 2), 4))
@@ -145,6 +146,7 @@ def plot_matched(table: pd.DataFrame, matched: MatchedUtility, path: Path) -> Pa
 
 def plot_trials(trials: pd.DataFrame, matched: MatchedUtility, budget: float, path: Path) -> Path | None:
     """Each method's trials in the utility / forget-score plane, the budget line and the selected trial."""
+    plt = pyplot()
     methods = list(trials["method"].unique())
     if not methods:
         return None
