@@ -75,13 +75,17 @@ class TrainingResult:
 
 
 def _trainer_class() -> type:
-    """`TorchTrainer` without Ray Train's own SIGINT handler.
+    """`TorchTrainer` without Ray Train's own SIGINT handler, and without a dataset manager when it has no datasets.
 
     Ray Train (ray/train/v2/api/data_parallel_trainer.py, `_register_sigint_handler`) installs a handler
     during `fit` that aborts the run on Ctrl-C and returns as if training had ended (the driver then
     exits 1 with no message), and leaves that handler in place afterwards, so later Ctrl-Cs (while
     scoring) are swallowed. This subclass keeps the controller instead, so Ctrl-C raises
     KeyboardInterrupt as anywhere else and `abort` stops the workers.
+
+    The workers get their examples in their config, not as Ray Datasets; without datasets, Ray Train's
+    `DatasetsCallback` would still start a `DatasetManager` actor per trainer: a process, about 2 s of CPU
+    (measured on empty fits: 13.3 -> 11.2 CPU-s each).
     """
     from ray.train.torch import TorchTrainer
 
@@ -90,6 +94,14 @@ def _trainer_class() -> type:
 
         def _register_sigint_handler(self, controller: Any) -> None:
             self.controller = controller
+
+        def _create_default_callbacks(self) -> list[Any]:
+            from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
 
         def abort(self, graceful: bool = True) -> None:
             """Stop the run's controller, and with it its worker group (after Ctrl-C).

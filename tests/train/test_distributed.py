@@ -70,19 +70,28 @@ def _run(setup: dict, name: str, workers: int, zero: int) -> TrainingResult:
                           setup["tmp"] / name)
 
 
+def _checkpointed(setup: dict) -> MethodSpec:
+    """The method with a checkpoint every 2 steps: the runs whose worker is killed, and their uninterrupted twins."""
+    base = setup["method"]
+    return base.model_copy(update={"train": base.train.model_copy(update={"checkpoint_every": 2})})
+
+
 @pytest.fixture(scope="module")
 def runs(setup: dict) -> dict[str, TrainingResult]:
-    """w1 and w2 alone (one trainer each); the run whose rank 1 is killed (checkpoints every 2 steps), ZeRO-2 and
-    ZeRO-3 one after another in one worker group of 2: one trainer start-up instead of three. Their method names
-    differ only to key the runs (the name does not enter the training; `many` below checks that the runs of one
+    """w1 alone (one trainer of 1 worker); then one worker group of 2 (one trainer start-up instead of four): w2
+    first (a fresh group: as trained alone), the run whose rank 1 is killed (checkpoints every 2 steps), ZeRO-2,
+    ZeRO-3, and last `alone`, the uninterrupted twin of the run `many` kills (seed 1, after other runs, as there).
+    Method names key the runs (the name does not enter the training; `many` below checks that the runs of one
     group do not leak state into each other)."""
     marker = setup["tmp"] / "killed.pid"
-    grouped = [("killed", _method(setup, 0, checkpoint_every=2, name="gd_sine_killed")),
+    grouped = [("w2", _method(setup, 0)), ("killed", _method(setup, 0, checkpoint_every=2, name="gd_sine_killed")),
                ("z2", _method(setup, 2, name="gd_sine_z2")), ("z3", _method(setup, 3, name="gd_sine_z3"))]
     requests = [TrainingRequest(method, 0, *setup["pairs"], target=setup["target"]) for _, method in grouped]
+    grouped.append(("alone", _checkpointed(setup)))
+    requests.append(TrainingRequest(_checkpointed(setup), 1, *setup["pairs"], target=setup["target"]))
     group = run_unlearning_many(requests, _spec(setup, 2), setup["tmp"] / "group", progress=False,
-                                fault={"rank": 1, "run": 0, "step": 4, "marker": str(marker)})
-    return {"w1": _run(setup, "w1", 1, 0), "w2": _run(setup, "w2", 2, 0),
+                                fault={"rank": 1, "run": 1, "step": 4, "marker": str(marker)})
+    return {"w1": _run(setup, "w1", 1, 0),
             **{label: group[request.key] for (label, _), request in zip(grouped, requests, strict=True)},
             "marker": marker}
 
@@ -91,17 +100,15 @@ def runs(setup: dict) -> dict[str, TrainingResult]:
 def many(setup: dict) -> dict:
     """Three runs in one worker group (2 workers); rank 1 dies in the second run, after its checkpoint."""
     spec = _spec(setup, 2)
-    base = setup["method"]
-    ckpt = base.model_copy(update={"train": base.train.model_copy(update={"checkpoint_every": 2})})
-    lora = ckpt.model_copy(update={"name": "gd_lora", "adapter": base.adapter.model_copy(update={"bound": "none"})})
+    ckpt = _checkpointed(setup)
+    lora = ckpt.model_copy(update={"name": "gd_lora", "adapter": ckpt.adapter.model_copy(update={"bound": "none"})})
     requests = [TrainingRequest(ckpt, 0, *setup["pairs"], target=setup["target"]),
                 TrainingRequest(ckpt, 1, *setup["pairs"], target=setup["target"]),
                 TrainingRequest(lora, 0, *setup["pairs"], target=setup["target"])]
     marker = setup["tmp"] / "killed-many.pid"
     runs = run_unlearning_many(requests, spec, setup["tmp"] / "many", progress=False,
                                fault={"rank": 1, "run": 1, "step": 3, "marker": str(marker)})
-    alone = run_unlearning(ckpt, spec, setup["target"], *setup["pairs"], setup["tmp"] / "alone", seed=1)
-    return {"runs": runs, "alone": alone, "marker": marker}
+    return {"runs": runs, "marker": marker}
 
 
 def _losses(run: TrainingResult) -> np.ndarray:
@@ -146,8 +153,18 @@ def test_one_worker_group_trains_every_run_and_resumes_the_killed_one(runs: dict
     # The first run equals the same run trained alone (runs do not leak state into each other) ...
     np.testing.assert_allclose(_losses(got["gd_sine/seed0"]), _losses(runs["w2"]), rtol=1e-6, atol=1e-7)
     # ... and the run whose worker was killed equals an uninterrupted run of the same seed.
-    np.testing.assert_allclose(_losses(got["gd_sine/seed1"]), _losses(many["alone"]), rtol=1e-6, atol=1e-7)
-    for key, value in _adapter(many["alone"]).items():
+    np.testing.assert_allclose(_losses(got["gd_sine/seed1"]), _losses(runs["alone"]), rtol=1e-6, atol=1e-7)
+    for key, value in _adapter(runs["alone"]).items():
         torch.testing.assert_close(_adapter(got["gd_sine/seed1"])[key], value, atol=1e-6, rtol=1e-5)
     assert not np.allclose(_losses(got["gd_sine/seed1"]), _losses(got["gd_sine/seed0"]))  # seeds differ
     assert got["gd_sine/seed1"].adapter_dir.parts[-2:] == ("gd_sine", "seed1")
+
+
+def test_trainers_without_datasets_start_no_dataset_manager(runs: dict) -> None:
+    import ray
+    from ray.util.state import list_actors
+
+    # this instance's address: under pytest-xdist another worker's instance runs beside it
+    managers = list_actors(address=ray.get_runtime_context().gcs_address,
+                           filters=[("class_name", "=", "DatasetManager")], raise_on_missing_output=False)
+    assert managers == []  # this module's trainers (and the instance's earlier ones) started none
