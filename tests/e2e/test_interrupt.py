@@ -4,8 +4,9 @@ while Ray Train trains and while it scores. Either way it says it was interrupte
 no process behind: neither a child of its own nor one of its Ray instance (Ray Train's own SIGINT handler used
 to swallow the first Ctrl-C and linger for the second; Ray's SIGTERM handler exited without clean-up).
 
-Then `--resume`: a job stopped by SIGTERM after its first training continues from its staging directory, refuses
-a changed learning rate, reuses the finished training and ends with the table of an uninterrupted run.
+Then `--resume`: the job stopped by SIGTERM after its first training (the `train-sigterm` run above) continues from its
+staging directory, refuses a changed learning rate, reuses the finished training and ends with the table of an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -37,26 +38,38 @@ pytestmark = pytest.mark.e2e
 
 @dataclass
 class Interrupted:
-    """One interrupted `harness run`: its exit code, stderr, out dir, Ray temp dir and the pids of its
-    descendants when the signal was sent."""
+    """One interrupted `harness run`: its exit code, stderr, job spec, out dir, Ray temp dir and the pids of its
+    descendants when the signal was sent; and its out dir as the run left it (status, files, staging directories,
+    whether they hold Ray Train checkpoints), since the resume test continues one of them."""
 
     code: int
     err: str
+    job: Path
     out: Path
     ray_tmp: Path
     children: list[int]
+    status: dict
+    files: list[str]
+    staged: list[str]
+    checkpoints: bool
 
 
-#: (method `slow`'s settings, the stderr line to interrupt at, to the whole process group?, signal)
+#: `quick` trains 3 steps; `slow` 40, with a checkpoint every 5 steps: SIGTERM once `quick` finished and `slow`
+#: wrote its first checkpoint stops `slow` part-way (a resume continues it from its last checkpoint).
+RESUME_QUICK = {"train": {"max_steps": 3}}
+RESUME_SLOW = {"train": {"max_steps": 40, "epochs": 100, "checkpoint_every": 5}}
+ENDLESS = {"train": {"max_steps": 100000, "epochs": 100000}}
+
+#: (method `slow`'s settings, method `quick`'s, the stderr line to interrupt at, to the whole process group?, signal)
 PHASES = {
     # `quick` ends after one step; SIGINT to the whole group (as a terminal sends it) while `slow` trains.
-    "train": ({"train": {"max_steps": 100000, "epochs": 100000}}, "trained quick/seed0", True, signal.SIGINT),
+    "train": (ENDLESS, None, "trained quick/seed0", True, signal.SIGINT),
     # Both train one step; SIGINT to the driver alone when scoring starts, after Ray Train's fit returned.
-    "score": ({}, "scoring target/seed0", False, signal.SIGINT),
-    # The same with SIGTERM to the driver alone, as SLURM, Kubernetes and Ray's autoscaler send it.
-    "train-sigterm": ({"train": {"max_steps": 100000, "epochs": 100000}}, "trained quick/seed0", False,
-                      signal.SIGTERM),
-    "score-sigterm": ({}, "scoring target/seed0", False, signal.SIGTERM),
+    "score": ({}, None, "scoring target/seed0", False, signal.SIGINT),
+    # SIGTERM to the driver alone, as SLURM, Kubernetes and Ray's autoscaler send it, while `slow` trains, once it
+    # wrote a checkpoint: the run `--resume` continues below.
+    "train-sigterm": (RESUME_SLOW, RESUME_QUICK, "trained quick/seed0", False, signal.SIGTERM),
+    "score-sigterm": ({}, None, "scoring target/seed0", False, signal.SIGTERM),
 }
 
 
@@ -72,10 +85,15 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     results: dict[str, Interrupted] = {}
 
     def run(phase: str) -> None:
-        slow, line, group, sig = PHASES[phase]
+        slow, quick, line, group, sig = PHASES[phase]
         out = shared / f"out-{phase}"
-        code, err, children = _interrupt_at(shared, _job(shared, out, slow), ray_tmps[phase], line, group, sig)
-        results[phase] = Interrupted(code, err, out, ray_tmps[phase], children)
+        job = _job(shared, out, slow, quick)
+        when = _checkpointed(out, "slow/seed0") if quick else None
+        code, err, children = _interrupt_at(shared, job, ray_tmps[phase], line, group, sig, when)
+        staged = sorted(out.parent.glob(f".{out.name}.staging-*"))
+        results[phase] = Interrupted(code, err, job, out, ray_tmps[phase], children, read_status(out),
+                                     sorted(p.name for p in out.iterdir()), [str(p) for p in staged],
+                                     bool(staged and list((staged[0] / "ray").glob("*/checkpoint_*"))))
 
     with ThreadPoolExecutor(2) as pool:  # two at a time: each is a Ray instance on this 2-core machine
         list(pool.map(run, PHASES))
@@ -95,6 +113,19 @@ def _job(shared: Path, out: Path, slow: dict, quick: dict | None = None) -> Path
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def _checkpointed(out: Path, key: str) -> Callable[[], bool]:
+    """Whether the run staged for `out` has a checkpoint of training `key` that Ray Train registered (resume trusts
+    only those: pipeline.resume)."""
+
+    def check() -> bool:
+        for staging in out.parent.glob(f".{out.name}.staging-*"):
+            if any(state.get("key") == key for _, state in resume_states(staging)):
+                return True
+        return False
+
+    return check
 
 
 def _ray_processes(ray_tmp: Path) -> list[str]:
@@ -180,17 +211,16 @@ def _interrupt_at(shared: Path, job: Path, ray_tmp: Path, line: str, group: bool
 @pytest.mark.parametrize("phase", list(PHASES))
 def test_a_stop_signal_exits_128_plus_it_marks_the_run_interrupted_and_stops_ray(
         interrupted: dict[str, Interrupted], phase: str) -> None:
-    run, sig = interrupted[phase], PHASES[phase][3]
+    run, sig = interrupted[phase], PHASES[phase][4]
     name = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
     assert run.code == 128 + sig, run.err
     assert f"run interrupted ({name})" in run.err and f"interrupted ({name}): harness run stopped" in run.err, run.err
     assert "Traceback" not in run.err, run.err
-    status = read_status(run.out)
+    status = run.status
     assert (status["state"], status["signal"]) == ("interrupted", signal.Signals(sig).name)
-    assert sorted(p.name for p in run.out.iterdir()) == ["status.json"]
+    assert run.files == ["status.json"]
     # The staging directory stays for `--resume`: the finished training's Ray Train checkpoints are in it.
-    staged = list(run.out.parent.glob(f".{run.out.name}.staging-*"))
-    assert [str(p) for p in staged] == [status["resume"]] and list((staged[0] / "ray").glob("*/checkpoint_*"))
+    assert run.staged == [status["resume"]] and run.checkpoints
     assert "rerun with --resume to continue" in run.err
     deadline = time.monotonic() + 30
     while (_ray_processes(run.ray_tmp) or any(map(_alive, run.children))) and time.monotonic() < deadline:
@@ -201,57 +231,34 @@ def test_a_stop_signal_exits_128_plus_it_marks_the_run_interrupted_and_stops_ray
 
 # ---- --resume ---------------------------------------------------------------------------------------------
 
-#: `quick` trains 3 steps; `slow` 40, with a checkpoint every 5 steps: SIGTERM once `quick` finished and `slow`
-#: wrote its first checkpoint stops `slow` part-way (a resume continues it from its last checkpoint).
-RESUME_QUICK = {"train": {"max_steps": 3}}
-RESUME_SLOW = {"train": {"max_steps": 40, "epochs": 100, "checkpoint_every": 5}}
-
 
 def _table(out: Path) -> list[str]:
     return [line for line in (out / "summary.md").read_text().splitlines() if line.startswith("|")]
 
 
 def test_a_job_stopped_after_a_training_resumes_and_ends_as_an_uninterrupted_one(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    ray_tmp = Path(tempfile.mkdtemp(prefix="hint-resume-", dir="/tmp"))
-    job = _job(tmp_path, stopped, RESUME_SLOW, RESUME_QUICK)
-
-    def slow_checkpointed() -> bool:
-        """A checkpoint of `slow` that Ray Train registered (resume trusts only those: pipeline.resume)."""
-        for staging in tmp_path.glob(".stopped.staging-*"):
-            states = [state for _, state in resume_states(staging)]
-            if any(state.get("key") == "slow/seed0" for state in states):
-                return True
-        return False
-
-    # The job stopped by SIGTERM (its own process and Ray instance) runs while the uninterrupted one runs here:
-    # their start-ups and waits overlap.
-    try:
-        with ThreadPoolExecutor(1) as pool:
-            interrupted = pool.submit(_interrupt_at, tmp_path, job, ray_tmp, "trained quick/seed0", False,
-                                      signal.SIGTERM, when=slow_checkpointed)
-            assert main(["run", str(_job(tmp_path, whole, RESUME_SLOW, RESUME_QUICK))]) == 0
-            code, err, _ = interrupted.result()
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert code == 143 and read_status(stopped)["state"] == "interrupted", err
+        interrupted: dict[str, Interrupted], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    stopped = interrupted["train-sigterm"]
+    whole = tmp_path / "whole"
+    assert main(["run", str(_job(stopped.out.parent, whole, RESUME_SLOW, RESUME_QUICK))]) == 0
+    assert stopped.code == 143 and stopped.status["state"] == "interrupted", stopped.err
     capsys.readouterr()
 
-    assert main(["run", str(job), "--resume", "--set", "train.lr=0.5"]) == 2
+    assert main(["run", str(stopped.job), "--resume", "--set", "train.lr=0.5"]) == 2
     refused = capsys.readouterr().err
     assert "--resume: the job spec differs" in refused and "train.lr" in refused and "Traceback" not in refused
 
-    assert main(["run", str(job), "--resume", "--set", "resources.max_failures=3"]) == 0
+    assert main(["run", str(stopped.job), "--resume", "--set", "resources.max_failures=3"]) == 0
     log = capsys.readouterr().err
     assert "resuming the interrupted run staged in" in log
     assert "not retrained: quick/seed0" in log, log
     assert "training slow/seed0 continues from its checkpoint at step" in log, log
     assert "trained quick/seed0" not in log  # no training of it this time
-    assert _table(stopped) == _table(whole)
-    steps = pd.read_parquet(stopped / "train_log.parquet")
+    assert _table(stopped.out) == _table(whole)
+    steps = pd.read_parquet(stopped.out / "train_log.parquet")
     assert not steps.duplicated(["method", "seed", "step"]).any()
     assert steps.groupby("method")["step"].count().to_dict() == {"quick": 3, "slow": 40}
     whole_steps = pd.read_parquet(whole / "train_log.parquet")
     pd.testing.assert_series_equal(steps["loss"], whole_steps["loss"], rtol=1e-6)
-    assert [p.name for p in tmp_path.glob(".stopped.staging-*")] == [] and read_status(stopped)["state"] == "finished"
+    assert [p.name for p in stopped.out.parent.glob(f".{stopped.out.name}.staging-*")] == []
+    assert read_status(stopped.out)["state"] == "finished"
