@@ -97,7 +97,7 @@ def test_stopped_trials_never_leak_their_trainer_group_to_the_next(two_cpu_ray_w
         # turns that hang into trials that never report.
         tune_config=tune.TuneConfig(max_concurrent_trials=1, time_budget_s=400),
         run_config=tune.RunConfig(name="race", storage_path=str(tmp_path / "tune"),
-                                  stop=lambda _, result: result["training_iteration"] >= _stop_at(result["config"]["x"]),
+                                  stop=lambda _, res: res["training_iteration"] >= _stop_at(res["config"]["x"]),
                                   callbacks=[_release_callback(), NoGroupOutlivesItsTrial()], verbose=0),
     )
     frame = tuner.fit().get_dataframe()
