@@ -144,9 +144,10 @@ def _register_zero3_external_params(model: torch.nn.Module) -> None:
                 deepspeed.zero.register_external_parameter(layer, p)
 
 
-def _maybe_kill(fault: KillAt | None, rank: int, run: int, step: int) -> None:
-    """Test hook: SIGKILL this worker process once, at a given rank, run and step (marker file = once)."""
-    if fault is None or (fault.rank, fault.run, fault.step) != (rank, run, step):
+def _maybe_kill(faults: Sequence[KillAt], rank: int, run: int, step: int) -> None:
+    """Test hook: SIGKILL this worker process once per fault, at its rank, run and step (marker file = once)."""
+    fault = next((f for f in faults if (f.rank, f.run, f.step) == (rank, run, step)), None)
+    if fault is None:
         return
     marker = Path(fault.marker)
     if marker.exists():
@@ -196,7 +197,7 @@ class TrainingRecipe:
 
         worker, run, method, t = self.worker, self.run, self.method, self.train_spec
         torch.manual_seed(run.seed)
-        worker.use_target(run.target)
+        worker.use_target(run.target, run.modality)
         model = worker.fresh_model()
         attach(model, method.adapter, seed=run.seed)
         self.model = model
@@ -243,7 +244,7 @@ class TrainingRecipe:
     def train_step(self, step: int) -> dict[str, Any] | None:
         """One optimizer step: its log row, or None when the loss or gradient is not finite (the run diverged)."""
         worker, t, method = self.worker, self.train_spec, self.method
-        _maybe_kill(worker.config.fault, worker.rank, self.index, step)
+        _maybe_kill(worker.config.faults, worker.rank, self.index, step)
         began = time.perf_counter()
         lr_now = self.scheduler.get_last_lr()[0]
         batches: list[MicroBatch] = [(next(self.forget).to(worker.device),

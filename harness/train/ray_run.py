@@ -40,7 +40,8 @@ class TrainingError(HarnessError):
 
 @dataclass
 class TrainingRequest:
-    """One training to run: a method with a seed, on forget (and retain) examples of the job's modality."""
+    """One training to run: a method with a seed, on forget (and retain) examples of a modality (default: the one
+    `run_unlearning_many` is given; a worker group can train runs of several)."""
 
     method: MethodSpec
     seed: int
@@ -50,6 +51,7 @@ class TrainingRequest:
     #: The forget set with the benchmark's own targets, for the objective's preparation pass when the
     #: objective trains toward other targets (SalUn's random labels); empty: `forget`.
     forget_original: Sequence[Any] = ()
+    modality: str | None = None
 
     @property
     def key(self) -> str:
@@ -150,7 +152,7 @@ def _data_key(examples: Sequence[Any]) -> str:
 
 
 def _train_config(requests: Sequence[TrainingRequest], spec: JobSpec, modality: str, out_dir: Path,
-                  fault: dict[str, Any] | None, resume_from: dict[str, str] | None = None) -> WorkerConfig:
+                  faults: Sequence[dict[str, Any]], resume_from: dict[str, str] | None = None) -> WorkerConfig:
     """The workers' config: every run, each distinct dataset once, and the DeepSpeed config per method."""
     res = spec.resources
     data: dict[str, list[Any]] = {}
@@ -169,13 +171,14 @@ def _train_config(requests: Sequence[TrainingRequest], spec: JobSpec, modality: 
         atomic_write_json(out_dir / "deepspeed" / f"{req.method.name}.json", ds_config)
         runs.append(PlannedTraining(key=req.key, method=req.method.model_dump(mode="json"), seed=req.seed,
                                target=req.target, forget=forget_key, retain=retain_key,
-                               prepare_forget=original_key, deepspeed=ds_config))
-    return WorkerConfig(runs=runs, data=data, modality=modality, use_gpu=res.use_gpu, threads=res.cpus_per_worker,
-                        fault=KillAt(**fault) if fault else None, resume_from=resume_from or {})
+                               prepare_forget=original_key, deepspeed=ds_config,
+                               modality=req.modality or modality))
+    return WorkerConfig(runs=runs, data=data, use_gpu=res.use_gpu, threads=res.cpus_per_worker,
+                        faults=tuple(KillAt(**fault) for fault in faults), resume_from=resume_from or {})
 
 
 def run_unlearning_many(requests: Sequence[TrainingRequest], spec: JobSpec, out_dir: Path,
-                        modality: str = "text", fault: dict[str, Any] | None = None,
+                        modality: str = "text", fault: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
                         callbacks: Sequence[Any] = (), name: str = "unlearn",
                         progress: bool = True, resume_from: dict[str, str] | None = None) -> dict[str, TrainingResult]:
     """Train every request in one Ray Train run (N workers, each a DeepSpeed engine); results by run key.
@@ -183,7 +186,9 @@ def run_unlearning_many(requests: Sequence[TrainingRequest], spec: JobSpec, out_
     Each request names the directory (or hub id) its workers load the target model and processor from.
     `resume_from` maps run keys to a checkpoint directory of an earlier, interrupted attempt (harness.pipeline.resume):
     those runs continue from it instead of starting over.
-    `fault` is a test hook: `{"rank", "run", "step", "marker"}` makes that worker SIGKILL itself once.
+    `modality` is that of the requests that name none.
+    `fault` is a test hook: `{"rank", "run", "step", "marker"}` (or a list of them) makes that worker SIGKILL itself
+    once.
     `callbacks` are Ray Train callbacks (Tune passes its `TuneReportCallback` to see each report).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -194,7 +199,8 @@ def run_unlearning_many(requests: Sequence[TrainingRequest], spec: JobSpec, out_
         raise ValueError(f"runs must be distinct (method, seed) pairs; got {keys}")
     res = spec.resources
     ensure_ray(res.address)
-    config = _train_config(requests, spec, modality, out_dir, fault, resume_from)
+    faults = [] if fault is None else [fault] if isinstance(fault, dict) else list(fault)
+    config = _train_config(requests, spec, modality, out_dir, faults, resume_from)
     storage = (out_dir / "ray").resolve()
     # A new run of the job starts fresh: Ray Train would otherwise resume an earlier run of the same name.
     shutil.rmtree(storage / name, ignore_errors=True)

@@ -33,8 +33,8 @@ def placement_group_id() -> str | None:
 
 
 class Worker:
-    """What a worker keeps across runs: its rank, device, modality, processor, encoded data and the
-    pristine target model each run starts from."""
+    """What a worker keeps across runs: its rank, device, the current target's modality, processor and pristine
+    model each run starts from, and encoded data."""
 
     def __init__(self, config: WorkerConfig) -> None:
         import ray.train
@@ -43,17 +43,18 @@ class Worker:
         self.config = config
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.modality: Modality = get_modality(config.modality)
+        self.modality: Modality = get_modality("text")  # the current target's (`use_target`)
         self.placement_group = placement_group_id()
         self.progress = config.progress
         self._target: str | None = None
         self._pristine: torch.nn.Module | None = None
         self._encoded: dict[tuple[str, str, int], list[Any]] = {}
 
-    def use_target(self, target: str) -> None:
+    def use_target(self, target: str, modality: str = "text") -> None:
         """Load the target model and processor a run starts from (kept while the next runs share it)."""
-        if target == self._target:
+        if (target, modality) == (self._target, self.modality.name):
             return
+        self.modality = get_modality(modality)
         model, self.processor = self.modality.load(target)
         size = sum(p.numel() * p.element_size() for p in model.parameters())
         self._pristine = model if size <= KEEP_PRISTINE_BYTES else None

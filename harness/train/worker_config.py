@@ -27,6 +27,7 @@ class PlannedTraining:
     retain: str | None
     prepare_forget: str | None  # the forget set with the benchmark's own targets, for the objective's prepare
     deepspeed: dict[str, Any]
+    modality: str = "text"  # of the target model and the examples (harness.models.modality)
 
     def method_spec(self) -> MethodSpec:
         """The run's method, validated."""
@@ -52,11 +53,10 @@ class WorkerConfig:
 
     runs: list[PlannedTraining]
     data: dict[str, list[Any]]
-    modality: str
     use_gpu: bool
     threads: int
-    #: test hook: that worker SIGKILLs itself once
-    fault: KillAt | None = None
+    #: test hook: each names a worker that SIGKILLs itself once
+    faults: tuple[KillAt, ...] = ()
     #: run key -> checkpoint directory of an earlier, interrupted attempt to continue from
     resume_from: dict[str, str] = field(default_factory=dict)
     #: the driver's progress channel (harness.train.progress.ProgressChannel; None: no progress bars)

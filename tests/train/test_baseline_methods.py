@@ -1,13 +1,15 @@
 """Every baseline method under Ray Train + DeepSpeed: 2 workers with ZeRO-2 give the adapter 1 worker gives, and a
 run whose worker is killed resumes from its checkpoint without recomputing its preparation (CPU, gloo).
 
-One Ray Train fit per configuration trains all methods of a modality one after another: text methods on the
-tiny Llama and a small synthetic TOFU, image methods (RL, SalUn) on a tiny ViT through the image modality
-(uint8 images preprocessed by the model's processor config, as the vision benchmark trains them).
+One Ray Train fit per configuration (1 worker; 2 workers with ZeRO-2) trains every method one after another, the
+runs of both modalities in one worker group: text methods on the tiny Llama and a small synthetic TOFU, image
+methods (RL, SalUn) on a tiny ViT through the image modality (uint8 images preprocessed by the model's processor
+config, as the vision benchmark trains them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +54,10 @@ TEXT_METHODS = [
 ]
 IMAGE_METHODS = [("rl", {"name": "rl"}, SINE, {}), ("salun", {"name": "salun"}, SINE, {}),
                  ("salun_lora", {"name": "salun", "fraction": 0.3}, LORA, {})]
-#: Runs whose worker is killed (rank 1, at the last step, after checkpoints at steps 2 and 4): both have a
-#: preparation. They report every step: Ray Train keeps one unconsumed report per worker, so two reports after
-#: the step-2 checkpoint, that checkpoint is registered, and the kill cannot lose it (only, at most, step 4's).
+#: Runs whose worker is killed (rank 1, at the last step, after checkpoints at steps 2 and 4), one per modality, in
+#: the same 2-worker fit (two worker-group failures): both have a preparation. They report every step: Ray Train
+#: keeps one unconsumed report per worker, so two reports after the step-2 checkpoint, that checkpoint is registered,
+#: and the kill cannot lose it (only, at most, step 4's).
 KILLED = {"text": "loku_sine", "image": "salun"}
 
 
@@ -81,19 +84,18 @@ def _methods(table: list, zero: int) -> list[MethodSpec]:
             for name, objective, adapter, train in table]
 
 
-def _fit(requests: list[TrainingRequest], tmp: Path, name: str, workers: int, modality: str,
-         killed: str | None = None) -> dict[str, TrainingResult]:
+def _fit(requests: list[TrainingRequest], tmp: Path, name: str, workers: int,
+         killed: Sequence[str] = ()) -> dict[str, TrainingResult]:
     data = _spec_data(tmp)
-    spec = validate_spec({**data, "resources": {**data["resources"], "num_workers": workers}})
-    fault = None
-    if killed is not None:
-        index = [r.method.name for r in requests].index(killed)
-        fault = {"rank": 1, "run": index, "step": STEPS - 1, "marker": str(tmp / f"{name}.killed")}
-    return run_unlearning_many(requests, spec, tmp / name, modality=modality, fault=fault, name=name, progress=False)
+    spec = validate_spec({**data, "resources": {"max_failures": max(1, len(killed)), "num_workers": workers}})
+    names = [r.method.name for r in requests]
+    faults = [{"rank": 1, "run": names.index(k), "step": STEPS - 1, "marker": str(tmp / f"{name}-{k}.killed")}
+              for k in killed]
+    return run_unlearning_many(requests, spec, tmp / name, fault=faults, name=name, progress=False)
 
 
 @pytest.fixture(scope="module")
-def text_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def text_requests(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], list[TrainingRequest]]:
     tmp = tmp_path_factory.mktemp("baselines-text")
     spec = validate_spec(_spec_data(tmp))
     bench = load_benchmark(spec.benchmark)
@@ -109,12 +111,10 @@ def text_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
         for method in _methods(TEXT_METHODS, zero):
             objective = make_objective(method.objective)
             out.append(TrainingRequest(method, 0, bench.forget_examples(tokenizer, objective),
-                                    retain if method.objective.uses_retain else [], target=target))
+                                    retain if method.objective.uses_retain else [], target=target, modality="text"))
         return out
 
-    return {"w1": _fit(requests(0), tmp, "w1", 1, "text"),
-            "w2": _fit(requests(2), tmp, "w2", 2, "text", killed=KILLED["text"]),
-            "marker": tmp / "w2.killed"}
+    return requests
 
 
 def _images(n_classes: int = 5, per_class: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -127,7 +127,7 @@ def _images(n_classes: int = 5, per_class: int = 8) -> tuple[np.ndarray, np.ndar
 
 
 @pytest.fixture(scope="module")
-def image_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def image_requests(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], list[TrainingRequest]]:
     from transformers import ViTConfig, ViTForImageClassification
 
     from harness.models.image import save_image_classifier
@@ -154,12 +154,37 @@ def image_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
             objective = make_objective(method.objective)
             forget, original = examples(objective, 0), examples(original_targets(), 0)
             out.append(TrainingRequest(method, 0, forget, retain, target=str(tmp / "vit"),
-                                    forget_original=original if objective.has_prepare else []))
+                                    forget_original=original if objective.has_prepare else [], modality="image"))
         return out
 
-    return {"w1": _fit(requests(0), tmp, "w1", 1, "image"),
-            "w2": _fit(requests(2), tmp, "w2", 2, "image", killed=KILLED["image"]),
-            "marker": tmp / "w2.killed", "labels": labels[forget_idx]}
+    return requests
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, text_requests: Callable[[int], list[TrainingRequest]],
+         image_requests: Callable[[int], list[TrainingRequest]]) -> dict:
+    """Both fits, every method of both modalities in each: one trainer per configuration, not per modality."""
+    tmp = tmp_path_factory.mktemp("baselines")
+    killed = [KILLED["text"], KILLED["image"]]
+    return {"w1": _fit(text_requests(0) + image_requests(0), tmp, "w1", 1),
+            "w2": _fit(text_requests(2) + image_requests(2), tmp, "w2", 2, killed=killed),
+            "tmp": tmp}
+
+
+def _view(runs: dict, table: list, kind: str) -> dict:
+    names = {m[0] for m in table}
+    pick = lambda fit: {k: v for k, v in fit.items() if k.split("/")[0] in names}  # noqa: E731
+    return {"w1": pick(runs["w1"]), "w2": pick(runs["w2"]), "marker": runs["tmp"] / f"w2-{KILLED[kind]}.killed"}
+
+
+@pytest.fixture(scope="module")
+def text_runs(runs: dict) -> dict:
+    return _view(runs, TEXT_METHODS, "text")
+
+
+@pytest.fixture(scope="module")
+def image_runs(runs: dict) -> dict:
+    return _view(runs, IMAGE_METHODS, "image")
 
 
 def _adapter(run: TrainingResult) -> dict[str, torch.Tensor]:
