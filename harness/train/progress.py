@@ -66,6 +66,16 @@ class ProgressChannel:
         """Run `key` ended."""
         self.sink.finish.remote(self.channel, key, diverged)
 
+    def snapshot(self, timeout: float = 10) -> tuple[Steps, dict[str, bool]]:
+        """Everything recorded on this channel so far (waits for the actor)."""
+        import ray
+
+        return ray.get(self.sink.snapshot.remote(self.channel), timeout=timeout)
+
+    def close(self) -> None:
+        """Forget this channel on the sink (its trainer ended)."""
+        self.sink.close.remote(self.channel)
+
 
 def shared_sink() -> Any:
     """This driver process's sink actor in the current Ray instance (created on first use)."""
@@ -114,7 +124,7 @@ class TrainingProgress:
         for bar in self._bars.values():
             bar.close()
         if self.sink is not None:
-            self.sink.sink.close.remote(self.sink.channel)
+            self.sink.close()
 
     def _poll(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -124,10 +134,8 @@ class TrainingProgress:
                 return
 
     def _draw(self) -> None:
-        import ray
-
         assert self.sink is not None
-        steps, finished = ray.get(self.sink.sink.snapshot.remote(self.sink.channel), timeout=10)
+        steps, finished = self.sink.snapshot()
         tty = sys.stderr.isatty()
         for key in self.keys:
             if key not in steps:

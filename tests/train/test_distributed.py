@@ -70,12 +70,6 @@ def _run(setup: dict, name: str, workers: int, zero: int) -> TrainingResult:
                           setup["tmp"] / name)
 
 
-def _checkpointed(setup: dict) -> MethodSpec:
-    """The method with a checkpoint every 2 steps: the runs whose worker is killed, and their uninterrupted twins."""
-    base = setup["method"]
-    return base.model_copy(update={"train": base.train.model_copy(update={"checkpoint_every": 2})})
-
-
 @pytest.fixture(scope="module")
 def runs(setup: dict) -> dict[str, TrainingResult]:
     """w1 alone (one trainer of 1 worker); then one worker group of 2 (one trainer start-up instead of four): w2
@@ -84,15 +78,15 @@ def runs(setup: dict) -> dict[str, TrainingResult]:
     Method names key the runs (the name does not enter the training; `many` below checks that the runs of one
     group do not leak state into each other)."""
     marker = setup["tmp"] / "killed.pid"
-    grouped = [("w2", _method(setup, 0)), ("killed", _method(setup, 0, checkpoint_every=2, name="gd_sine_killed")),
-               ("z2", _method(setup, 2, name="gd_sine_z2")), ("z3", _method(setup, 3, name="gd_sine_z3"))]
-    requests = [TrainingRequest(method, 0, *setup["pairs"], target=setup["target"]) for _, method in grouped]
-    grouped.append(("alone", _checkpointed(setup)))
-    requests.append(TrainingRequest(_checkpointed(setup), 1, *setup["pairs"], target=setup["target"]))
+    grouped = [("w2", _method(setup, 0), 0),
+               ("killed", _method(setup, 0, checkpoint_every=2, name="gd_sine_killed"), 0),
+               ("z2", _method(setup, 2, name="gd_sine_z2"), 0), ("z3", _method(setup, 3, name="gd_sine_z3"), 0),
+               ("alone", _method(setup, 0, checkpoint_every=2), 1)]
+    requests = [TrainingRequest(method, seed, *setup["pairs"], target=setup["target"]) for _, method, seed in grouped]
     group = run_unlearning_many(requests, _spec(setup, 2), setup["tmp"] / "group", progress=False,
                                 fault={"rank": 1, "run": 1, "step": 4, "marker": str(marker)})
     return {"w1": _run(setup, "w1", 1, 0),
-            **{label: group[request.key] for (label, _), request in zip(grouped, requests, strict=True)},
+            **{label: group[request.key] for (label, _, _), request in zip(grouped, requests, strict=True)},
             "marker": marker}
 
 
@@ -100,7 +94,7 @@ def runs(setup: dict) -> dict[str, TrainingResult]:
 def many(setup: dict) -> dict:
     """Three runs in one worker group (2 workers); rank 1 dies in the second run, after its checkpoint."""
     spec = _spec(setup, 2)
-    ckpt = _checkpointed(setup)
+    ckpt = _method(setup, 0, checkpoint_every=2)  # as the killed run and its twin `alone` in `runs`
     lora = ckpt.model_copy(update={"name": "gd_lora", "adapter": ckpt.adapter.model_copy(update={"bound": "none"})})
     requests = [TrainingRequest(ckpt, 0, *setup["pairs"], target=setup["target"]),
                 TrainingRequest(ckpt, 1, *setup["pairs"], target=setup["target"]),
