@@ -11,7 +11,6 @@ pytestmark = pytest.mark.e2e
 
 
 def test_trainers_of_one_driver_share_one_sink_actor_on_channels_of_their_own() -> None:
-
     ensure_ray()
     lines: list[str] = []
     with TrainingProgress(["gd/seed0"], log=lines.append, interval_s=60) as first:
