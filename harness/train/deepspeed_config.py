@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType
 from typing import Any
 
 from harness.config import TrainSpec
@@ -65,6 +67,26 @@ def skip_shm_comm_op() -> None:
     inference tensor parallelism) uses it; training reduces through torch.distributed, so the op is marked
     incompatible and never built.
     """
-    import deepspeed.ops
+    import_deepspeed().ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+def import_deepspeed() -> ModuleType:
+    """`import deepspeed`, but without the MLflow that DeepSpeed's autotuner imports if it can.
+
+    `deepspeed.runtime.config` imports `deepspeed.autotuning.autotuner`, whose `try: import mlflow` costs 0.7 s of
+    every Ray Train worker's start (MLflow, FastAPI, ...): the harness never autotunes, and it tracks runs with
+    MLflow from the driver only. While DeepSpeed imports, `sys.modules["mlflow"]` is None, so that import fails
+    and the autotuner records that it has no MLflow; afterwards `import mlflow` works as usual.
+    """
+    if "deepspeed" in sys.modules or "mlflow" in sys.modules:
+        import deepspeed
+
+        return deepspeed
+    sys.modules["mlflow"] = None  # type: ignore[assignment]
+    try:
+        import deepspeed
+        import deepspeed.ops  # noqa: F401 (skip_shm_comm_op's)
+    finally:
+        if sys.modules.get("mlflow", 0) is None:
+            del sys.modules["mlflow"]
+    return deepspeed

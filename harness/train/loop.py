@@ -50,7 +50,7 @@ from harness.train.checkpoint import (
     earlier_checkpoint,
     latest_checkpoint,
 )
-from harness.train.deepspeed_config import skip_shm_comm_op
+from harness.train.deepspeed_config import import_deepspeed, skip_shm_comm_op
 from harness.train.schedule import make_scheduler
 from harness.train.step import MicroBatch, accumulate, all_reduce_mean, finite
 from harness.train.twin import Twin, rng_state
@@ -193,7 +193,7 @@ class TrainingRecipe:
 
     def setup(self) -> None:
         """Build everything the steps need; a resumed run loads its engine state and skips the batches it saw."""
-        import deepspeed
+        deepspeed = import_deepspeed()  # the first import on GPU, where skip_shm_comm_op is not called
 
         worker, run, method, t = self.worker, self.run, self.method, self.train_spec
         torch.manual_seed(run.seed)
