@@ -21,13 +21,11 @@ os.environ.setdefault("HARNESS_PLACEMENT_TIMEOUT_S", "120")
 def pytest_configure(config: pytest.Config) -> None:
     """Ctrl-C is Python's KeyboardInterrupt here and in the commands tests start, also when the suite was
     started in the background (`make test &` ignores SIGINT, and a child inherits that: the Ctrl-C tests of
-    tests/e2e/test_interrupt.py would fail). Each pytest-xdist worker computes with one intra-op torch thread,
-    and so do the commands it starts in processes of their own: two workers share the 2 cores, and a third
-    thread only spins (OpenMP waits busily) while the other worker's thread has the core."""
+    tests/e2e/test_interrupt.py would fail). Each pytest-xdist worker computes with one intra-op torch thread:
+    two workers share the 2 cores."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        os.environ.setdefault("OMP_NUM_THREADS", "1")  # and in the processes tests start (`harness run` ...)
         import torch
 
         torch.set_num_threads(1)

@@ -210,7 +210,8 @@ def test_score_models_concurrently_on_crews_that_take_the_next_model(saved: dict
 
     models = {"base": (saved["model"], None), "unlearned": (saved["model"], saved["adapter"]),
               "base again": (saved["model"], None), "unlearned again": (saved["model"], saved["adapter"])}
-    with ScoringPool(2, batch_size=BATCH, num_cpus=0.5) as pool:
+    # Crews of one worker here (two models at once, a crew each); the pool below has crews of two.
+    with ScoringPool(1, batch_size=BATCH, num_cpus=0.5) as pool:
         assert pool.max_concurrent >= 2
         out = pool.score_models(dict(list(models.items())[:2]), fn)  # two models at once, a crew each
         assert list(out) == ["base", "unlearned"] and pool.crews_started == 2
