@@ -8,7 +8,9 @@ Train's own cleaner (a detached actor polling the dashboard's State API) misses 
 when the controller dies before registering its group, and removing a group while its controller still lives
 only makes the controller start a new worker group in a new group. So here a trainer is released in order:
 stop its controllers (no restart), wait until Ray reports them dead, remove every group they created, and wait
-until Ray reports each group REMOVED.
+until Ray reports each group REMOVED. Every harness trainer is released so when its `fit` ends
+(`harness.train.ray_run`), and a Tune trial's when the trial ends, so harness's trainers run without Ray Train's
+cleaner.
 
 Which actor created a group, and which process owns an actor, are only in the GCS tables (Ray's public
 `placement_group_table` leaves them out); `_gcs_tables` is the one place that reads them.
@@ -213,13 +215,20 @@ def release_orphans(timeout_s: float = RELEASE_TIMEOUT_S) -> list[str]:
 def release_trainers(owner_worker: str, timeout_s: float = RELEASE_TIMEOUT_S) -> list[str]:
     """Stop every Ray Train controller that a worker process (a Tune trial) started, wait until Ray reports them
     dead, then remove every placement group they created, confirmed REMOVED; the ids removed here. Only the
-    owning process can kill its controllers; any other kills that process first (they die with it).
-
-    The order matters: a controller that outlives its group starts a new worker group in a new group."""
+    owning process can kill its controllers; any other kills that process first (they die with it)."""
     if not owner_worker:
         return []
+    return release_controllers(_gcs_tables().controllers_of(owner_worker), timeout_s)
+
+
+def release_controllers(controllers: set[str], timeout_s: float = RELEASE_TIMEOUT_S) -> list[str]:
+    """Stop these Ray Train controllers (owned by this process), wait until Ray reports them dead, then remove
+    every placement group they created, confirmed REMOVED; the ids removed here.
+
+    The order matters: a controller that outlives its group starts a new worker group in a new group."""
+    if not controllers:
+        return []
     deadline = time.monotonic() + timeout_s
-    controllers = _gcs_tables().controllers_of(owner_worker)
     for actor in _gcs_tables().actors:
         if actor.id in controllers and actor.alive:
             _kill(actor.id)

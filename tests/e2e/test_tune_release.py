@@ -3,7 +3,8 @@ their CPUs forever (on this 2-core machine that leaked CPU hung `harness tune` a
 
 Stopping a trial kills its actor and the Ray Train controller it owns, but Ray Train's placement-group cleaner can
 miss the workers' group (seen on Ray 2.60: it exits before the group is registered), and here it is off (no
-dashboard), so only harness's release (`harness.commands.tune._release_callback`) can free the groups. Issue 24:
+dashboard, as harness starts Ray; harness's own trainers do not start it), so only harness's release
+(`harness.commands.tune._release_callback`) can free the groups. Issue 24:
 trials stopped at their first report, many in a row: the trainer retries a lost worker group (`max_failures`, as
 harness jobs do), and removing a stopped trial's group while its controller still lived made the controller start
 a new worker group, in a new group, which then outlived the trial. One search checks both kinds of stop (at the
@@ -63,7 +64,7 @@ def _live_trainer_groups() -> list[str]:
 
 @pytest.fixture(scope="module")
 def two_cpu_ray_without_dashboard() -> Iterator[None]:
-    """Ray's own cleaner needs the dashboard's State API (harness starts Ray with it); without it, only harness's
+    """Ray's own cleaner needs the dashboard's State API; without it (as harness starts Ray), only harness's
     callback can free the groups, so these tests prove the callback alone does."""
     import ray
 

@@ -154,11 +154,14 @@ def test_one_worker_group_trains_every_run_and_resumes_the_killed_one(runs: dict
     assert got["gd_sine/seed1"].adapter_dir.parts[-2:] == ("gd_sine", "seed1")
 
 
-def test_trainers_without_datasets_start_no_dataset_manager(runs: dict) -> None:
-    import ray
-    from ray.util.state import list_actors
+def test_trainers_start_no_dataset_manager_nor_placement_group_cleaner_and_leave_no_controller(runs: dict) -> None:
+    from harness.train.placement import _gcs_tables
 
-    # this instance's address: under pytest-xdist another worker's instance runs beside it
-    managers = list_actors(address=ray.get_runtime_context().gcs_address,
-                           filters=[("class_name", "=", "DatasetManager")], raise_on_missing_output=False)
-    assert managers == []  # this module's trainers (and the instance's earlier ones) started none
+    tables = _gcs_tables()  # the GCS of this process's instance (under pytest-xdist, another one runs beside it)
+    classes = [a.class_name for a in tables.actors]
+    assert any("TrainController" in c for c in classes)  # the fits above ran here: the tables hold their actors
+    # this module's trainers (and the instance's earlier ones) started neither ...
+    assert not [c for c in classes if "DatasetManager" in c or "PlacementGroupCleaner" in c], classes
+    # ... and each released its controller and its workers' placement group when its fit ended
+    assert not [a.id for a in tables.actors if "TrainController" in a.class_name and a.alive]
+    assert not [g.id for g in tables.groups if g.live and any(b.get("CPU", 0) >= 1 for b in g.bundles)]
