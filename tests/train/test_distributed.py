@@ -165,3 +165,30 @@ def test_trainers_start_no_dataset_manager_nor_placement_group_cleaner_and_leave
     # ... and each released its controller and its workers' placement group when its fit ended
     assert not [a.id for a in tables.actors if "TrainController" in a.class_name and a.alive]
     assert not [g.id for g in tables.groups if g.live and any(b.get("CPU", 0) >= 1 for b in g.bundles)]
+
+
+def test_release_trainer_stops_its_controller_and_removes_the_groups_it_made(runs: dict) -> None:
+    """What each fit does when it ends, in place of Ray Train's dashboard-polling cleaner: a stand-in controller that
+    made a worker group and lives on (as one that failed part-way would) is stopped, and its group removed."""
+    from types import SimpleNamespace
+
+    import ray
+    from ray.util.placement_group import placement_group
+
+    from harness.train.placement import _gcs_tables
+    from harness.train.ray_run import release_trainer
+
+    @ray.remote(num_cpus=0)
+    class Controller:
+        def make_group(self) -> str:
+            group = placement_group([{"CPU": 1}])
+            ray.get(group.ready(), timeout=60)
+            return group.id.hex()
+
+    controller = Controller.remote()
+    group = ray.get(controller.make_group.remote(), timeout=120)
+    assert release_trainer(SimpleNamespace(controller=controller)) == [group]
+    tables = _gcs_tables()
+    assert [a.alive for a in tables.actors if a.id == controller._actor_id.hex()] == [False]
+    assert [g.state for g in tables.groups if g.id == group] == ["REMOVED"]
+    assert release_trainer(SimpleNamespace(controller=None)) == []  # a fit that never started its controller
