@@ -106,8 +106,7 @@ def _trainer_class() -> type:
             from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
             from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
-            dropped = (PlacementGroupCleanerCallback,) if self.datasets else (PlacementGroupCleanerCallback,
-                                                                              DatasetsCallback)
+            dropped = (PlacementGroupCleanerCallback,) + (() if self.datasets else (DatasetsCallback,))
             return [c for c in super()._create_default_callbacks() if not isinstance(c, dropped)]
 
         def abort(self, graceful: bool = True) -> None:
@@ -227,8 +226,10 @@ def run_unlearning_many(requests: Sequence[TrainingRequest], spec: JobSpec, out_
         try:
             result = fit_keeping_sigint(trainer)
         except Exception as err:  # Ray wraps worker failures in several error types
-            release_trainer(trainer)
-            raise TrainingError(f"training {', '.join(keys)} failed: {err}") from err
+            try:
+                release_trainer(trainer)
+            finally:  # the training's failure is the one to report, even if the release failed too
+                raise TrainingError(f"training {', '.join(keys)} failed: {err}") from err
         release_trainer(trainer)
     return _collect(result, requests, out_dir)
 
