@@ -21,7 +21,7 @@ from typing import Any
 
 from harness.core.errors import HarnessError
 from harness.core.io import atomic_write_json
-from harness.core.ray_env import ensure_ray, started_locally
+from harness.core.ray_env import ensure_ray, on_local_instance, started_locally
 from harness.core.signals import cleaning_up
 from harness.results.contract import run_key
 from harness.spec import JobSpec, MethodSpec
@@ -93,6 +93,10 @@ def _trainer_class() -> type:
     dashboard's State API every second whether the controller still lives, to remove the workers' placement group
     if it died: `release_trainer` does that when `fit` ends, from the GCS tables (harness.train.placement), which
     needs no dashboard (a local instance starts without one: harness.core.ray_env).
+
+    On a local instance its controller asks no autoscaler for the workers' resources: Ray Train's scaling policy
+    would start an `_AutoscalingCoordinatorActor` per instance (a process, about 2.4 s of CPU) to forward requests
+    that a single machine cannot act on (`_without_autoscaling_requests`).
     """
     from ray.train.torch import TorchTrainer
 
@@ -108,6 +112,11 @@ def _trainer_class() -> type:
 
             dropped = (PlacementGroupCleanerCallback,) + (() if self.datasets else (DatasetsCallback,))
             return [c for c in super()._create_default_callbacks() if not isinstance(c, dropped)]
+
+        def _initialize_and_run_controller(self, **kwargs: Any) -> Any:
+            if on_local_instance():
+                kwargs["scaling_policy"] = _without_autoscaling_requests(kwargs["scaling_policy"])
+            return super()._initialize_and_run_controller(**kwargs)
 
         def abort(self, graceful: bool = True) -> None:
             """Stop the run's controller, and with it its worker group (after Ctrl-C).
@@ -131,6 +140,24 @@ def _trainer_class() -> type:
                 pass
 
     return Trainer
+
+
+def _without_autoscaling_requests(policy: Any) -> Any:
+    """Ray Train's fixed-size scaling policy without its resource requests to the cluster's autoscaler (which
+    start the instance's autoscaling coordinator actor); any other policy unchanged."""
+    from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
+
+    if type(policy) is not FixedScalingPolicy:
+        return policy
+
+    class LocalScalingPolicy(FixedScalingPolicy):  # type: ignore[misc]
+        def after_controller_start(self, train_run_context: Any) -> None:
+            pass  # registers the request, and creates the coordinator's client, in the base class
+
+        def _maybe_send_resource_request(self) -> None:
+            pass
+
+    return LocalScalingPolicy(policy.scaling_config)
 
 
 def fit_keeping_sigint(trainer: Any) -> Any:

@@ -8,6 +8,7 @@ request order (workers run exactly the batches a single backend would).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -233,11 +234,15 @@ def test_score_models_concurrently_on_crews_that_take_the_next_model(saved: dict
 
 
 @pytest.mark.e2e
-def test_throughput_script_quick_prints_json_last() -> None:
+def test_throughput_script_quick_prints_json_last(ray_local: None) -> None:
+    import ray
+
     # Without the vLLM row (an engine start, half the script's time): the script only notes a vLLM failure, so the
-    # row was never checked here; tests/scoring/test_vllm_backend.py checks the backend against HF.
+    # row was never checked here; tests/scoring/test_vllm_backend.py checks the backend against HF. Its Ray workers
+    # run on this module's instance (RAY_ADDRESS, as on a cluster): an instance of its own costs 8 s of CPU more.
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "eval_throughput.py"), "--quick", "--no-vllm"],
-                          capture_output=True, text=True, timeout=300, check=True, cwd=ROOT)
+                          capture_output=True, text=True, timeout=300, check=True, cwd=ROOT, env=env)
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     for key in ("batched_over_naive_loglik", "batched_over_naive_generate", "workers2_over_workers1_loglik",
                 "workers2_over_workers1_generate", "vllm_over_hf_loglik", "vllm_over_hf_generate"):
