@@ -178,6 +178,14 @@ def current_worker() -> str:
     return ray.get_runtime_context().get_worker_id()
 
 
+def placement_group_id() -> str | None:
+    """The placement group this process runs in (a trainer's worker: its worker group's), or None."""
+    from ray.util import get_current_placement_group
+
+    pg = get_current_placement_group()
+    return pg.id.hex() if pg is not None else None
+
+
 def _wait(done: Any, timeout_s: float) -> Tables:
     """Read the tables until `done(tables)` holds or `timeout_s` passes; the last tables read."""
     deadline = time.monotonic() + timeout_s

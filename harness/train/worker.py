@@ -19,17 +19,11 @@ from harness.data.encode import BatchStream
 from harness.models.modality import Modality, get_modality
 from harness.objectives import FORGET, RETAIN, Objective, PrepareContext
 from harness.train.checkpoint import PREPARED_FILE, ResumePoint
+from harness.train.placement import placement_group_id
 from harness.train.worker_config import PlannedTraining, WorkerConfig
 
 #: Models up to this size are kept as a pristine copy in memory between runs; larger ones are re-read.
 KEEP_PRISTINE_BYTES = 2**30
-
-
-def placement_group_id() -> str | None:
-    from ray.util import get_current_placement_group
-
-    pg = get_current_placement_group()
-    return pg.id.hex() if pg is not None else None
 
 
 class Worker:

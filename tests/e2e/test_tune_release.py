@@ -36,7 +36,7 @@ def _reporting_loop(config: dict) -> None:
     import ray.train
 
     from harness.train.checkpoint import PLACEMENT_GROUP_KEY
-    from harness.train.worker import placement_group_id
+    from harness.train.placement import placement_group_id  # a light module: the loop imports it in each worker
 
     for i in range(600):
         ray.train.report({"i": i, PLACEMENT_GROUP_KEY: placement_group_id()})
@@ -64,17 +64,18 @@ def _live_trainer_groups() -> list[str]:
 
 @pytest.fixture(scope="module")
 def two_cpu_ray_without_dashboard() -> Iterator[None]:
-    """Ray's own cleaner needs the dashboard's State API; without it (as harness starts Ray), only harness's
-    callback can free the groups, so these tests prove the callback alone does."""
-    import ray
+    """A local instance of 2 CPUs as harness starts it (`ensure_ray`): without the dashboard, whose State API Ray's
+    own cleaner needs, so only harness's callback can free the groups (these tests prove the callback alone does),
+    and Ray Train noticing a lost worker within 0.2 s (and retrying at once)."""
+    from harness.core.ray_env import DASHBOARD_ENV, ensure_ray, stop_ray
 
     with pytest.MonkeyPatch.context() as env:
-        # As harness runs it: Ray Train notices a lost worker within 0.2 s (and retries at once).
-        env.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-        ray.shutdown()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        env.setenv(DASHBOARD_ENV, "0")
+        env.delenv("RAY_ADDRESS", raising=False)
+        stop_ray()
+        ensure_ray(num_cpus=2)
         yield
-        ray.shutdown()
+        stop_ray()
 
 
 def test_stopped_trials_never_leak_their_trainer_group_to_the_next(two_cpu_ray_without_dashboard: None,
