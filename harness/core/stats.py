@@ -13,10 +13,10 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 CONFIDENCE = 0.95
 
@@ -29,6 +29,14 @@ class SeedStat:
     low: float
     high: float
     n: int
+
+
+def _scipy_stats() -> Any:
+    """`scipy.stats`, imported on first use: 0.35 s that processes which never compute a statistic (training and
+    scoring workers import this module through the benchmarks) do not pay."""
+    from scipy import stats
+
+    return stats
 
 
 def _finite_seeds(values: Sequence[float] | np.ndarray) -> tuple[np.ndarray, SeedStat | None]:
@@ -48,7 +56,7 @@ def across_seeds(values: Sequence[float] | np.ndarray, confidence: float = CONFI
     if short is not None:
         return short
     mean, n = float(x.mean()), int(x.size)
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    half = float(_scipy_stats().t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
     return SeedStat(mean, mean - half, mean + half, n)
 
 
@@ -109,7 +117,7 @@ def two_sample(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
     if np.ptp(np.concatenate([x, y])) == 0:
         u, p = n_a * n_b / 2, 1.0
     else:
-        res = stats.mannwhitneyu(x, y, alternative="two-sided")
+        res = _scipy_stats().mannwhitneyu(x, y, alternative="two-sided")
         u, p = float(res.statistic), float(res.pvalue)
     if p < alpha:
         verdict = "differ"
@@ -132,6 +140,7 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, n_resamples: int, seed: i
         return float("nan"), float("nan")
     with warnings.catch_warnings():
         # NaN values give a NaN interval, which scipy reports with a warning meant for BCa.
+        stats = _scipy_stats()
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         result = stats.bootstrap((x,), np.mean, n_resamples=n_resamples, batch=max(1, 2_000_000 // x.size),
                                  vectorized=True, confidence_level=1 - alpha, method="percentile",
@@ -155,8 +164,8 @@ def bootstrap_interval(values: Sequence[float] | np.ndarray, low: float = -math.
     mean, n = float(x.mean()), int(x.size)
     if np.ptp(x) == 0:
         return SeedStat(mean, mean, mean, n)
-    res = stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES,
-                          method=method, rng=np.random.default_rng(0))
+    res = _scipy_stats().bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES,
+                                   method=method, rng=np.random.default_rng(0))
     ci_low, ci_high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return SeedStat(mean, float(np.clip(ci_low, low, high)), float(np.clip(ci_high, low, high)), n)
 
@@ -192,9 +201,10 @@ def paired_comparison(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.n
     min_p = min(1.0, 2.0 / 2**n)
     if np.all(x == y):
         return PairedComparison(diff.mean, diff.low, diff.high, 1.0, min_p, n)
-    res = stats.permutation_test((x, y), lambda u, v, axis: np.mean(u - v, axis=axis), permutation_type="samples",
-                                 alternative="two-sided", n_resamples=BOOTSTRAP_RESAMPLES,
-                                 rng=np.random.default_rng(0), vectorized=True)
+    res = _scipy_stats().permutation_test((x, y), lambda u, v, axis: np.mean(u - v, axis=axis),
+                                          permutation_type="samples", alternative="two-sided",
+                                          n_resamples=BOOTSTRAP_RESAMPLES, rng=np.random.default_rng(0),
+                                          vectorized=True)
     return PairedComparison(diff.mean, diff.low, diff.high, float(res.pvalue), min_p, n)
 
 
