@@ -49,7 +49,8 @@ class _DeferringLoader(importlib.abc.Loader):
             self.inner.exec_module(module)
         finally:
             utils.is_sklearn_available = real
-        if module.__dict__.get("is_sklearn_available") is not real:
+        bound = module.__dict__.get("is_sklearn_available")
+        if bound is not None and bound is not real:  # the module bound the stand-in: its own checks get the real one
             module.is_sklearn_available = real
             if real() and not hasattr(module, "roc_curve"):
                 module.roc_curve = _roc_curve
