@@ -67,10 +67,11 @@ def two_cpu_ray_without_dashboard() -> Iterator[None]:
     """A local instance of 2 CPUs as harness starts it (`ensure_ray`): without the dashboard, whose State API Ray's
     own cleaner needs, so only harness's callback can free the groups (these tests prove the callback alone does),
     and Ray Train noticing a lost worker within 0.2 s (and retrying at once)."""
-    from harness.core.ray_env import DASHBOARD_ENV, ensure_ray, stop_ray
+    from harness.core.ray_env import DASHBOARD_ENV, HEALTH_CHECK_INTERVAL_S, ensure_ray, stop_ray
 
     with pytest.MonkeyPatch.context() as env:
         env.setenv(DASHBOARD_ENV, "0")
+        env.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)  # ensure_ray only sets a default
         env.delenv("RAY_ADDRESS", raising=False)
         stop_ray()
         ensure_ray(num_cpus=2)
